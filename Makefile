@@ -1,0 +1,38 @@
+# torchwire: every target creates .venv first if it is missing.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+PROTO := protos/torchwire/v1/torchwire.proto
+
+.PHONY: venv protos test demo serve lint clean
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet -e '.[dev]'
+	touch $(STAMP)
+
+# Regenerates the Python stubs (with .pyi) of the contract.
+protos: $(STAMP)
+	$(BIN)/python -m grpc_tools.protoc -I protos --python_out=protos --pyi_out=protos \
+		--grpc_python_out=protos $(PROTO)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+# The whole tour on the embedded default: a local server, the digits, train, evaluate, predict.
+demo: $(STAMP)
+	$(BIN)/python -m torchwire.client.demo
+
+serve: $(STAMP)
+	$(BIN)/torchwire serve $(ARGS)
+
+lint: $(STAMP)
+	$(BIN)/ruff check service client tests
+	$(BIN)/ruff format --check service client tests
+	$(BIN)/mypy service client
+
+clean:
+	rm -rf $(VENV) build *.egg-info

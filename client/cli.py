@@ -1,0 +1,271 @@
+"""The `torchwire` command line: `serve`, and client commands that talk to a running server."""
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+import numpy as np
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from torchwire.client.client import DEFAULT_ADDRESS, Client, JobError
+from torchwire.v1 import torchwire_pb2 as pb
+
+SERVER_ENV = "TORCHWIRE_SERVER"
+
+
+def _dump(value: Any) -> str:
+    def plain(item: Any) -> Any:
+        if isinstance(item, Message):
+            return json_format.MessageToDict(item, preserving_proto_field_name=True)
+        if isinstance(item, np.ndarray):
+            return item.tolist()
+        if isinstance(item, list):
+            return [plain(i) for i in item]
+        if isinstance(item, dict):
+            return {k: plain(v) for k, v in item.items()}
+        return item
+
+    return json.dumps(plain(value), indent=2)
+
+
+def _state(job: pb.Job) -> str:
+    return pb.JobState.Name(job.state).removeprefix("JOB_STATE_").lower()
+
+
+def _job_line(job: pb.Job) -> str:
+    version = f" -> v{job.model_version}" if job.model_version else ""
+    error = f"  ({job.error})" if job.error else ""
+    return (
+        f"{job.id}  {_state(job):<9}  {job.request.model_name}{version}  "
+        f"dataset={job.request.dataset.name}{error}"
+    )
+
+
+def cmd_train(client: Client, args: argparse.Namespace) -> Any:
+    config = {
+        key: getattr(args, key)
+        for key in (
+            "epochs",
+            "batch_size",
+            "learning_rate",
+            "optimizer",
+            "loss",
+            "val_fraction",
+            "patience",
+            "seed",
+            "device",
+        )
+        if getattr(args, key) is not None
+    }
+    job = client.train(
+        args.model,
+        args.dataset,
+        split=args.split,
+        architecture=args.arch,
+        hidden_sizes=args.hidden_sizes,
+        channels=args.channels,
+        dropout=args.dropout,
+        **config,
+    )
+    if not args.wait:
+        return job.info() if args.json else f"submitted job {job.id}"
+    final = job.wait(progress=not args.json, raise_on_failure=False)
+    if args.json:
+        return final
+    return f"{_job_line(final)}\nmetrics: " + ", ".join(
+        f"{k}={v:.4f}"
+        for k, v in sorted(client.model(final.request.model_name).versions[-1].metrics.items())
+    )
+
+
+def cmd_jobs(client: Client, args: argparse.Namespace) -> Any:
+    jobs = client.jobs(state=args.state or "", model_name=args.model or "", limit=args.limit)
+    return jobs if args.json else "\n".join(_job_line(j) for j in jobs) or "no jobs"
+
+
+def cmd_job(client: Client, args: argparse.Namespace) -> Any:
+    job = client.job(args.job_id).info()
+    if args.json:
+        return job
+    lines = [_job_line(job)]
+    for m in job.history:
+        val = f"  val_loss {m.val_loss:.4f}" if m.HasField("val_loss") else ""
+        metrics = "".join(f"  val_{k} {v:.4f}" for k, v in m.val_metrics.items())
+        lines.append(f"  epoch {m.epoch:>3}  loss {m.train_loss:.4f}{val}{metrics}")
+    return "\n".join(lines)
+
+
+def cmd_cancel(client: Client, args: argparse.Namespace) -> Any:
+    job = client.job(args.job_id).cancel()
+    return job if args.json else _job_line(job)
+
+
+def cmd_evaluate(client: Client, args: argparse.Namespace) -> Any:
+    result = client.evaluate(args.model, args.dataset, split=args.split, version=args.version)
+    if args.json:
+        return result
+    metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted(result.metrics.items()))
+    lines = [
+        f"{result.model_name} v{result.version} on {args.dataset}: {result.num_samples} "
+        f"samples, loss={result.loss:.4f}, {metrics}"
+    ]
+    lines += [
+        f"  class {c.name:>8}: precision {c.precision:.3f}  recall {c.recall:.3f}  "
+        f"support {c.support}"
+        for c in result.per_class
+    ]
+    return "\n".join(lines)
+
+
+def cmd_predict(client: Client, args: argparse.Namespace) -> Any:
+    inputs = np.load(args.inputs, allow_pickle=False)
+    result = client.predict(args.model, inputs, version=args.version, top_k=args.top_k)
+    if args.json:
+        return {k: v for k, v in vars(result).items() if v is not None}
+    if result.top_labels is None:
+        return "\n".join(f"{i}: {row.tolist()}" for i, row in enumerate(result.raw))
+    return "\n".join(
+        f"{i}: " + ", ".join(f"{label} ({p:.3f})" for label, p in zip(labels, probs, strict=True))
+        for i, (labels, probs) in enumerate(
+            zip(result.top_labels, result.top_probabilities, strict=True)
+        )
+    )
+
+
+def cmd_models(client: Client, args: argparse.Namespace) -> Any:
+    models = client.models()
+    if args.json:
+        return models
+    lines = []
+    for model in models:
+        for v in model.versions:
+            metrics = ", ".join(f"{k}={x:.4f}" for k, x in sorted(v.metrics.items()))
+            lines.append(
+                f"{model.name} v{v.version}  {v.task}  input {v.input_dtype}"
+                f"{list(v.input_shape)}  {metrics}"
+            )
+    return "\n".join(lines) or "no models"
+
+
+def cmd_datasets(client: Client, args: argparse.Namespace) -> Any:
+    datasets = client.datasets()
+    if args.json:
+        return datasets
+    return "\n".join(
+        f"{d.name}{' (built-in)' if d.builtin else ''}  {d.task}  features {d.feature_dtype}"
+        f"{list(d.feature_shape)}  " + ", ".join(f"{s.split}={s.num_samples}" for s in d.splits)
+        for d in datasets
+    )
+
+
+def cmd_upload(client: Client, args: argparse.Namespace) -> Any:
+    features = np.load(args.features, allow_pickle=False)
+    targets = np.load(args.targets, allow_pickle=False)
+    dataset = client.upload_dataset(
+        args.name, features, targets, split=args.split, classes=args.classes or ()
+    )
+    return dataset if args.json else f"uploaded {args.name}/{args.split}: {len(features)} samples"
+
+
+def _ints(text: str) -> list[int]:
+    return [int(part) for part in text.split(",") if part]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="torchwire", description="Train, evaluate and serve PyTorch models."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    commands.add_parser(
+        "serve", add_help=False, help="run the server (see `torchwire serve --help`)"
+    )
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument(
+        "--server",
+        default=os.environ.get(SERVER_ENV, DEFAULT_ADDRESS),
+        help=f"host:port of the server (env {SERVER_ENV})",
+    )
+    common.add_argument("--json", action="store_true", help="machine-readable output")
+
+    def command(name: str, handler: Callable, help_text: str) -> argparse.ArgumentParser:
+        sub = commands.add_parser(name, parents=[common], help=help_text)
+        sub.set_defaults(handler=handler)
+        return sub
+
+    train = command("train", cmd_train, "submit a training job")
+    train.add_argument("model", help="model name to register a new version of")
+    train.add_argument("--dataset", default="digits")
+    train.add_argument("--split", default="")
+    train.add_argument("--arch", choices=("mlp", "cnn"), default="mlp")
+    train.add_argument("--hidden-sizes", type=_ints, default=[], help="e.g. 128,64")
+    train.add_argument("--channels", type=_ints, default=[], help="e.g. 32,64")
+    train.add_argument("--dropout", type=float, default=0.0)
+    train.add_argument("--epochs", type=int)
+    train.add_argument("--batch-size", type=int)
+    train.add_argument("--learning-rate", "--lr", type=float)
+    train.add_argument("--optimizer", choices=("adam", "sgd"))
+    train.add_argument("--loss", choices=("cross_entropy", "mse"))
+    train.add_argument("--val-fraction", type=float)
+    train.add_argument("--patience", type=int)
+    train.add_argument("--seed", type=int)
+    train.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"))
+    train.add_argument("--wait", action="store_true", help="follow the job with a progress bar")
+
+    jobs = command("jobs", cmd_jobs, "list jobs")
+    jobs.add_argument("--state", choices=("queued", "running", "succeeded", "failed", "cancelled"))
+    jobs.add_argument("--model")
+    jobs.add_argument("--limit", type=int, default=0)
+    command("job", cmd_job, "show a job and its learning curves").add_argument("job_id")
+    command("cancel", cmd_cancel, "cancel a job").add_argument("job_id")
+
+    evaluate = command("evaluate", cmd_evaluate, "evaluate a model on a dataset")
+    evaluate.add_argument("model")
+    evaluate.add_argument("--dataset", default="digits")
+    evaluate.add_argument("--split", default="")
+    evaluate.add_argument("--version", type=int, default=0)
+
+    predict = command("predict", cmd_predict, "predict a batch stored in a .npy file")
+    predict.add_argument("model")
+    predict.add_argument("inputs", help=".npy file of shape [n, *input_shape]")
+    predict.add_argument("--version", type=int, default=0)
+    predict.add_argument("--top-k", type=int, default=1)
+
+    command("models", cmd_models, "list models and versions")
+    command("datasets", cmd_datasets, "list datasets")
+    upload = command("upload", cmd_upload, "upload .npy features and targets as a dataset")
+    upload.add_argument("name")
+    upload.add_argument("--features", required=True)
+    upload.add_argument("--targets", required=True)
+    upload.add_argument("--split", default="train")
+    upload.add_argument("--classes", nargs="*")
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `torchwire` console script."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["serve"]:
+        from torchwire.service.__main__ import main as serve
+
+        return serve(argv[1:])
+    args = build_parser().parse_args(argv)
+    try:
+        with Client(args.server) as client:
+            output = args.handler(client, args)
+    except grpc.RpcError as err:
+        print(f"error: {err.code().name}: {err.details()}", file=sys.stderr)
+        return 1
+    except JobError as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
+    print(_dump(output) if args.json else output)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

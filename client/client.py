@@ -1,0 +1,410 @@
+"""The Python client: upload data, train and follow jobs, evaluate, predict, manage models."""
+
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from torchwire.v1 import tensors
+from torchwire.v1 import torchwire_pb2 as pb
+from torchwire.v1 import torchwire_pb2_grpc as pb_grpc
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+TERMINAL_STATES = (pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED)
+_OUTPUTS = {
+    "raw": pb.PREDICT_OUTPUT_RAW,
+    "probabilities": pb.PREDICT_OUTPUT_PROBABILITIES,
+    "top_k": pb.PREDICT_OUTPUT_TOP_K,
+}
+
+
+class JobError(RuntimeError):
+    """A job ended FAILED or CANCELLED; `job` is its final state."""
+
+    def __init__(self, job: pb.Job) -> None:
+        super().__init__(f"job {job.id} {pb.JobState.Name(job.state)[10:].lower()}: {job.error}")
+        self.job = job
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    """Predict's answer as arrays; fields are None when not asked for.
+
+    Attributes:
+        model_name, version, runtime: who answered.
+        raw: [n, out] raw outputs (logits or regression values).
+        probabilities: [n, classes] softmax probabilities.
+        top_indices, top_probabilities: [n, k], best class first.
+        top_labels: the class names of `top_indices`.
+    """
+
+    model_name: str
+    version: int
+    runtime: str
+    raw: np.ndarray | None
+    probabilities: np.ndarray | None
+    top_indices: np.ndarray | None
+    top_probabilities: np.ndarray | None
+    top_labels: list[list[str]] | None
+
+
+def _as_array(data: Any) -> np.ndarray:
+    """NumPy arrays pass through; torch tensors (or anything array-like) are converted."""
+    if hasattr(data, "detach"):
+        data = data.detach().cpu().numpy()
+    return np.asarray(data)
+
+
+class Job:
+    """A training job on the server: follow it, wait for it, cancel it."""
+
+    def __init__(self, client: "Client", job_id: str) -> None:
+        self.client = client
+        self.id = job_id
+
+    def __repr__(self) -> str:
+        return f"Job({self.id!r})"
+
+    def info(self) -> pb.Job:
+        """The job's current state and learning curves."""
+        return self.client.stub.GetJob(
+            pb.GetJobRequest(job_id=self.id), timeout=self.client.timeout
+        )
+
+    def events(self, after_seq: int = 0) -> Iterator[pb.JobEvent]:
+        """Streams the job's events (past ones first) until it ends.
+
+        The stream is resumed from the last event seen if the connection drops.
+        """
+        retries = 0
+        while True:
+            try:
+                for event in self.client.stub.WatchJob(
+                    pb.WatchJobRequest(job_id=self.id, after_seq=after_seq)
+                ):
+                    retries = 0
+                    after_seq = event.seq
+                    yield event
+                return
+            except grpc.RpcError as err:
+                if err.code() != grpc.StatusCode.UNAVAILABLE or retries >= 5:
+                    raise
+                retries += 1
+                time.sleep(0.2 * 2**retries)
+
+    def wait(self, progress: bool = False, raise_on_failure: bool = True) -> pb.Job:
+        """Blocks until the job ends and returns its final state.
+
+        Args:
+            progress: draw a tqdm progress bar with loss, accuracy and ETA.
+            raise_on_failure: raise `JobError` if the job failed or was cancelled.
+        """
+        bar = _ProgressBar() if progress else None
+        try:
+            for event in self.events():
+                if bar is not None:
+                    bar.update(event)
+        finally:
+            if bar is not None:
+                bar.close()
+        job = self.info()
+        if raise_on_failure and job.state != pb.JOB_STATE_SUCCEEDED:
+            raise JobError(job)
+        return job
+
+    def cancel(self) -> pb.Job:
+        """Cancels the job; a running one stops after its current batch."""
+        return self.client.stub.CancelJob(
+            pb.CancelJobRequest(job_id=self.id), timeout=self.client.timeout
+        )
+
+    def history(self) -> list[dict[str, Any]]:
+        """Per-epoch learning curves: one dict per epoch (train/val loss and metrics)."""
+        return [
+            {
+                "epoch": m.epoch,
+                "train_loss": m.train_loss,
+                "val_loss": m.val_loss if m.HasField("val_loss") else None,
+                **{f"train_{k}": v for k, v in m.train_metrics.items()},
+                **{f"val_{k}": v for k, v in m.val_metrics.items()},
+                "samples_per_second": m.samples_per_second,
+                "seconds": m.seconds,
+            }
+            for m in self.info().history
+        ]
+
+
+class _ProgressBar:
+    """A tqdm bar over epochs, fed by job events."""
+
+    def __init__(self) -> None:
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(total=None, unit="epoch", desc="queued")
+
+    def update(self, event: pb.JobEvent) -> None:
+        kind = event.WhichOneof("kind")
+        if kind == "started":
+            self._bar.reset(total=event.started.epochs)
+            self._bar.set_description(f"training on {event.started.device}")
+        elif kind == "progress":
+            p = event.progress
+            self._bar.set_postfix_str(f"step {p.step}/{p.steps_per_epoch} loss {p.loss:.4f}")
+        elif kind == "epoch_end":
+            m = event.epoch_end.metrics
+            postfix = {"loss": f"{m.train_loss:.4f}"}
+            if m.HasField("val_loss"):
+                postfix["val_loss"] = f"{m.val_loss:.4f}"
+            postfix.update({f"val_{k}": f"{v:.4f}" for k, v in m.val_metrics.items()})
+            postfix["eta"] = f"{event.epoch_end.eta_seconds:.0f}s"
+            self._bar.set_postfix(postfix)
+            self._bar.update(1)
+        elif kind in ("finished", "failed", "cancelled"):
+            self._bar.set_description(kind)
+            if kind == "finished":
+                self._bar.total = event.finished.epochs_run
+                self._bar.refresh()
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+class Client:
+    """A connection to a torchwire server.
+
+    Args:
+        address: host:port of the server.
+        max_message_bytes: the largest message sent or received (set on both ends).
+        timeout: deadline in seconds for unary calls; None waits indefinitely.
+    """
+
+    def __init__(
+        self,
+        address: str = DEFAULT_ADDRESS,
+        *,
+        max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
+        timeout: float | None = 120.0,
+    ) -> None:
+        self.address = address
+        self.max_message_bytes = max_message_bytes
+        self.timeout = timeout
+        self.channel = grpc.insecure_channel(
+            address,
+            options=[
+                ("grpc.max_send_message_length", max_message_bytes),
+                ("grpc.max_receive_message_length", max_message_bytes),
+            ],
+        )
+        self.stub = pb_grpc.TorchWireStub(self.channel)
+
+    def close(self) -> None:
+        """Closes the channel."""
+        self.channel.close()
+
+    def __enter__(self) -> "Client":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def wait_ready(self, timeout: float = 30.0) -> None:
+        """Blocks until the server's health check says SERVING."""
+        stub = health_pb2_grpc.HealthStub(self.channel)
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                status = stub.Check(
+                    health_pb2.HealthCheckRequest(), timeout=1.0, wait_for_ready=True
+                ).status
+                if status == health_pb2.HealthCheckResponse.SERVING:
+                    return
+            except grpc.RpcError:
+                pass
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"{self.address} is not SERVING after {timeout} s")
+            time.sleep(0.1)
+
+    # ---------------------------------------------------------------- data
+
+    def upload_dataset(
+        self,
+        name: str,
+        features: Any,
+        targets: Any,
+        *,
+        split: str = "train",
+        classes: Iterable[str] = (),
+        chunk_bytes: int = 4 * 1024 * 1024,
+    ) -> pb.Dataset:
+        """Streams arrays to the server as a dataset split.
+
+        Args:
+            name: the dataset's name, used later in `train` and `evaluate`.
+            features: [n, ...] float32 inputs (N,C,H,W for images).
+            targets: [n] int64 class ids, or [n] / [n, k] float32 regression values.
+            split: "train" or "test".
+            classes: optional class names, index = class id.
+            chunk_bytes: about how many bytes each streamed chunk carries.
+        """
+        features, targets = _as_array(features), _as_array(targets)
+        row_bytes = max(1, features[:1].nbytes + targets[:1].nbytes)
+        rows = max(1, min(chunk_bytes, self.max_message_bytes // 2) // row_bytes)
+
+        def messages() -> Iterator[pb.UploadDatasetRequest]:
+            yield pb.UploadDatasetRequest(
+                header=pb.UploadHeader(name=name, split=split, classes=list(classes))
+            )
+            for start in range(0, len(features), rows):
+                yield pb.UploadDatasetRequest(
+                    chunk=pb.UploadChunk(
+                        features=tensors.encode(features[start : start + rows]),
+                        targets=tensors.encode(targets[start : start + rows]),
+                    )
+                )
+
+        return self.stub.UploadDataset(messages(), timeout=self.timeout)
+
+    def datasets(self) -> list[pb.Dataset]:
+        """Built-in and uploaded datasets."""
+        return list(self.stub.ListDatasets(pb.ListDatasetsRequest(), timeout=self.timeout).datasets)
+
+    # ---------------------------------------------------------------- jobs
+
+    def train(
+        self,
+        model_name: str,
+        dataset: str = "digits",
+        *,
+        split: str = "",
+        architecture: str = "mlp",
+        hidden_sizes: Iterable[int] = (),
+        channels: Iterable[int] = (),
+        dropout: float = 0.0,
+        **config: Any,
+    ) -> Job:
+        """Submits a training job and returns at once.
+
+        Args:
+            model_name: the model to register a new version of.
+            dataset: a built-in ("digits") or uploaded dataset.
+            split: the split to train on; "" means "train".
+            architecture: "mlp" or "cnn".
+            hidden_sizes: MLP layer widths (default [128, 64]).
+            channels: CNN block widths (default [32, 64]).
+            dropout: dropout probability.
+            **config: `TrainingConfig` fields: epochs, batch_size, learning_rate, optimizer,
+                momentum, weight_decay, loss, val_fraction, patience, min_delta, seed,
+                shuffle, drop_last, num_workers, device.
+        """
+        if architecture == "mlp":
+            model = pb.ModelSpec(mlp=pb.MLPSpec(hidden_sizes=list(hidden_sizes), dropout=dropout))
+        elif architecture == "cnn":
+            model = pb.ModelSpec(cnn=pb.CNNSpec(channels=list(channels), dropout=dropout))
+        else:
+            raise ValueError(f"architecture={architecture!r}: use 'mlp' or 'cnn'")
+        request = pb.TrainRequest(
+            model_name=model_name,
+            dataset=pb.DatasetRef(name=dataset, split=split),
+            model=model,
+            config=pb.TrainingConfig(**config),
+        )
+        return Job(self, self.stub.Train(request, timeout=self.timeout).id)
+
+    def job(self, job_id: str) -> Job:
+        """A handle on an existing job."""
+        return Job(self, job_id)
+
+    def jobs(self, state: str = "", model_name: str = "", limit: int = 0) -> list[pb.Job]:
+        """Jobs, newest first; `state` is e.g. "running" or "succeeded"."""
+        request = pb.ListJobsRequest(
+            state=pb.JobState.Value(f"JOB_STATE_{state.upper()}") if state else 0,
+            model_name=model_name,
+            limit=limit,
+        )
+        return list(self.stub.ListJobs(request, timeout=self.timeout).jobs)
+
+    # ------------------------------------------------------------ inference
+
+    def evaluate(
+        self,
+        model_name: str,
+        dataset: str = "digits",
+        *,
+        split: str = "",
+        version: int = 0,
+        batch_size: int = 0,
+    ) -> pb.EvaluateResponse:
+        """Evaluates a model version (0 = latest) on a dataset split ("" = "test")."""
+        request = pb.EvaluateRequest(
+            model_name=model_name,
+            version=version,
+            dataset=pb.DatasetRef(name=dataset, split=split),
+            batch_size=batch_size,
+        )
+        return self.stub.Evaluate(request, timeout=self.timeout)
+
+    def predict(
+        self,
+        model_name: str,
+        inputs: Any,
+        *,
+        version: int = 0,
+        outputs: Iterable[str] = (),
+        top_k: int = 0,
+    ) -> PredictResult:
+        """Runs a batch through a model version (0 = latest).
+
+        Args:
+            model_name: the model.
+            inputs: [n, *input_shape] array or tensor of the model's input dtype.
+            version: the version; 0 means the latest.
+            outputs: any of "raw", "probabilities", "top_k"; empty means all that apply.
+            top_k: classes per sample for "top_k" (0 means 1).
+        """
+        request = pb.PredictRequest(
+            model_name=model_name,
+            version=version,
+            inputs=tensors.encode(_as_array(inputs)),
+            outputs=[_OUTPUTS[o] for o in outputs],
+            top_k=top_k,
+        )
+        response = self.stub.Predict(request, timeout=self.timeout)
+        has_top = len(response.top_k) > 0
+        return PredictResult(
+            model_name=response.model_name,
+            version=response.version,
+            runtime=response.runtime,
+            raw=tensors.decode(response.raw) if response.HasField("raw") else None,
+            probabilities=(
+                tensors.decode(response.probabilities)
+                if response.HasField("probabilities")
+                else None
+            ),
+            top_indices=np.array([list(t.indices) for t in response.top_k]) if has_top else None,
+            top_probabilities=(
+                np.array([list(t.probabilities) for t in response.top_k]) if has_top else None
+            ),
+            top_labels=[list(t.labels) for t in response.top_k] if has_top else None,
+        )
+
+    # --------------------------------------------------------------- models
+
+    def models(self) -> list[pb.Model]:
+        """Registered models with their versions."""
+        return list(self.stub.ListModels(pb.ListModelsRequest(), timeout=self.timeout).models)
+
+    def model(self, name: str) -> pb.Model:
+        """One model with its versions, metrics and learning curves."""
+        return self.stub.GetModel(pb.GetModelRequest(name=name), timeout=self.timeout)
+
+    def delete_model(self, name: str, version: int = 0) -> list[int]:
+        """Deletes one version, or every version for 0; returns the deleted versions."""
+        response = self.stub.DeleteModel(
+            pb.DeleteModelRequest(name=name, version=version), timeout=self.timeout
+        )
+        return list(response.deleted_versions)

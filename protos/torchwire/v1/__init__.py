@@ -1,0 +1,1 @@
+"""The torchwire.v1 contract: generated protobuf and gRPC stubs, and the tensor codec."""

@@ -1,0 +1,57 @@
+"""The one place where errors become gRPC statuses: a server interceptor around every handler."""
+
+import logging
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import grpc
+
+from torchwire.service.errors import TorchwireError
+
+log = logging.getLogger(__name__)
+
+
+def _abort(context: grpc.ServicerContext, method: str, err: Exception) -> None:
+    if isinstance(err, TorchwireError):
+        context.abort(getattr(grpc.StatusCode, err.status), err.message)
+    log.exception("%s failed", method)
+    context.abort(grpc.StatusCode.INTERNAL, "internal error; the server log has the details")
+
+
+class ErrorInterceptor(grpc.ServerInterceptor):
+    """Maps `TorchwireError` to its status and anything unexpected to INTERNAL (logged)."""
+
+    def intercept_service(self, continuation: Callable, handler_call_details: Any) -> Any:
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+        method = handler_call_details.method
+        if handler.unary_unary:
+            return handler._replace(unary_unary=_unary(handler.unary_unary, method))
+        if handler.stream_unary:
+            return handler._replace(stream_unary=_unary(handler.stream_unary, method))
+        if handler.unary_stream:
+            return handler._replace(unary_stream=_streaming(handler.unary_stream, method))
+        return handler._replace(stream_stream=_streaming(handler.stream_stream, method))
+
+
+def _unary(behavior: Callable, method: str) -> Callable:
+    def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
+        try:
+            return behavior(request, context)
+        except Exception as err:
+            _abort(context, method, err)
+            raise  # unreachable: abort raises
+
+    return wrapper
+
+
+def _streaming(behavior: Callable, method: str) -> Callable:
+    def wrapper(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+        try:
+            yield from behavior(request, context)
+        except Exception as err:
+            _abort(context, method, err)
+            raise
+
+    return wrapper

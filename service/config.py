@@ -1,0 +1,47 @@
+"""Server configuration: a typed, frozen dataclass built from flags and environment."""
+
+from dataclasses import dataclass
+from pathlib import Path
+
+DEFAULT_ADDRESS = "127.0.0.1:50051"
+DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Everything the server needs to start.
+
+    Attributes:
+        address: host:port to bind; port 0 picks a free one.
+        store_dir: root of the local store (SQLite registry and files).
+        max_message_bytes: largest gRPC message accepted or sent.
+        max_concurrent_jobs: training jobs that run at once, each in its own process.
+        max_queued_jobs: jobs waiting for a slot; beyond this Train is RESOURCE_EXHAUSTED.
+        max_loaded_models: model versions kept in the inference cache (LRU).
+        max_upload_bytes: largest dataset an upload may store.
+        rpc_threads: threads serving RPCs.
+        grace_seconds: how long in-flight RPCs may run on after shutdown begins.
+    """
+
+    address: str = DEFAULT_ADDRESS
+    store_dir: Path = Path("store")
+    max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
+    max_concurrent_jobs: int = 1
+    max_queued_jobs: int = 16
+    max_loaded_models: int = 8
+    max_upload_bytes: int = 2 * 1024 * 1024 * 1024
+    rpc_threads: int = 16
+    grace_seconds: float = 10.0
+
+    def __post_init__(self) -> None:
+        for name in (
+            "max_message_bytes",
+            "max_concurrent_jobs",
+            "max_loaded_models",
+            "max_upload_bytes",
+            "rpc_threads",
+        ):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
+        if self.max_queued_jobs < 0 or self.grace_seconds < 0:
+            raise ValueError("max_queued_jobs and grace_seconds must be >= 0")

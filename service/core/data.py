@@ -1,0 +1,175 @@
+"""Datasets and DataLoaders: array-backed Datasets, the built-in digits, the validation split."""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader, Dataset, random_split
+
+from torchwire.service.errors import InvalidArgument
+
+CLASSIFICATION = "classification"
+REGRESSION = "regression"
+SPLITS = ("train", "test")
+
+
+@dataclass(frozen=True)
+class DatasetInfo:
+    """What a dataset holds: enough to build a model for it and to validate requests."""
+
+    name: str
+    builtin: bool
+    splits: dict[str, int]
+    feature_shape: tuple[int, ...]
+    feature_dtype: str
+    target_shape: tuple[int, ...]
+    classes: tuple[str, ...]
+    task: str
+
+    @property
+    def output_size(self) -> int:
+        """Width of the model head: one logit per class, or one unit per target value."""
+        if self.task == CLASSIFICATION:
+            return len(self.classes)
+        return int(np.prod(self.target_shape)) if self.target_shape else 1
+
+
+class ArrayDataset(Dataset):
+    """A map-style Dataset over feature and target arrays, in memory or memory-mapped.
+
+    Features become float32 tensors of the recorded shape; targets become int64
+    class ids (classification) or float32 values (regression).
+    """
+
+    def __init__(
+        self,
+        features: np.ndarray,
+        targets: np.ndarray,
+        task: str,
+        transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> None:
+        if len(features) != len(targets):
+            raise ValueError(f"{len(features)} feature rows but {len(targets)} targets")
+        self.features = features
+        self.targets = targets
+        self.target_dtype = torch.int64 if task == CLASSIFICATION else torch.float32
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.features)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        x = torch.tensor(self.features[index], dtype=torch.float32)
+        if self.transform is not None:
+            x = self.transform(x)
+        y = torch.tensor(self.targets[index], dtype=self.target_dtype)
+        return x, y
+
+
+def _load_digits_split(split: str) -> tuple[np.ndarray, np.ndarray]:
+    """scikit-learn's 8x8 handwritten digits (shipped in its package), split 80/20, stratified.
+
+    Features are pixel intensities scaled to [0, 1], shaped N,1,8,8 (N,C,H,W).
+    """
+    from sklearn.datasets import load_digits
+    from sklearn.model_selection import train_test_split
+
+    bunch = load_digits()
+    images = (bunch.images / 16.0).astype(np.float32)[:, None, :, :]
+    targets = bunch.target.astype(np.int64)
+    train_idx, test_idx = train_test_split(
+        np.arange(len(targets)), test_size=0.2, stratify=targets, random_state=0
+    )
+    index = train_idx if split == "train" else test_idx
+    return images[index], targets[index]
+
+
+@dataclass(frozen=True)
+class BuiltinDataset:
+    """A dataset that ships with the server and needs no download."""
+
+    info: DatasetInfo
+    load: Callable[[str], tuple[np.ndarray, np.ndarray]]
+
+
+BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
+    "digits": BuiltinDataset(
+        info=DatasetInfo(
+            name="digits",
+            builtin=True,
+            splits={"train": 1437, "test": 360},
+            feature_shape=(1, 8, 8),
+            feature_dtype="float32",
+            target_shape=(),
+            classes=tuple(str(d) for d in range(10)),
+            task=CLASSIFICATION,
+        ),
+        load=_load_digits_split,
+    ),
+}
+
+
+def check_split(field: str, split: str) -> str:
+    """Validates a split name and returns it."""
+    if split not in SPLITS:
+        raise InvalidArgument.field(field, split, f"must be one of {SPLITS}")
+    return split
+
+
+def split_and_load(
+    dataset: Dataset,
+    *,
+    batch_size: int,
+    shuffle: bool,
+    drop_last: bool,
+    num_workers: int,
+    val_fraction: float,
+    seed: int,
+    pin_memory: bool,
+) -> tuple[DataLoader, DataLoader | None]:
+    """Holds out a validation subset with `random_split` and wraps both parts in DataLoaders.
+
+    The same seed gives the same split and the same shuffling order.
+
+    Raises:
+        InvalidArgument: the split leaves no training sample.
+    """
+    total = len(dataset)  # type: ignore[arg-type]
+    n_val = max(1, round(total * val_fraction)) if val_fraction > 0 else 0
+    n_train = total - n_val
+    if n_train < 1:
+        raise InvalidArgument.field(
+            "config.val_fraction", val_fraction, f"leaves no training sample out of {total}"
+        )
+    if drop_last and n_train < batch_size:
+        raise InvalidArgument.field(
+            "config.drop_last",
+            True,
+            f"with batch_size {batch_size} it drops all {n_train} training samples",
+        )
+    generator = torch.Generator().manual_seed(seed)
+    train_set, val_set = random_split(dataset, [n_train, n_val], generator=generator)
+    common: dict[str, Any] = {
+        "num_workers": num_workers,
+        "pin_memory": pin_memory,
+        "persistent_workers": num_workers > 0,
+    }
+    train_loader = DataLoader(
+        train_set,
+        batch_size=batch_size,
+        shuffle=shuffle,
+        drop_last=drop_last,
+        generator=generator,
+        **common,
+    )
+    if n_val == 0:
+        return train_loader, None
+    val_loader = DataLoader(val_set, batch_size=max(batch_size, 256), shuffle=False, **common)
+    return train_loader, val_loader
+
+
+def eval_loader(dataset: Dataset, batch_size: int, pin_memory: bool = False) -> DataLoader:
+    """An ordered, unshuffled DataLoader for evaluation."""
+    return DataLoader(dataset, batch_size=batch_size, shuffle=False, pin_memory=pin_memory)

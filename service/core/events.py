@@ -1,0 +1,110 @@
+"""Structured job events: what the training loop and the job runner report, as plain dataclasses.
+
+Field names match the `torchwire.v1` messages of the same meaning, so a payload
+(`asdict` of an event) converts to its message without a hand-written mapping.
+"""
+
+from dataclasses import asdict, dataclass, field
+from typing import ClassVar
+
+
+@dataclass(frozen=True)
+class EpochRecord:
+    """Metrics after one epoch: one row of the learning curves."""
+
+    epoch: int
+    train_loss: float
+    train_metrics: dict[str, float]
+    samples_per_second: float
+    seconds: float
+    learning_rate: float
+    val_loss: float | None = None
+    val_metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Event:
+    """Base of all events; `kind` names the event in the log and on the wire."""
+
+    kind: ClassVar[str] = ""
+    terminal: ClassVar[bool] = False
+
+
+@dataclass(frozen=True)
+class Queued(Event):
+    kind: ClassVar[str] = "queued"
+    position: int
+
+
+@dataclass(frozen=True)
+class Started(Event):
+    kind: ClassVar[str] = "started"
+    device: str
+    train_samples: int
+    val_samples: int
+    epochs: int
+    steps_per_epoch: int
+
+
+@dataclass(frozen=True)
+class StepProgress(Event):
+    kind: ClassVar[str] = "progress"
+    epoch: int
+    step: int
+    steps_per_epoch: int
+    loss: float
+
+
+@dataclass(frozen=True)
+class EpochEnd(Event):
+    kind: ClassVar[str] = "epoch_end"
+    metrics: EpochRecord
+    eta_seconds: float
+    epochs: int
+
+
+@dataclass(frozen=True)
+class CheckpointSaved(Event):
+    kind: ClassVar[str] = "checkpoint_saved"
+    epoch: int
+    role: str  # "best" or "last"
+
+
+@dataclass(frozen=True)
+class Finished(Event):
+    kind: ClassVar[str] = "finished"
+    terminal: ClassVar[bool] = True
+    model_name: str
+    model_version: int
+    best_epoch: int
+    epochs_run: int
+    stopped_early: bool
+    metrics: dict[str, float]
+
+
+@dataclass(frozen=True)
+class Failed(Event):
+    kind: ClassVar[str] = "failed"
+    terminal: ClassVar[bool] = True
+    reason: str
+
+
+@dataclass(frozen=True)
+class Cancelled(Event):
+    kind: ClassVar[str] = "cancelled"
+    terminal: ClassVar[bool] = True
+    reason: str
+
+
+TERMINAL_KINDS = frozenset(cls.kind for cls in (Finished, Failed, Cancelled))
+
+
+def _drop_none(value):
+    if isinstance(value, dict):
+        return {k: _drop_none(v) for k, v in value.items() if v is not None}
+    return value
+
+
+def to_payload(event: Event | EpochRecord) -> dict:
+    """The fields as a JSON-ready dict, unset optional fields left out."""
+    return _drop_none(asdict(event))

@@ -1,0 +1,333 @@
+"""The job manager: a bounded queue of training jobs, each run in its own worker process.
+
+Training never runs on an RPC thread: a crashing job cannot take the server down,
+and Predict stays responsive while jobs train. Worker processes report over a
+pipe; one follower thread per running job records what they send in the
+registry's event log and wakes the watchers.
+"""
+
+import logging
+import multiprocessing
+import threading
+import time
+import uuid
+from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+from torchwire.service.core import events
+from torchwire.service.core.device import choose_device
+from torchwire.service.core.training import TrainSpec, check_compatible
+from torchwire.service.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable
+from torchwire.service.store import Store
+from torchwire.service.store.datasets import DatasetLocation
+from torchwire.service.store.registry import (
+    ACTIVE_STATES,
+    CANCELLED,
+    FAILED,
+    RUNNING,
+    SUCCEEDED,
+    EventRecord,
+    JobRecord,
+)
+from torchwire.service.worker import run_job
+
+log = logging.getLogger(__name__)
+
+CANCEL_WAIT_S = 10.0
+"""How long CancelJob lets a worker stop by itself before terminating it."""
+CLIENT_CANCEL = "cancelled by client"
+SHUTDOWN = "server shutdown"
+
+
+@dataclass
+class _Run:
+    """A running job's process and the ends of its pipe."""
+
+    process: Any
+    conn: Connection
+    cancel: Any
+    location: DatasetLocation
+    cancel_reason: str = ""
+    follower: threading.Thread | None = field(default=None)
+
+
+class JobManager:
+    """Queues, runs, cancels and records training jobs.
+
+    Args:
+        store: where jobs, events, checkpoints and models are recorded.
+        max_concurrent: jobs that train at once.
+        max_queued: jobs that may wait for a slot; beyond it Train is RESOURCE_EXHAUSTED.
+    """
+
+    def __init__(self, store: Store, max_concurrent: int, max_queued: int) -> None:
+        self.store = store
+        self.registry = store.registry
+        self.max_concurrent = max_concurrent
+        self.max_queued = max_queued
+        self._context = multiprocessing.get_context("spawn")
+        self._lock = threading.Lock()
+        self._changed = threading.Condition()
+        self._generation = 0
+        self._queue: deque[tuple[str, DatasetLocation]] = deque()
+        self._running: dict[str, _Run] = {}
+        self._stopping = False
+        self._recover()
+
+    def _recover(self) -> None:
+        """Jobs that were active when the server last stopped cannot still be running."""
+        for job in self.registry.active_jobs():
+            reason = f"interrupted: the server stopped while the job was {job.state}"
+            self._record(
+                job.id, events.Failed(reason), state=FAILED, finished_at=time.time(), error=reason
+            )
+
+    # --------------------------------------------------------------- requests
+
+    def submit(self, spec: TrainSpec) -> JobRecord:
+        """Validates a job against its data and queues it.
+
+        Raises:
+            InvalidArgument / NotFound: the dataset, loss or device does not fit.
+            ResourceExhausted: every slot is busy and the queue is full.
+            Unavailable: the server is shutting down.
+        """
+        location = self.store.datasets.locate(spec.dataset, spec.split)
+        check_compatible(spec, location.info)
+        choose_device(spec.config.device)
+        with self._lock:
+            if self._stopping:
+                raise Unavailable("the server is shutting down; no new jobs are accepted")
+            if len(self._running) >= self.max_concurrent and len(self._queue) >= self.max_queued:
+                raise ResourceExhausted(
+                    f"max_queued_jobs={self.max_queued} jobs already wait for "
+                    f"max_concurrent_jobs={self.max_concurrent} busy slots"
+                )
+            job_id = uuid.uuid4().hex[:16]
+            self.registry.create_job(job_id, spec.model_name, spec.to_dict())
+            self._record(job_id, events.Queued(position=len(self._queue)))
+            self._queue.append((job_id, location))
+            self._dispatch()
+        return self.get(job_id)
+
+    def get(self, job_id: str) -> JobRecord:
+        """The job.
+
+        Raises:
+            NotFound: no job has this id.
+        """
+        job = self.registry.get_job(job_id)
+        if job is None:
+            raise NotFound(f"job {job_id!r} does not exist")
+        return job
+
+    def history(self, job_id: str) -> list[dict[str, Any]]:
+        """The job's per-epoch metrics so far, from its event log."""
+        return [e.payload["metrics"] for e in self.registry.events(job_id, kind="epoch_end")]
+
+    def cancel(self, job_id: str, reason: str = CLIENT_CANCEL) -> JobRecord:
+        """Cancels a queued job at once, or stops a running one after its current batch.
+
+        Raises:
+            NotFound: no job has this id.
+            FailedPrecondition: the job has already ended.
+        """
+        job = self.get(job_id)
+        with self._lock:
+            queued = next((entry for entry in self._queue if entry[0] == job_id), None)
+            if queued is not None:
+                self._queue.remove(queued)
+                self._record(
+                    job_id,
+                    events.Cancelled(reason),
+                    state=CANCELLED,
+                    finished_at=time.time(),
+                    error=reason,
+                )
+                return self.get(job_id)
+            run = self._running.get(job_id)
+            if run is None:
+                raise FailedPrecondition(f"job {job_id!r} has already ended: {job.state}")
+            run.cancel_reason = run.cancel_reason or reason
+            run.cancel.set()
+        if not self.wait(job_id, CANCEL_WAIT_S):
+            log.warning("job %s did not stop within %.0f s; terminating it", job_id, CANCEL_WAIT_S)
+            run.process.terminate()
+            self.wait(job_id, CANCEL_WAIT_S)
+        return self.get(job_id)
+
+    def wait(self, job_id: str, timeout: float) -> bool:
+        """Blocks until the job has ended or `timeout` passes; True when it has ended."""
+        deadline = time.monotonic() + timeout
+        with self._changed:
+            while self.get(job_id).state in ACTIVE_STATES:
+                remaining = deadline - time.monotonic()
+                if remaining <= 0:
+                    return False
+                self._changed.wait(remaining)
+        return True
+
+    def watch(
+        self, job_id: str, after_seq: int = 0, is_active: Callable[[], bool] = lambda: True
+    ) -> Iterator[EventRecord]:
+        """Yields the job's events after `after_seq`, then new ones, until a terminal event.
+
+        Stops early when `is_active()` turns False (the client went away).
+        """
+        self.get(job_id)
+        while is_active():
+            with self._changed:
+                seen = self._generation
+            for record in self.registry.events(job_id, after_seq):
+                yield record
+                after_seq = record.seq
+                if record.kind in events.TERMINAL_KINDS:
+                    return
+            with self._changed:
+                if self._generation == seen:
+                    self._changed.wait(timeout=1.0)
+
+    def shutdown(self, timeout: float) -> None:
+        """Cancels queued jobs, stops running ones (keeping their checkpoints), joins workers."""
+        with self._lock:
+            self._stopping = True
+            queued = [job_id for job_id, _ in self._queue]
+            self._queue.clear()
+            runs = list(self._running.values())
+            for run in runs:
+                run.cancel_reason = SHUTDOWN
+                run.cancel.set()
+        for job_id in queued:
+            self._record(
+                job_id,
+                events.Cancelled(SHUTDOWN),
+                state=CANCELLED,
+                finished_at=time.time(),
+                error=SHUTDOWN,
+            )
+        deadline = time.monotonic() + timeout
+        for run in runs:
+            run.process.join(max(0.0, deadline - time.monotonic()))
+            if run.process.is_alive():
+                run.process.kill()
+            if run.follower is not None:
+                run.follower.join()
+
+    # --------------------------------------------------------------- internals
+
+    def _record(self, job_id: str, event: events.Event, **job_fields: Any) -> None:
+        self._append(job_id, event.kind, events.to_payload(event), **job_fields)
+
+    def _append(self, job_id: str, kind: str, payload: dict[str, Any], **job_fields: Any) -> None:
+        self.registry.append_event(job_id, kind, payload, **job_fields)
+        with self._changed:
+            self._generation += 1
+            self._changed.notify_all()
+
+    def _dispatch(self) -> None:
+        """Starts queued jobs while slots are free. Called with `_lock` held."""
+        while self._queue and len(self._running) < self.max_concurrent and not self._stopping:
+            job_id, location = self._queue.popleft()
+            job = self.get(job_id)
+            checkpoint_dir = self.store.layout.job_dir(job_id)
+            checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            receiver, sender = self._context.Pipe(duplex=False)
+            cancel = self._context.Event()
+            process = self._context.Process(
+                target=run_job,
+                args=(job.request, location, str(checkpoint_dir), sender, cancel),
+                name=f"torchwire-job-{job_id}",
+            )
+            process.start()
+            sender.close()
+            run = _Run(process, receiver, cancel, location)
+            self._running[job_id] = run
+            self.registry.update_job(job_id, state=RUNNING, started_at=time.time())
+            run.follower = threading.Thread(
+                target=self._follow, args=(job_id, run), name=f"follow-{job_id}", daemon=True
+            )
+            run.follower.start()
+
+    def _follow(self, job_id: str, run: _Run) -> None:
+        """Records what a worker sends until its pipe closes, then ends the job."""
+        result: dict[str, Any] | None = None
+        error = ""
+        while True:
+            try:
+                message = run.conn.recv()
+            except (EOFError, OSError):
+                break
+            if message[0] == "event":
+                _, kind, payload = message
+                fields = {"device": payload["device"]} if kind == events.Started.kind else {}
+                self._append(job_id, kind, payload, **fields)
+            elif message[0] == "result":
+                result = message[1]
+            else:
+                error = message[1]
+        run.process.join()
+        run.conn.close()
+        try:
+            self._conclude(job_id, run, result, error)
+        except Exception:
+            log.exception("job %s: recording its end failed", job_id)
+            self._record(
+                job_id,
+                events.Failed("internal error while finishing the job"),
+                state=FAILED,
+                finished_at=time.time(),
+                error="internal error",
+            )
+        with self._lock:
+            del self._running[job_id]
+            self._dispatch()
+
+    def _conclude(self, job_id: str, run: _Run, result: dict[str, Any] | None, error: str) -> None:
+        now = time.time()
+        if run.cancel_reason and (result is None or result["cancelled"]):
+            self._record(
+                job_id,
+                events.Cancelled(run.cancel_reason),
+                state=CANCELLED,
+                finished_at=now,
+                error=run.cancel_reason,
+            )
+            return
+        if result is None or result["cancelled"] or not result["best_epoch"]:
+            reason = error or f"the worker process exited with code {run.process.exitcode}"
+            self._record(job_id, events.Failed(reason), state=FAILED, finished_at=now, error=reason)
+            return
+        job = self.get(job_id)
+        info = run.location.info
+        metadata = {
+            "task": info.task,
+            "input_shape": list(info.feature_shape),
+            "input_dtype": info.feature_dtype,
+            "output_size": info.output_size,
+            "classes": list(info.classes),
+            "metrics": result["metrics"],
+            "training": job.request,
+            "best_epoch": result["best_epoch"],
+            "history": result["history"],
+        }
+        checkpoint = self.store.layout.job_dir(job_id) / "best.pt"
+        version = self.store.models.register(job.model_name, job_id, checkpoint, metadata)
+        finished = events.Finished(
+            model_name=job.model_name,
+            model_version=version,
+            best_epoch=result["best_epoch"],
+            epochs_run=result["epochs_run"],
+            stopped_early=result["stopped_early"],
+            metrics=result["metrics"],
+        )
+        self._record(
+            job_id,
+            finished,
+            state=SUCCEEDED,
+            finished_at=now,
+            model_version=version,
+            best_epoch=result["best_epoch"],
+        )

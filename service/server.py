@@ -1,0 +1,88 @@
+"""Builds the gRPC server: the TorchWire service, health, reflection, the error interceptor,
+explicit message limits, and an orderly shutdown."""
+
+import logging
+from concurrent import futures
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from torchwire.service.api.errors import ErrorInterceptor
+from torchwire.service.api.servicer import TorchWireServicer, add_to_server
+from torchwire.service.config import ServerConfig
+from torchwire.service.jobs import JobManager
+from torchwire.service.models import ModelService
+from torchwire.service.store import Store
+from torchwire.v1 import torchwire_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TorchWire"].full_name
+
+
+def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    """Message size limits, set explicitly in both directions."""
+    return [
+        ("grpc.max_send_message_length", max_message_bytes),
+        ("grpc.max_receive_message_length", max_message_bytes),
+    ]
+
+
+class TorchwireServer:
+    """The running service: store, job manager, model cache and the gRPC server around them."""
+
+    def __init__(self, config: ServerConfig) -> None:
+        self.config = config
+        self.store = Store(config.store_dir, config.max_upload_bytes)
+        self.jobs = JobManager(self.store, config.max_concurrent_jobs, config.max_queued_jobs)
+        self.models = ModelService(self.store, config.max_loaded_models)
+        self.health = health.HealthServicer()
+        self.grpc = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=config.rpc_threads, thread_name_prefix="rpc"),
+            interceptors=[ErrorInterceptor()],
+            options=channel_options(config.max_message_bytes),
+        )
+        add_to_server(TorchWireServicer(self.store, self.jobs, self.models), self.grpc)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        reflection.enable_server_reflection(
+            (
+                SERVICE_NAME,
+                health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+                reflection.SERVICE_NAME,
+            ),
+            self.grpc,
+        )
+        self.port = self.grpc.add_insecure_port(config.address)
+        if self.port == 0:
+            raise OSError(f"cannot bind {config.address}")
+        self.address = f"{config.address.rsplit(':', 1)[0]}:{self.port}"
+
+    def start(self) -> None:
+        """Starts serving and reports SERVING to health checks."""
+        self.grpc.start()
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
+        log.info("serving on %s (store %s)", self.address, self.config.store_dir)
+
+    def stop(self, grace: float | None = None) -> None:
+        """Shuts down in order: stop accepting, drain RPCs while jobs stop (checkpoints kept)
+        and workers are joined, then release models and the store."""
+        grace = self.config.grace_seconds if grace is None else grace
+        self.health.enter_graceful_shutdown()
+        drained = self.grpc.stop(grace)
+        self.jobs.shutdown(timeout=grace)
+        drained.wait()
+        self.models.cache.evict(lambda key: True)
+        self.store.close()
+        log.info("stopped")
+
+    def wait(self) -> None:
+        """Blocks until the gRPC server stops."""
+        self.grpc.wait_for_termination()
+
+
+def create_server(config: ServerConfig) -> tuple[TorchwireServer, int]:
+    """Builds (but does not start) the server; returns it and the port it bound."""
+    server = TorchwireServer(config)
+    return server, server.port

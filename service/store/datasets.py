@@ -1,0 +1,305 @@
+"""The dataset catalog: built-in datasets and uploaded ones, stored as raw little-endian arrays."""
+
+import os
+import shutil
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import numpy as np
+
+from torchwire.service.core.data import (
+    BUILTIN_DATASETS,
+    CLASSIFICATION,
+    REGRESSION,
+    ArrayDataset,
+    DatasetInfo,
+    check_split,
+)
+from torchwire.service.errors import InvalidArgument, NotFound, ResourceExhausted
+from torchwire.service.store.layout import check_name, fsync_dir
+from torchwire.service.store.registry import Registry
+
+FEATURES_FILE, TARGETS_FILE = "features.bin", "targets.bin"
+_FEATURE_DTYPES = {np.dtype("float32"), np.dtype("float64")}
+_CLASS_DTYPES = {np.dtype("int64"), np.dtype("int32")}
+
+
+@dataclass(frozen=True)
+class DatasetLocation:
+    """Where one split lives: picklable, so a worker process can open it without the registry."""
+
+    info: DatasetInfo
+    split: str
+    directory: Path | None  # None for built-ins
+    target_dtype: str = ""
+
+    def open(self) -> ArrayDataset:
+        """Loads the split as a Dataset (uploaded splits are memory-mapped, not read whole)."""
+        if self.directory is None:
+            features, targets = BUILTIN_DATASETS[self.info.name].load(self.split)
+        else:
+            count = self.info.splits[self.split]
+            features = np.memmap(
+                self.directory / FEATURES_FILE,
+                dtype="<f4",
+                mode="r",
+                shape=(count, *self.info.feature_shape),
+            )
+            targets = np.memmap(
+                self.directory / TARGETS_FILE,
+                dtype=self.target_dtype,
+                mode="r",
+                shape=(count, *self.info.target_shape),
+            )
+        return ArrayDataset(features, targets, self.info.task)
+
+
+class _SplitWriter:
+    """Appends validated chunks of one upload to raw files in a scratch directory."""
+
+    def __init__(self, directory: Path, max_bytes: int) -> None:
+        self.directory = directory
+        self.max_bytes = max_bytes
+        self.count = 0
+        self.written = 0
+        self.feature_shape: tuple[int, ...] | None = None
+        self.target_shape: tuple[int, ...] = ()
+        self.task = ""
+        self.max_class = -1
+        self._features: BinaryIO = open(directory / FEATURES_FILE, "wb")  # noqa: SIM115
+        self._targets: BinaryIO = open(directory / TARGETS_FILE, "wb")  # noqa: SIM115
+
+    def add(self, index: int, features: np.ndarray, targets: np.ndarray) -> None:
+        where = f"chunk[{index}]"
+        if features.dtype not in _FEATURE_DTYPES:
+            raise InvalidArgument.field(
+                f"{where}.features.dtype", str(features.dtype), "must be float32 or float64"
+            )
+        if features.ndim < 2 or features.shape[0] < 1:
+            raise InvalidArgument.field(
+                f"{where}.features.shape",
+                list(features.shape),
+                "must be [n, ...] with n >= 1 and per-sample dimensions",
+            )
+        if targets.ndim not in (1, 2) or len(targets) != len(features):
+            raise InvalidArgument.field(
+                f"{where}.targets.shape",
+                list(targets.shape),
+                f"must be [{len(features)}] or [{len(features)}, k]",
+            )
+        if targets.dtype in _CLASS_DTYPES:
+            task = CLASSIFICATION
+            if targets.ndim != 1:
+                raise InvalidArgument.field(
+                    f"{where}.targets.shape",
+                    list(targets.shape),
+                    "class ids must be one per sample: [n]",
+                )
+            if targets.min() < 0:
+                raise InvalidArgument.field(
+                    f"{where}.targets", int(targets.min()), "class ids must be >= 0"
+                )
+        elif targets.dtype in _FEATURE_DTYPES:
+            task = REGRESSION
+            if not np.isfinite(targets).all():
+                raise InvalidArgument.field(f"{where}.targets", "nan/inf", "must be finite")
+        else:
+            raise InvalidArgument.field(
+                f"{where}.targets.dtype",
+                str(targets.dtype),
+                "must be int64/int32 (classes) or float32/float64 (values)",
+            )
+        sample_shape = tuple(features.shape[1:])
+        if self.feature_shape is None:
+            self.feature_shape, self.target_shape, self.task = (
+                sample_shape,
+                tuple(targets.shape[1:]),
+                task,
+            )
+        elif sample_shape != self.feature_shape:
+            raise InvalidArgument.field(
+                f"{where}.features.shape",
+                list(features.shape),
+                f"per-sample shape differs from the first chunk's {list(self.feature_shape)}",
+            )
+        elif task != self.task or tuple(targets.shape[1:]) != self.target_shape:
+            raise InvalidArgument.field(
+                f"{where}.targets",
+                f"{targets.dtype}{list(targets.shape)}",
+                "differs in dtype or shape from the first chunk's targets",
+            )
+        features = features.astype("<f4", copy=False)
+        targets = targets.astype("<i8" if task == CLASSIFICATION else "<f4", copy=False)
+        size = features.nbytes + targets.nbytes
+        if self.written + size > self.max_bytes:
+            raise ResourceExhausted(f"upload exceeds max_upload_bytes={self.max_bytes}")
+        self._features.write(np.ascontiguousarray(features).tobytes())
+        self._targets.write(np.ascontiguousarray(targets).tobytes())
+        self.written += size
+        self.count += len(features)
+        if task == CLASSIFICATION:
+            self.max_class = max(self.max_class, int(targets.max()))
+
+    def finish(self) -> None:
+        """Flushes both files to disk."""
+        for fh in (self._features, self._targets):
+            fh.flush()
+            os.fsync(fh.fileno())
+            fh.close()
+
+    def abort(self) -> None:
+        for fh in (self._features, self._targets):
+            fh.close()
+
+
+class DatasetCatalog:
+    """Resolves dataset names to data: built-ins first, then uploads under `root`."""
+
+    def __init__(self, root: Path, registry: Registry, max_upload_bytes: int) -> None:
+        self.root = root
+        self.registry = registry
+        self.max_upload_bytes = max_upload_bytes
+        root.mkdir(parents=True, exist_ok=True)
+
+    def all(self) -> list[DatasetInfo]:
+        """Every dataset: built-ins, then uploads by name."""
+        uploaded = self.registry.dataset_splits()
+        return [b.info for b in BUILTIN_DATASETS.values()] + [
+            _info(name, splits) for name, splits in uploaded.items()
+        ]
+
+    def info(self, name: str, field: str = "dataset.name") -> DatasetInfo:
+        """The dataset's description.
+
+        Raises:
+            NotFound: no dataset has this name.
+        """
+        if name in BUILTIN_DATASETS:
+            return BUILTIN_DATASETS[name].info
+        check_name(field, name)
+        splits = self.registry.dataset_splits(name).get(name)
+        if not splits:
+            raise NotFound(f"dataset {name!r} does not exist")
+        return _info(name, splits)
+
+    def locate(self, name: str, split: str, field: str = "dataset") -> DatasetLocation:
+        """Finds one split of a dataset.
+
+        Raises:
+            InvalidArgument: the name or split is malformed.
+            NotFound: the dataset or the split does not exist.
+        """
+        check_split(f"{field}.split", split)
+        info = self.info(name, f"{field}.name")
+        if split not in info.splits:
+            raise NotFound(f"dataset {name!r} has no {split!r} split; it has {sorted(info.splits)}")
+        if info.builtin:
+            return DatasetLocation(info, split, None)
+        meta = self.registry.dataset_splits(name)[name][split]
+        return DatasetLocation(info, split, self.root / name / split, meta["target_dtype"])
+
+    def upload(
+        self,
+        name: str,
+        split: str,
+        classes: list[str],
+        chunks: Iterable[tuple[np.ndarray, np.ndarray]],
+    ) -> DatasetInfo:
+        """Stores an uploaded split atomically: it appears whole or not at all.
+
+        Args:
+            name: the dataset's name.
+            split: "train" or "test".
+            classes: class names (optional; classification only).
+            chunks: (features, targets) arrays, validated one by one as they arrive.
+        """
+        check_name("header.name", name)
+        if name in BUILTIN_DATASETS:
+            raise InvalidArgument.field("header.name", name, "is the name of a built-in dataset")
+        check_split("header.split", split)
+        if len(classes) != len(set(classes)) or any(not c for c in classes):
+            raise InvalidArgument.field("header.classes", classes, "must be unique and non-empty")
+        scratch = self.root / f".upload-{uuid.uuid4().hex}"
+        scratch.mkdir(parents=True)
+        writer = _SplitWriter(scratch, self.max_upload_bytes)
+        try:
+            for index, (features, targets) in enumerate(chunks):
+                writer.add(index, features, targets)
+            writer.finish()
+            meta = self._check_upload(name, split, classes, writer)
+            self._install(scratch, self.root / name / split)
+        except BaseException:
+            writer.abort()
+            shutil.rmtree(scratch, ignore_errors=True)
+            raise
+        self.registry.put_dataset_split(name, split, meta)
+        return self.info(name)
+
+    def _check_upload(
+        self, name: str, split: str, classes: list[str], writer: _SplitWriter
+    ) -> dict[str, Any]:
+        if writer.count == 0 or writer.feature_shape is None:
+            raise InvalidArgument.field("chunk", 0, "the upload holds no samples")
+        if writer.task == CLASSIFICATION:
+            if classes and writer.max_class >= len(classes):
+                raise InvalidArgument.field(
+                    "header.classes",
+                    classes,
+                    f"has {len(classes)} names but targets reach class {writer.max_class}",
+                )
+            classes = classes or [str(c) for c in range(writer.max_class + 1)]
+        elif classes:
+            raise InvalidArgument.field(
+                "header.classes", classes, "only classification targets (int64) take class names"
+            )
+        meta = {
+            "num_samples": writer.count,
+            "feature_shape": list(writer.feature_shape),
+            "target_shape": list(writer.target_shape),
+            "target_dtype": "<i8" if writer.task == CLASSIFICATION else "<f4",
+            "classes": classes,
+            "task": writer.task,
+        }
+        others = {
+            s: m for s, m in self.registry.dataset_splits(name).get(name, {}).items() if s != split
+        }
+        for other_split, other in others.items():
+            for key in ("feature_shape", "target_shape", "task"):
+                if other[key] != meta[key]:
+                    raise InvalidArgument.field(
+                        f"chunk.{key}",
+                        meta[key],
+                        f"differs from the {other_split!r} split's {other[key]}",
+                    )
+        return meta
+
+    def _install(self, scratch: Path, target: Path) -> None:
+        """Moves a finished upload into place, replacing an older upload of the split."""
+        target.parent.mkdir(parents=True, exist_ok=True)
+        if target.exists():
+            retired = scratch.with_name(scratch.name + ".old")
+            os.replace(target, retired)
+            os.replace(scratch, target)
+            shutil.rmtree(retired, ignore_errors=True)
+        else:
+            os.replace(scratch, target)
+        fsync_dir(target.parent)
+
+
+def _info(name: str, splits: dict[str, dict[str, Any]]) -> DatasetInfo:
+    """A dataset's description from its uploaded splits' metadata."""
+    first = next(iter(splits.values()))
+    classes = max((m["classes"] for m in splits.values()), key=len)
+    return DatasetInfo(
+        name=name,
+        builtin=False,
+        splits={s: m["num_samples"] for s, m in splits.items()},
+        feature_shape=tuple(first["feature_shape"]),
+        feature_dtype="float32",
+        target_shape=tuple(first["target_shape"]),
+        classes=tuple(classes),
+        task=first["task"],
+    )

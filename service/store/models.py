@@ -1,0 +1,98 @@
+"""Registered model versions: checkpoints under the store, metadata in the registry."""
+
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from torchwire.service.errors import InvalidArgument, NotFound
+from torchwire.service.store.layout import StoreLayout, check_name, fsync_dir
+from torchwire.service.store.registry import ModelVersionRecord, Registry
+
+
+class ModelStore:
+    """Registers, finds and deletes model versions."""
+
+    def __init__(self, layout: StoreLayout, registry: Registry) -> None:
+        self.layout = layout
+        self.registry = registry
+
+    def register(self, name: str, job_id: str, checkpoint: Path, metadata: dict[str, Any]) -> int:
+        """Copies a job's checkpoint into the model's directory and records a new version.
+
+        The copy is complete and on disk before the registry names it.
+        """
+        version = self.registry.next_model_version(name)
+        target = self.layout.model_checkpoint(name, version)
+        target.parent.mkdir(parents=True, exist_ok=True)
+        scratch = target.with_name(f".{target.name}.tmp")
+        shutil.copyfile(checkpoint, scratch)
+        with open(scratch, "rb") as fh:
+            os.fsync(fh.fileno())
+        os.replace(scratch, target)
+        fsync_dir(target.parent)
+        self.registry.add_model_version(
+            ModelVersionRecord(
+                name,
+                version,
+                time.time(),
+                job_id,
+                str(target.relative_to(self.layout.root)),
+                metadata,
+            )
+        )
+        return version
+
+    def versions(self, name: str, field: str = "name") -> list[ModelVersionRecord]:
+        """All versions of a model, oldest first.
+
+        Raises:
+            InvalidArgument: the name is malformed.
+            NotFound: no version of the model exists.
+        """
+        check_name(field, name)
+        versions = self.registry.model_versions(name)
+        if not versions:
+            raise NotFound(f"model {name!r} does not exist")
+        return versions
+
+    def get(self, name: str, version: int, field: str = "model_name") -> ModelVersionRecord:
+        """One version; 0 means the latest."""
+        if version < 0:
+            raise InvalidArgument.field("version", version, "must be >= 0 (0 means the latest)")
+        versions = self.versions(name, field)
+        if version == 0:
+            return versions[-1]
+        for record in versions:
+            if record.version == version:
+                return record
+        raise NotFound(
+            f"model {name!r} has no version {version}; it has {[r.version for r in versions]}"
+        )
+
+    def all(self) -> dict[str, list[ModelVersionRecord]]:
+        """Every model's versions, by name."""
+        grouped: dict[str, list[ModelVersionRecord]] = {}
+        for record in self.registry.model_versions():
+            grouped.setdefault(record.name, []).append(record)
+        return grouped
+
+    def checkpoint(self, record: ModelVersionRecord) -> Path:
+        """The version's checkpoint file."""
+        return self.layout.root / record.checkpoint
+
+    def delete(self, name: str, version: int) -> list[int]:
+        """Deletes one version (or all, for 0); returns the deleted version numbers.
+
+        Registry rows go first, so an interrupted delete leaves stray files, never
+        a registered version without its checkpoint.
+        """
+        doomed = [self.get(name, version, "name")] if version else self.versions(name)
+        numbers = [r.version for r in doomed]
+        self.registry.delete_model_versions(name, numbers)
+        for record in doomed:
+            shutil.rmtree(self.checkpoint(record).parent, ignore_errors=True)
+        if not version:
+            shutil.rmtree(self.layout.model_dir(name), ignore_errors=True)
+        return numbers

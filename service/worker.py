@@ -1,0 +1,63 @@
+"""The worker process: runs one training job and reports over a pipe.
+
+It never touches the registry; the job manager in the server records what it sends:
+`("event", kind, payload)` as training goes, then `("result", {...})` or `("error", reason)`.
+"""
+
+import logging
+import traceback
+from multiprocessing.connection import Connection
+from multiprocessing.synchronize import Event as CancelFlag
+from pathlib import Path
+from typing import Any
+
+from torchwire.service.core.events import Event, to_payload
+from torchwire.service.core.training import Trainer, TrainSpec
+from torchwire.service.errors import TorchwireError
+from torchwire.service.store.datasets import DatasetLocation
+
+
+def run_job(
+    spec_dict: dict[str, Any],
+    location: DatasetLocation,
+    checkpoint_dir: str,
+    conn: Connection,
+    cancel: CancelFlag,
+) -> None:
+    """Entry point of a spawned worker process: trains, checkpoints and reports."""
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
+
+    def emit(event: Event) -> None:
+        conn.send(("event", event.kind, to_payload(event)))
+
+    try:
+        spec = TrainSpec.from_dict(spec_dict)
+        trainer = Trainer(
+            spec,
+            location.info,
+            location.open(),
+            Path(checkpoint_dir),
+            emit,
+            should_stop=cancel.is_set,
+        )
+        result = trainer.run()
+        conn.send(
+            (
+                "result",
+                {
+                    "cancelled": result.cancelled,
+                    "best_epoch": result.best_epoch,
+                    "epochs_run": len(result.history),
+                    "stopped_early": result.stopped_early,
+                    "metrics": result.best_metrics,
+                    "history": [to_payload(record) for record in result.history],
+                },
+            )
+        )
+    except TorchwireError as err:
+        conn.send(("error", err.message))
+    except Exception as err:
+        traceback.print_exc()
+        conn.send(("error", f"training failed: {type(err).__name__}: {err}"))
+    finally:
+        conn.close()
