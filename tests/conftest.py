@@ -1,0 +1,61 @@
+"""Shared fixtures: a real server on port 0 with a temporary store, and clients over real channels."""
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from torchwire.client import Client
+from torchwire.service.config import ServerConfig
+from torchwire.service.server import TorchwireServer, create_server
+
+
+def start_server(store: Path, **overrides) -> TorchwireServer:
+    """Builds and starts a server on a free port of 127.0.0.1."""
+    config = ServerConfig(address="127.0.0.1:0", store_dir=store, grace_seconds=5, **overrides)
+    server, _ = create_server(config)
+    server.start()
+    return server
+
+
+@pytest.fixture(scope="session")
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TorchwireServer]:
+    """One server for the session; tests that need other limits start their own."""
+    server = start_server(tmp_path_factory.mktemp("store"), max_concurrent_jobs=2)
+    yield server
+    server.stop(grace=5)
+
+
+@pytest.fixture(scope="session")
+def client(server: TorchwireServer) -> Iterator[Client]:
+    with Client(server.address, timeout=60) as client:
+        client.wait_ready()
+        yield client
+
+
+@pytest.fixture(scope="session")
+def digits_model(client: Client) -> str:
+    """An MLP trained on the built-in digits: the model most tests query."""
+    job = client.train("digits-mlp", "digits", epochs=12, seed=0)
+    job.wait()
+    return "digits-mlp"
+
+
+@pytest.fixture(scope="session")
+def regression_data(client: Client) -> str:
+    """An uploaded regression dataset: y = 2 * sum(x) - 1 over 6 features."""
+    rng = np.random.default_rng(0)
+    for split, n in (("train", 512), ("test", 128)):
+        x = rng.normal(size=(n, 6)).astype(np.float32)
+        y = (2 * x.sum(axis=1) - 1).astype(np.float32)
+        client.upload_dataset("linear", x, y, split=split)
+    return "linear"
+
+
+def assert_status(err: grpc.RpcError, code: grpc.StatusCode, *fragments: str) -> None:
+    """The error has `code` and its message names every fragment (the field, the value)."""
+    assert err.code() == code, f"{err.code()}: {err.details()}"
+    for fragment in fragments:
+        assert fragment in err.details(), f"{fragment!r} not in {err.details()!r}"
