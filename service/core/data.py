@@ -118,6 +118,29 @@ def check_split(field: str, split: str) -> str:
     return split
 
 
+def split_sizes(
+    total: int, val_fraction: float, batch_size: int, drop_last: bool
+) -> tuple[int, int]:
+    """Sizes of the training and validation subsets of `total` samples.
+
+    Raises:
+        InvalidArgument: no training sample would be left, or `drop_last` would drop them all.
+    """
+    n_val = max(1, round(total * val_fraction)) if val_fraction > 0 else 0
+    n_train = total - n_val
+    if n_train < 1:
+        raise InvalidArgument.field(
+            "config.val_fraction", val_fraction, f"leaves no training sample out of {total}"
+        )
+    if drop_last and n_train < batch_size:
+        raise InvalidArgument.field(
+            "config.drop_last",
+            True,
+            f"with batch_size {batch_size} it drops all {n_train} training samples",
+        )
+    return n_train, n_val
+
+
 def split_and_load(
     dataset: Dataset,
     *,
@@ -136,19 +159,7 @@ def split_and_load(
     Raises:
         InvalidArgument: the split leaves no training sample.
     """
-    total = len(dataset)  # type: ignore[arg-type]
-    n_val = max(1, round(total * val_fraction)) if val_fraction > 0 else 0
-    n_train = total - n_val
-    if n_train < 1:
-        raise InvalidArgument.field(
-            "config.val_fraction", val_fraction, f"leaves no training sample out of {total}"
-        )
-    if drop_last and n_train < batch_size:
-        raise InvalidArgument.field(
-            "config.drop_last",
-            True,
-            f"with batch_size {batch_size} it drops all {n_train} training samples",
-        )
+    n_train, n_val = split_sizes(len(dataset), val_fraction, batch_size, drop_last)  # type: ignore[arg-type]
     generator = torch.Generator().manual_seed(seed)
     train_set, val_set = random_split(dataset, [n_train, n_val], generator=generator)
     common: dict[str, Any] = {

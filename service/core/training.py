@@ -16,7 +16,13 @@ from torch.utils.data import Dataset
 
 from torchwire.service.core import events
 from torchwire.service.core.checkpoint import save_checkpoint
-from torchwire.service.core.data import CLASSIFICATION, REGRESSION, DatasetInfo, split_and_load
+from torchwire.service.core.data import (
+    CLASSIFICATION,
+    REGRESSION,
+    DatasetInfo,
+    split_and_load,
+    split_sizes,
+)
 from torchwire.service.core.device import choose_device
 from torchwire.service.core.evaluation import align_output, evaluate
 from torchwire.service.core.models import ARCHITECTURES, ModelConfig
@@ -195,13 +201,15 @@ def _build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optim
 
 
 def check_compatible(spec: TrainSpec, info: DatasetInfo) -> ModelConfig:
-    """Checks the loss against the dataset's task and returns the model config for this data."""
-    if spec.config.task != info.task:
+    """Checks the loss and the batching against the data; returns the model config for it."""
+    config = spec.config
+    if config.task != info.task:
         raise InvalidArgument.field(
             "config.loss",
-            spec.config.loss,
-            f"trains {spec.config.task}, but dataset {info.name!r} is {info.task}",
+            config.loss,
+            f"trains {config.task}, but dataset {info.name!r} is {info.task}",
         )
+    split_sizes(info.splits[spec.split], config.val_fraction, config.batch_size, config.drop_last)
     return ModelConfig(spec.architecture, spec.params, info.feature_shape, info.output_size)
 
 
