@@ -1,4 +1,4 @@
-"""Shared fixtures: a real server on port 0 with a temporary store, and clients over real channels."""
+"""Shared fixtures: a real server on port 0 with a temporary store, clients on real channels."""
 
 from collections.abc import Iterator
 from pathlib import Path

@@ -34,13 +34,15 @@ def _upload(client: Client, *messages: pb.UploadDatasetRequest) -> pb.Dataset:
 
 
 def _header(name: str = "ok-name", split: str = "train", classes=()) -> pb.UploadDatasetRequest:
-    return pb.UploadDatasetRequest(header=pb.UploadHeader(name=name, split=split,
-                                                          classes=list(classes)))
+    return pb.UploadDatasetRequest(
+        header=pb.UploadHeader(name=name, split=split, classes=list(classes))
+    )
 
 
 def _chunk(features: np.ndarray, targets: np.ndarray) -> pb.UploadDatasetRequest:
-    return pb.UploadDatasetRequest(chunk=pb.UploadChunk(features=tensors.encode(features),
-                                                        targets=tensors.encode(targets)))
+    return pb.UploadDatasetRequest(
+        chunk=pb.UploadChunk(features=tensors.encode(features), targets=tensors.encode(targets))
+    )
 
 
 F32 = np.zeros((4, 3), np.float32)
@@ -53,31 +55,55 @@ UPLOAD_CASES = {
     "path in name": ([_header("../etc"), _chunk(F32, I64)], "header.name='../etc'"),
     "empty name": ([_header(""), _chunk(F32, I64)], "header.name=''"),
     "built-in name": ([_header("digits"), _chunk(F32, I64)], "header.name='digits'"),
-    "unknown split": ([_header(split="validation"), _chunk(F32, I64)],
-                      "header.split='validation'"),
+    "unknown split": ([_header(split="validation"), _chunk(F32, I64)], "header.split='validation'"),
     "no samples": ([_header()], "upload holds no samples"),
-    "int features": ([_header(), _chunk(np.zeros((4, 3), np.int64), I64)],
-                     "chunk[0].features.dtype='int64'"),
-    "bad byte count": ([_header(), pb.UploadDatasetRequest(chunk=pb.UploadChunk(
-        features=pb.Tensor(dtype="float32", shape=[4, 3], data=b"\0" * 47),
-        targets=tensors.encode(I64)))], "chunk[0].features: data has 47 bytes"),
-    "unknown dtype": ([_header(), pb.UploadDatasetRequest(chunk=pb.UploadChunk(
-        features=pb.Tensor(dtype="complex64", shape=[1], data=b"\0" * 8),
-        targets=tensors.encode(I64)))], "chunk[0].features: dtype 'complex64'"),
-    "target count": ([_header(), _chunk(F32, np.zeros(3, np.int64))],
-                     "chunk[0].targets.shape=[3]"),
-    "negative class": ([_header(), _chunk(F32, -np.ones(4, np.int64))],
-                       "chunk[0].targets=-1"),
-    "shape changes": ([_header(), _chunk(F32, I64), _chunk(np.zeros((4, 5), np.float32), I64)],
-                      "chunk[1].features.shape=[4, 5]"),
-    "too few class names": ([_header(classes=["a"]), _chunk(F32, np.arange(4))],
-                            "header.classes=['a']"),
-    "duplicate class names": ([_header(classes=["a", "a"]), _chunk(F32, I64)],
-                              "header.classes=['a', 'a']"),
-    "nan targets": ([_header(), _chunk(F32, np.full(4, np.nan, np.float32))],
-                    "chunk[0].targets"),
-    "scalar features": ([_header(), _chunk(np.zeros(4, np.float32), I64)],
-                        "chunk[0].features.shape=[4]"),
+    "int features": (
+        [_header(), _chunk(np.zeros((4, 3), np.int64), I64)],
+        "chunk[0].features.dtype='int64'",
+    ),
+    "bad byte count": (
+        [
+            _header(),
+            pb.UploadDatasetRequest(
+                chunk=pb.UploadChunk(
+                    features=pb.Tensor(dtype="float32", shape=[4, 3], data=b"\0" * 47),
+                    targets=tensors.encode(I64),
+                )
+            ),
+        ],
+        "chunk[0].features: data has 47 bytes",
+    ),
+    "unknown dtype": (
+        [
+            _header(),
+            pb.UploadDatasetRequest(
+                chunk=pb.UploadChunk(
+                    features=pb.Tensor(dtype="complex64", shape=[1], data=b"\0" * 8),
+                    targets=tensors.encode(I64),
+                )
+            ),
+        ],
+        "chunk[0].features: dtype 'complex64'",
+    ),
+    "target count": ([_header(), _chunk(F32, np.zeros(3, np.int64))], "chunk[0].targets.shape=[3]"),
+    "negative class": ([_header(), _chunk(F32, -np.ones(4, np.int64))], "chunk[0].targets=-1"),
+    "shape changes": (
+        [_header(), _chunk(F32, I64), _chunk(np.zeros((4, 5), np.float32), I64)],
+        "chunk[1].features.shape=[4, 5]",
+    ),
+    "too few class names": (
+        [_header(classes=["a"]), _chunk(F32, np.arange(4))],
+        "header.classes=['a']",
+    ),
+    "duplicate class names": (
+        [_header(classes=["a", "a"]), _chunk(F32, I64)],
+        "header.classes=['a', 'a']",
+    ),
+    "nan targets": ([_header(), _chunk(F32, np.full(4, np.nan, np.float32))], "chunk[0].targets"),
+    "scalar features": (
+        [_header(), _chunk(np.zeros(4, np.float32), I64)],
+        "chunk[0].features.shape=[4]",
+    ),
 }
 
 
@@ -130,8 +156,11 @@ TRAIN_CASES = {
     "unknown split": ({"dataset__split": "dev"}, INVALID, "dataset.split='dev'"),
     "zero epochs": ({"config__epochs": 0}, INVALID, "config.epochs=0"),
     "negative batch": ({"config__batch_size": -1}, INVALID, "config.batch_size=-1"),
-    "nan learning rate": ({"config__learning_rate": float("nan")}, INVALID,
-                          "config.learning_rate=nan"),
+    "nan learning rate": (
+        {"config__learning_rate": float("nan")},
+        INVALID,
+        "config.learning_rate=nan",
+    ),
     "unknown optimizer": ({"config__optimizer": "lbfgs"}, INVALID, "config.optimizer='lbfgs'"),
     "unknown loss": ({"config__loss": "hinge"}, INVALID, "config.loss='hinge'"),
     "loss for another task": ({"config__loss": "mse"}, INVALID, "config.loss='mse'"),
@@ -140,12 +169,21 @@ TRAIN_CASES = {
     "patience": ({"config__patience": -2}, INVALID, "config.patience=-2"),
     "workers": ({"config__num_workers": 99}, INVALID, "config.num_workers=99"),
     "unknown device": ({"config__device": "tpu"}, INVALID, "config.device='tpu'"),
-    "hidden size": ({"model": pb.ModelSpec(mlp=pb.MLPSpec(hidden_sizes=[64, 0]))}, INVALID,
-                    "model.mlp.hidden_sizes=[64, 0]"),
-    "dropout": ({"model": pb.ModelSpec(cnn=pb.CNNSpec(dropout=1.0))}, INVALID,
-                "model.cnn.dropout=1.0"),
-    "drop every batch": ({"config__drop_last": True, "config__batch_size": 5000}, INVALID,
-                         "config.drop_last=True"),
+    "hidden size": (
+        {"model": pb.ModelSpec(mlp=pb.MLPSpec(hidden_sizes=[64, 0]))},
+        INVALID,
+        "model.mlp.hidden_sizes=[64, 0]",
+    ),
+    "dropout": (
+        {"model": pb.ModelSpec(cnn=pb.CNNSpec(dropout=1.0))},
+        INVALID,
+        "model.cnn.dropout=1.0",
+    ),
+    "drop every batch": (
+        {"config__drop_last": True, "config__batch_size": 5000},
+        INVALID,
+        "config.drop_last=True",
+    ),
 }
 
 
@@ -168,24 +206,37 @@ def test_train_on_missing_cuda_is_invalid(client: Client) -> None:
 
 def test_cnn_needs_image_data(client: Client, regression_data: str) -> None:
     with pytest.raises(grpc.RpcError) as info:
-        _train(client, dataset__name=regression_data, config__loss="mse",
-               model=pb.ModelSpec(cnn=pb.CNNSpec()))
+        _train(
+            client,
+            dataset__name=regression_data,
+            config__loss="mse",
+            model=pb.ModelSpec(cnn=pb.CNNSpec()),
+        )
     assert_status(info.value, INVALID, "model.cnn=[6]", "[C, H, W]")
 
 
 def test_job_rpcs_reject(client: Client, digits_model: str) -> None:
     cases = [
-        (lambda: list(client.stub.WatchJob(pb.WatchJobRequest(job_id="nope"))), NOT_FOUND,
-         "'nope'"),
-        (lambda: list(client.stub.WatchJob(pb.WatchJobRequest(job_id="x", after_seq=-1))),
-         INVALID, "after_seq=-1"),
+        (
+            lambda: list(client.stub.WatchJob(pb.WatchJobRequest(job_id="nope"))),
+            NOT_FOUND,
+            "'nope'",
+        ),
+        (
+            lambda: list(client.stub.WatchJob(pb.WatchJobRequest(job_id="x", after_seq=-1))),
+            INVALID,
+            "after_seq=-1",
+        ),
         (lambda: client.stub.GetJob(pb.GetJobRequest(job_id="nope")), NOT_FOUND, "'nope'"),
         (lambda: client.stub.CancelJob(pb.CancelJobRequest(job_id="")), NOT_FOUND, "''"),
         (lambda: client.stub.ListJobs(pb.ListJobsRequest(limit=5000)), INVALID, "limit=5000"),
         (lambda: client.stub.ListJobs(pb.ListJobsRequest(limit=-1)), INVALID, "limit=-1"),
         (lambda: client.stub.ListJobs(pb.ListJobsRequest(state=99)), INVALID, "state=99"),
-        (lambda: client.stub.ListJobs(pb.ListJobsRequest(model_name="a b")), INVALID,
-         "model_name='a b'"),
+        (
+            lambda: client.stub.ListJobs(pb.ListJobsRequest(model_name="a b")),
+            INVALID,
+            "model_name='a b'",
+        ),
     ]
     for call, code, fragment in cases:
         with pytest.raises(grpc.RpcError) as info:
@@ -215,18 +266,37 @@ PREDICT_CASES = {
     "bad model name": ({"model_name": "../../etc"}, INVALID, "model_name='../../etc'"),
     "unknown version": ({"version": 999}, NOT_FOUND, "no version 999"),
     "negative version": ({"version": -1}, INVALID, "version=-1"),
-    "wrong dtype": ({"inputs": tensors.encode(np.zeros((2, 1, 8, 8)))}, INVALID,
-                    "inputs.dtype='float64'"),
-    "wrong shape": ({"inputs": tensors.encode(np.zeros((2, 64), np.float32))}, INVALID,
-                    "inputs.shape=[2, 64]", "[n, 1, 8, 8]"),
-    "no samples": ({"inputs": tensors.encode(np.zeros((0, 1, 8, 8), np.float32))}, INVALID,
-                   "inputs.shape=[0, 1, 8, 8]"),
-    "byte count": ({"inputs": pb.Tensor(dtype="float32", shape=[2, 1, 8, 8], data=b"1234")},
-                   INVALID, "inputs: data has 4 bytes"),
-    "negative dim": ({"inputs": pb.Tensor(dtype="float32", shape=[-2, 1, 8, 8])}, INVALID,
-                     "inputs: shape [-2, 1, 8, 8]"),
-    "unknown dtype": ({"inputs": pb.Tensor(dtype="float8", shape=[1], data=b"1")}, INVALID,
-                      "inputs: dtype 'float8'"),
+    "wrong dtype": (
+        {"inputs": tensors.encode(np.zeros((2, 1, 8, 8)))},
+        INVALID,
+        "inputs.dtype='float64'",
+    ),
+    "wrong shape": (
+        {"inputs": tensors.encode(np.zeros((2, 64), np.float32))},
+        INVALID,
+        "inputs.shape=[2, 64]",
+        "[n, 1, 8, 8]",
+    ),
+    "no samples": (
+        {"inputs": tensors.encode(np.zeros((0, 1, 8, 8), np.float32))},
+        INVALID,
+        "inputs.shape=[0, 1, 8, 8]",
+    ),
+    "byte count": (
+        {"inputs": pb.Tensor(dtype="float32", shape=[2, 1, 8, 8], data=b"1234")},
+        INVALID,
+        "inputs: data has 4 bytes",
+    ),
+    "negative dim": (
+        {"inputs": pb.Tensor(dtype="float32", shape=[-2, 1, 8, 8])},
+        INVALID,
+        "inputs: shape [-2, 1, 8, 8]",
+    ),
+    "unknown dtype": (
+        {"inputs": pb.Tensor(dtype="float8", shape=[1], data=b"1")},
+        INVALID,
+        "inputs: dtype 'float8'",
+    ),
     "unknown output": ({"outputs": [7]}, INVALID, "outputs=[7]"),
     "negative top_k": ({"top_k": -3}, INVALID, "top_k=-3"),
 }
@@ -242,13 +312,15 @@ def test_predict_rejects(client: Client, digits_model: str, case: str) -> None:
     assert_status(info.value, code, fragment_a, *more)
 
 
-def test_predict_class_outputs_of_a_regression_model(client: Client,
-                                                     regression_data: str) -> None:
+def test_predict_class_outputs_of_a_regression_model(client: Client, regression_data: str) -> None:
     client.train("linear-small", regression_data, loss="mse", epochs=1).wait()
     x = tensors.encode(np.zeros((2, 6), np.float32))
     with pytest.raises(grpc.RpcError) as info:
-        client.stub.Predict(pb.PredictRequest(model_name="linear-small", inputs=x,
-                                              outputs=[pb.PREDICT_OUTPUT_PROBABILITIES]))
+        client.stub.Predict(
+            pb.PredictRequest(
+                model_name="linear-small", inputs=x, outputs=[pb.PREDICT_OUTPUT_PROBABILITIES]
+            )
+        )
     assert_status(info.value, INVALID, "outputs=['probabilities']", "regression")
 
 
@@ -268,8 +340,12 @@ def test_evaluate_rejects(client: Client, digits_model: str, regression_data: st
         ({"dataset__name": ""}, INVALID, "dataset.name=''"),
         ({"dataset__name": "nope"}, NOT_FOUND, "'nope'"),
         ({"dataset__split": "validation"}, INVALID, "dataset.split='validation'"),
-        ({"dataset__name": regression_data}, INVALID, f"dataset.name='{regression_data}'",
-         "shape [6]"),
+        (
+            {"dataset__name": regression_data},
+            INVALID,
+            f"dataset.name='{regression_data}'",
+            "shape [6]",
+        ),
         ({"batch_size": -5}, INVALID, "batch_size=-5"),
         ({"batch_size": 100_000}, INVALID, "batch_size=100000"),
     ]
@@ -283,14 +359,22 @@ def test_model_rpcs_reject(client: Client, digits_model: str) -> None:
     cases = [
         (lambda: client.stub.GetModel(pb.GetModelRequest(name="nope")), NOT_FOUND, "'nope'"),
         (lambda: client.stub.GetModel(pb.GetModelRequest(name="")), INVALID, "name=''"),
-        (lambda: client.stub.DeleteModel(pb.DeleteModelRequest(name="nope")), NOT_FOUND,
-         "'nope'"),
-        (lambda: client.stub.DeleteModel(pb.DeleteModelRequest(name=digits_model, version=77)),
-         NOT_FOUND, "no version 77"),
-        (lambda: client.stub.DeleteModel(pb.DeleteModelRequest(name=digits_model, version=-1)),
-         INVALID, "version=-1"),
-        (lambda: client.stub.DeleteModel(pb.DeleteModelRequest(name="x/../../y")), INVALID,
-         "name='x/../../y'"),
+        (lambda: client.stub.DeleteModel(pb.DeleteModelRequest(name="nope")), NOT_FOUND, "'nope'"),
+        (
+            lambda: client.stub.DeleteModel(pb.DeleteModelRequest(name=digits_model, version=77)),
+            NOT_FOUND,
+            "no version 77",
+        ),
+        (
+            lambda: client.stub.DeleteModel(pb.DeleteModelRequest(name=digits_model, version=-1)),
+            INVALID,
+            "version=-1",
+        ),
+        (
+            lambda: client.stub.DeleteModel(pb.DeleteModelRequest(name="x/../../y")),
+            INVALID,
+            "name='x/../../y'",
+        ),
     ]
     for call, code, fragment in cases:
         with pytest.raises(grpc.RpcError) as info:

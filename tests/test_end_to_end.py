@@ -1,5 +1,6 @@
 """The main path through a real channel: upload, train, watch, evaluate, predict, models, cancel."""
 
+import grpc
 import numpy as np
 import pytest
 import torch
@@ -47,8 +48,15 @@ def test_upload_train_watch_evaluate_predict(client: Client, server) -> None:
     assert dataset.task == "classification"
     assert dataset.splits[0].num_samples == len(x)
 
-    job = client.train("cnn-digits", "uploaded-digits", architecture="cnn", channels=[16, 32],
-                       epochs=8, patience=3, seed=1)
+    job = client.train(
+        "cnn-digits",
+        "uploaded-digits",
+        architecture="cnn",
+        channels=[16, 32],
+        epochs=8,
+        patience=3,
+        seed=1,
+    )
     events = list(job.events())
     kinds = [e.WhichOneof("kind") for e in events]
     assert [e.seq for e in events] == list(range(1, len(events) + 1))
@@ -57,8 +65,9 @@ def test_upload_train_watch_evaluate_predict(client: Client, server) -> None:
     assert kinds[-1] == "finished"
     epoch_ends = [e.epoch_end for e in events if e.WhichOneof("kind") == "epoch_end"]
     assert [e.metrics.epoch for e in epoch_ends] == list(range(1, len(epoch_ends) + 1))
-    assert all(e.metrics.HasField("val_loss") and e.metrics.samples_per_second > 0
-               for e in epoch_ends)
+    assert all(
+        e.metrics.HasField("val_loss") and e.metrics.samples_per_second > 0 for e in epoch_ends
+    )
     assert epoch_ends[-1].eta_seconds == 0
     roles = {e.checkpoint_saved.role for e in events if e.WhichOneof("kind") == "checkpoint_saved"}
     assert roles == {"best", "last"}
@@ -117,7 +126,7 @@ def test_models_listing_and_delete(client: Client, digits_model: str) -> None:
     client.predict("to-delete", x[:2])  # loads it into the cache
     assert client.delete_model("to-delete") == [1]
     assert "to-delete" not in {m.name for m in client.models()}
-    with pytest.raises(Exception, match="does not exist"):
+    with pytest.raises(grpc.RpcError, match="does not exist"):
         client.predict("to-delete", x[:2])
     # Version numbers are never reused: a new training registers version 2.
     client.train("to-delete", "digits", epochs=1, val_fraction=0).wait()
@@ -135,8 +144,15 @@ def test_predict_defaults_and_version_pinning(client: Client, digits_model: str)
 
 
 def test_regression_end_to_end(client: Client, regression_data: str) -> None:
-    job = client.train("linear-mlp", regression_data, loss="mse", epochs=25, hidden_sizes=[32],
-                       learning_rate=0.01, seed=0)
+    job = client.train(
+        "linear-mlp",
+        regression_data,
+        loss="mse",
+        epochs=25,
+        hidden_sizes=[32],
+        learning_rate=0.01,
+        seed=0,
+    )
     job.wait()
     result = client.evaluate("linear-mlp", regression_data)
     assert set(result.metrics) == {"mse", "mae"}
@@ -162,7 +178,8 @@ def _wait_for(job, kind: str) -> None:
 
 
 def test_cancel_running_job_keeps_checkpoint_and_predict_stays_responsive(
-        client: Client, server, digits_model: str) -> None:
+    client: Client, server, digits_model: str
+) -> None:
     job = _long_job(client, "cancelled-model")
     _wait_for(job, "epoch_end")
     x, y = BUILTIN_DATASETS["digits"].load("test")
@@ -189,7 +206,7 @@ def test_queue_limits_and_queued_cancel(tmp_path) -> None:
             running = _long_job(client, "a")
             queued = _long_job(client, "b")
             assert queued.info().state == pb.JOB_STATE_QUEUED
-            with pytest.raises(Exception, match="max_queued_jobs=1") as info:
+            with pytest.raises(grpc.RpcError, match="max_queued_jobs=1") as info:
                 _long_job(client, "c")
             assert info.value.code().name == "RESOURCE_EXHAUSTED"
             assert queued.cancel().state == pb.JOB_STATE_CANCELLED
@@ -240,10 +257,10 @@ def test_message_limit_is_enforced_and_named(tmp_path) -> None:
     try:
         with Client(server.address) as client:
             big = np.zeros((600, 1, 8, 8), np.float32)  # about 150 KB: fine
-            with pytest.raises(Exception, match="does not exist"):
+            with pytest.raises(grpc.RpcError, match="does not exist"):
                 client.predict("nothing", big)
             huge = np.zeros((5000, 1, 8, 8), np.float32)  # about 1.3 MB: over the limit
-            with pytest.raises(Exception) as info:
+            with pytest.raises(grpc.RpcError) as info:
                 client.predict("nothing", huge)
             assert info.value.code().name == "RESOURCE_EXHAUSTED"
             client.wait_ready()

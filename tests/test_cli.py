@@ -1,0 +1,104 @@
+"""The `torchwire` console script, run as a user runs it."""
+
+import json
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import grpc
+import numpy as np
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+
+from torchwire.client import Client
+from torchwire.service.core.data import BUILTIN_DATASETS
+
+TORCHWIRE = str(Path(sys.executable).with_name("torchwire"))
+
+
+def run(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [TORCHWIRE, *args], capture_output=True, text=True, check=check, timeout=120
+    )
+
+
+def test_serve_answers_health_and_reflection_then_exits_cleanly(tmp_path: Path) -> None:
+    process = subprocess.Popen(
+        [TORCHWIRE, "serve", "--address", "127.0.0.1:0", "--store", str(tmp_path / "store")],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        line = process.stdout.readline()
+        assert line.startswith("torchwire serving on 127.0.0.1:")
+        address = line.split()[-1]
+        with grpc.insecure_channel(address) as channel:
+            status = (
+                health_pb2_grpc.HealthStub(channel)
+                .Check(health_pb2.HealthCheckRequest(), timeout=10)
+                .status
+            )
+            assert status == health_pb2.HealthCheckResponse.SERVING
+            database = ProtoReflectionDescriptorDatabase(channel)
+            service = database.FindFileContainingSymbol("torchwire.v1.TorchWire").service[0]
+            assert {"Train", "WatchJob", "Evaluate", "Predict"} <= {m.name for m in service.method}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    assert (tmp_path / "store" / "registry.sqlite3").exists()
+
+
+def test_serve_rejects_bad_configuration(tmp_path: Path) -> None:
+    result = run("serve", "--max-concurrent-jobs", "0", "--store", str(tmp_path), check=False)
+    assert result.returncode == 2
+    assert "max_concurrent_jobs=0" in result.stderr
+
+
+def test_client_commands(client: Client, digits_model: str, tmp_path: Path) -> None:
+    server = ["--server", client.address]
+    models = json.loads(run("models", "--json", *server).stdout)
+    assert digits_model in {m["name"] for m in models}
+
+    x, y = BUILTIN_DATASETS["digits"].load("test")
+    inputs = tmp_path / "batch.npy"
+    np.save(inputs, x[:5])
+    predicted = json.loads(
+        run("predict", digits_model, str(inputs), "--top-k", "2", "--json", *server).stdout
+    )
+    assert np.array(predicted["top_indices"]).shape == (5, 2)
+    text = run("predict", digits_model, str(inputs), *server).stdout
+    assert text.splitlines()[0].startswith("0: ")
+
+    evaluated = run("evaluate", digits_model, *server).stdout
+    assert "accuracy=" in evaluated
+    assert "class        9" in evaluated
+
+    np.save(tmp_path / "f.npy", x)
+    np.save(tmp_path / "t.npy", y)
+    assert (
+        "360 samples"
+        in run(
+            "upload",
+            "cli-data",
+            "--features",
+            str(tmp_path / "f.npy"),
+            "--targets",
+            str(tmp_path / "t.npy"),
+            *server,
+        ).stdout
+    )
+    assert "cli-data" in run("datasets", *server).stdout
+
+    trained = run("train", "cli-model", "--dataset", "cli-data", "--epochs", "2", "--wait", *server)
+    assert "succeeded" in trained.stdout
+    assert "cli-model -> v1" in trained.stdout
+    job_id = trained.stdout.split()[0]
+    assert "epoch   2" in run("job", job_id, *server).stdout
+    assert job_id in run("jobs", "--model", "cli-model", *server).stdout
+
+    failed = run("job", "nope", *server, check=False)
+    assert failed.returncode == 1
+    assert "NOT_FOUND" in failed.stderr
