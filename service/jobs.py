@@ -40,6 +40,7 @@ CANCEL_WAIT_S = 10.0
 """How long CancelJob lets a worker stop by itself before terminating it."""
 CLIENT_CANCEL = "cancelled by client"
 SHUTDOWN = "server shutdown"
+_END_STATES = {events.Finished: SUCCEEDED, events.Failed: FAILED, events.Cancelled: CANCELLED}
 
 
 @dataclass
@@ -81,9 +82,7 @@ class JobManager:
         """Jobs that were active when the server last stopped cannot still be running."""
         for job in self.registry.active_jobs():
             reason = f"interrupted: the server stopped while the job was {job.state}"
-            self._record(
-                job.id, events.Failed(reason), state=FAILED, finished_at=time.time(), error=reason
-            )
+            self._end(job.id, events.Failed(reason))
 
     # --------------------------------------------------------------- requests
 
@@ -140,13 +139,7 @@ class JobManager:
             queued = next((entry for entry in self._queue if entry[0] == job_id), None)
             if queued is not None:
                 self._queue.remove(queued)
-                self._record(
-                    job_id,
-                    events.Cancelled(reason),
-                    state=CANCELLED,
-                    finished_at=time.time(),
-                    error=reason,
-                )
+                self._end(job_id, events.Cancelled(reason))
                 return self.get(job_id)
             run = self._running.get(job_id)
             if run is None:
@@ -201,13 +194,7 @@ class JobManager:
                 run.cancel_reason = SHUTDOWN
                 run.cancel.set()
         for job_id in queued:
-            self._record(
-                job_id,
-                events.Cancelled(SHUTDOWN),
-                state=CANCELLED,
-                finished_at=time.time(),
-                error=SHUTDOWN,
-            )
+            self._end(job_id, events.Cancelled(SHUTDOWN))
         deadline = time.monotonic() + timeout
         for run in runs:
             run.process.join(max(0.0, deadline - time.monotonic()))
@@ -217,6 +204,17 @@ class JobManager:
                 run.follower.join()
 
     # --------------------------------------------------------------- internals
+
+    def _end(self, job_id: str, event: events.Event, **job_fields: Any) -> None:
+        """Records a terminal event together with the job's final state and reason."""
+        self._record(
+            job_id,
+            event,
+            state=_END_STATES[type(event)],
+            finished_at=time.time(),
+            error=getattr(event, "reason", ""),
+            **job_fields,
+        )
 
     def _record(self, job_id: str, event: events.Event, **job_fields: Any) -> None:
         self._append(job_id, event.kind, events.to_payload(event), **job_fields)
@@ -274,31 +272,18 @@ class JobManager:
             self._conclude(job_id, run, result, error)
         except Exception:
             log.exception("job %s: recording its end failed", job_id)
-            self._record(
-                job_id,
-                events.Failed("internal error while finishing the job"),
-                state=FAILED,
-                finished_at=time.time(),
-                error="internal error",
-            )
+            self._end(job_id, events.Failed("internal error while finishing the job"))
         with self._lock:
             del self._running[job_id]
             self._dispatch()
 
     def _conclude(self, job_id: str, run: _Run, result: dict[str, Any] | None, error: str) -> None:
-        now = time.time()
         if run.cancel_reason and (result is None or result["cancelled"]):
-            self._record(
-                job_id,
-                events.Cancelled(run.cancel_reason),
-                state=CANCELLED,
-                finished_at=now,
-                error=run.cancel_reason,
-            )
+            self._end(job_id, events.Cancelled(run.cancel_reason))
             return
         if result is None or result["cancelled"] or not result["best_epoch"]:
             reason = error or f"the worker process exited with code {run.process.exitcode}"
-            self._record(job_id, events.Failed(reason), state=FAILED, finished_at=now, error=reason)
+            self._end(job_id, events.Failed(reason))
             return
         job = self.get(job_id)
         info = run.location.info
@@ -323,11 +308,4 @@ class JobManager:
             stopped_early=result["stopped_early"],
             metrics=result["metrics"],
         )
-        self._record(
-            job_id,
-            finished,
-            state=SUCCEEDED,
-            finished_at=now,
-            model_version=version,
-            best_epoch=result["best_epoch"],
-        )
+        self._end(job_id, finished, model_version=version, best_epoch=result["best_epoch"])

@@ -1,5 +1,7 @@
 """Model versions in use: loaded once through the cache, then evaluated, queried or deleted."""
 
+from dataclasses import dataclass
+
 import numpy as np
 
 from torchwire.service.core.checkpoint import load_model
@@ -15,6 +17,14 @@ from torchwire.service.store.registry import ModelVersionRecord
 PREDICT_OUTPUTS = ("raw", "probabilities", "top_k")
 
 
+@dataclass(frozen=True)
+class ServedVersion:
+    """A registered version and its loaded model, cached together."""
+
+    record: ModelVersionRecord
+    model: LoadedModel
+
+
 class ModelService:
     """Answers Predict and Evaluate for registered model versions.
 
@@ -26,13 +36,17 @@ class ModelService:
     def __init__(self, store: Store, max_loaded_models: int) -> None:
         self.store = store
         self.device = choose_device("auto")
-        self.cache = ModelCache(max_loaded_models, self._load)
+        self.cache: ModelCache[ServedVersion] = ModelCache(max_loaded_models, self._load)
 
-    def _load(self, key) -> LoadedModel:
+    def _load(self, key: tuple[str, int]) -> ServedVersion:
         name, version = key
         record = self.store.models.get(name, version)
         module, _ = load_model(self.store.models.checkpoint(record), self.device)
-        return LoadedModel(module, self.device, record.metadata["task"])
+        return ServedVersion(record, LoadedModel(module, self.device, record.metadata["task"]))
+
+    def _served(self, name: str, version: int) -> ServedVersion:
+        """The loaded version; after the first request, a cache hit without reading metadata."""
+        return self.cache.get((name, self.store.models.resolve(name, version)))
 
     def predict(
         self, name: str, version: int, inputs: np.ndarray, outputs: set[str], top_k: int
@@ -52,8 +66,8 @@ class ModelService:
             InvalidArgument: dtype or shape differ from the model's input, or an output
                 that needs classes was asked of a regression model.
         """
-        record = self.store.models.get(name, version)
-        meta = record.metadata
+        served = self._served(name, version)
+        record, meta = served.record, served.record.metadata
         expected = tuple(meta["input_shape"])
         if inputs.dtype.name != meta["input_dtype"]:
             raise InvalidArgument.field(
@@ -75,8 +89,7 @@ class ModelService:
             raise InvalidArgument.field(
                 "outputs", sorted(outputs), f"model {name!r} is a {meta['task']} model; ask for RAW"
             )
-        model = self.cache.get((name, record.version))
-        return record, model.predict(
+        return record, served.model.predict(
             inputs,
             "raw" in outputs,
             "probabilities" in outputs,
@@ -92,8 +105,8 @@ class ModelService:
             NotFound: the model, version, dataset or split does not exist.
             InvalidArgument: the dataset does not fit the model's input or task.
         """
-        record = self.store.models.get(name, version)
-        meta = record.metadata
+        served = self._served(name, version)
+        record, meta = served.record, served.record.metadata
         location = self.store.datasets.locate(dataset, split)
         info = location.info
         if list(info.feature_shape) != meta["input_shape"] or info.task != meta["task"]:
@@ -110,11 +123,12 @@ class ModelService:
                 dataset,
                 f"has {len(info.classes)} classes but the model predicts {meta['output_size']}",
             )
-        model = self.cache.get((name, record.version))
         loss_fn = LOSSES[meta["training"]["config"]["loss"]][0]()
         classes = tuple(meta["classes"])
         loader = eval_loader(location.open(), batch_size, self.device.type == "cuda")
-        return record, evaluate(model.module, loader, loss_fn, meta["task"], classes, self.device)
+        return record, evaluate(
+            served.model.module, loader, loss_fn, meta["task"], classes, self.device
+        )
 
     def delete(self, name: str, version: int) -> list[int]:
         """Deletes versions and drops their loaded copies."""

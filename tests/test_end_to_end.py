@@ -106,7 +106,7 @@ def test_upload_train_watch_evaluate_predict(client: Client, server) -> None:
     np.testing.assert_allclose(prediction.raw, expected, rtol=1e-4, atol=1e-5)
 
 
-def test_models_listing_and_delete(client: Client, digits_model: str) -> None:
+def test_models_listing_and_delete(client: Client, server, digits_model: str) -> None:
     job = client.train("to-delete", "digits", epochs=1, val_fraction=0)
     job.wait()
     model = client.model("to-delete")
@@ -124,7 +124,9 @@ def test_models_listing_and_delete(client: Client, digits_model: str) -> None:
 
     x, _ = BUILTIN_DATASETS["digits"].load("test")
     client.predict("to-delete", x[:2])  # loads it into the cache
+    assert ("to-delete", 1) in server.models.cache.keys()
     assert client.delete_model("to-delete") == [1]
+    assert ("to-delete", 1) not in server.models.cache.keys()
     assert "to-delete" not in {m.name for m in client.models()}
     with pytest.raises(grpc.RpcError, match="does not exist"):
         client.predict("to-delete", x[:2])

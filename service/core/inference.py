@@ -5,6 +5,7 @@ import warnings
 from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass
+from typing import Generic, TypeVar
 
 import numpy as np
 import torch
@@ -72,7 +73,10 @@ class LoadedModel:
             )
 
 
-class ModelCache:
+Loaded = TypeVar("Loaded")
+
+
+class ModelCache(Generic[Loaded]):
     """Keeps up to `capacity` loaded models, evicting the least recently used.
 
     A model is loaded once even when many requests ask for it at the same time.
@@ -82,14 +86,14 @@ class ModelCache:
         load: builds the loaded model for a key.
     """
 
-    def __init__(self, capacity: int, load: Callable[[Hashable], LoadedModel]) -> None:
+    def __init__(self, capacity: int, load: Callable[[Hashable], Loaded]) -> None:
         self.capacity = capacity
         self._load = load
-        self._models: OrderedDict[Hashable, LoadedModel] = OrderedDict()
+        self._models: OrderedDict[Hashable, Loaded] = OrderedDict()
         self._lock = threading.Lock()
         self._loading: dict[Hashable, threading.Lock] = {}
 
-    def get(self, key: Hashable) -> LoadedModel:
+    def get(self, key: Hashable) -> Loaded:
         """The loaded model for `key`, loading it on first use."""
         with self._lock:
             model = self._models.get(key)

@@ -59,17 +59,31 @@ class ModelStore:
 
     def get(self, name: str, version: int, field: str = "model_name") -> ModelVersionRecord:
         """One version; 0 means the latest."""
-        if version < 0:
-            raise InvalidArgument.field("version", version, "must be >= 0 (0 means the latest)")
+        number = self.resolve(name, version, field)
         versions = self.versions(name, field)
-        if version == 0:
-            return versions[-1]
         for record in versions:
-            if record.version == version:
+            if record.version == number:
                 return record
         raise NotFound(
-            f"model {name!r} has no version {version}; it has {[r.version for r in versions]}"
+            f"model {name!r} has no version {number}; it has {[r.version for r in versions]}"
         )
+
+    def resolve(self, name: str, version: int, field: str = "model_name") -> int:
+        """The version number a request means (0 means the latest), with one cheap query.
+
+        Raises:
+            InvalidArgument: the name or version is malformed.
+            NotFound: the model has no version at all.
+        """
+        check_name(field, name)
+        if version < 0:
+            raise InvalidArgument.field("version", version, "must be >= 0 (0 means the latest)")
+        if version:
+            return version
+        latest = self.registry.latest_model_version(name)
+        if not latest:
+            raise NotFound(f"model {name!r} does not exist")
+        return latest
 
     def all(self) -> dict[str, list[ModelVersionRecord]]:
         """Every model's versions, by name."""

@@ -245,6 +245,11 @@ class Registry:
             self._db.execute("COMMIT")
         return int(version)
 
+    def latest_model_version(self, name: str) -> int:
+        """The highest registered version of `name`, or 0 when it has none."""
+        rows = self._query("SELECT MAX(version) FROM model_versions WHERE name = ?", (name,))
+        return int(rows[0][0] or 0)
+
     def add_model_version(self, record: ModelVersionRecord) -> None:
         """Registers a model version whose checkpoint is already in place."""
         self._write(
