@@ -120,7 +120,7 @@ class ModelCache(Generic[Loaded]):
             for key in [k for k in self._models if predicate(k)]:
                 del self._models[key]
 
-    def keys(self) -> list[Hashable]:
+    def loaded(self) -> list[Hashable]:
         """Keys of the loaded models, least recently used first."""
         with self._lock:
             return list(self._models)
