@@ -15,6 +15,16 @@ ENV_PREFIX = "TORCHWIRE_"
 ALIASES = {"store_dir": ("--store",)}
 
 
+def _flag(text: str) -> bool:
+    """A boolean flag or variable: true/false, yes/no, on/off, 1/0."""
+    value = text.strip().lower()
+    if value in ("true", "yes", "on", "1"):
+        return True
+    if value in ("false", "no", "off", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"{text!r} is not a boolean (true/false)")
+
+
 def parse_config(argv: list[str]) -> tuple[ServerConfig, str]:
     """Builds the config: a flag beats its TORCHWIRE_* variable, which beats the default.
 
@@ -27,10 +37,11 @@ def parse_config(argv: list[str]) -> tuple[ServerConfig, str]:
     for field in dataclasses.fields(ServerConfig):
         env = ENV_PREFIX + field.name.upper()
         default = os.environ.get(env, field.default)
-        kind = field.type if callable(field.type) else str
+        kind = _flag if field.type is bool else field.type if callable(field.type) else str
         flags = [f"--{field.name.replace('_', '-')}", *ALIASES.get(field.name, ())]
+        # argparse converts string defaults (the environment's) with `type`, reporting errors.
         parser.add_argument(
-            *flags, type=kind, default=kind(default), help=f"(env {env}; default {field.default})"
+            *flags, type=kind, default=default, help=f"(env {env}; default {field.default})"
         )
     parser.add_argument(
         "--log-level",

@@ -17,7 +17,11 @@ class ServerConfig:
         max_message_bytes: largest gRPC message accepted or sent.
         max_concurrent_jobs: training jobs that run at once, each in its own process.
         max_queued_jobs: jobs waiting for a slot; beyond this Train is RESOURCE_EXHAUSTED.
-        max_loaded_models: model versions kept in the inference cache (LRU).
+        max_loaded_bytes: memory bound of the inference cache (LRU): weights of loaded runtimes.
+        batching: dynamic batching for models without a setting of their own.
+        max_batch_size: rows per merged run (server-wide default); larger requests are split.
+        max_batch_delay_ms: how long a run waits for more requests (server-wide default).
+        ort_intra_op_threads: ONNX Runtime intra-op threads; 0 lets ONNX Runtime choose.
         max_upload_bytes: largest dataset an upload may store.
         rpc_threads: threads serving RPCs.
         grace_seconds: how long in-flight RPCs may run on after shutdown begins.
@@ -28,20 +32,33 @@ class ServerConfig:
     max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES
     max_concurrent_jobs: int = 1
     max_queued_jobs: int = 16
-    max_loaded_models: int = 8
+    max_loaded_bytes: int = 2 * 1024 * 1024 * 1024
+    batching: bool = True
+    max_batch_size: int = 64
+    max_batch_delay_ms: float = 0.0
+    ort_intra_op_threads: int = 0
     max_upload_bytes: int = 2 * 1024 * 1024 * 1024
     rpc_threads: int = 16
     grace_seconds: float = 10.0
 
     def __post_init__(self) -> None:
+        if self.max_batch_size > 65536 or self.max_batch_delay_ms > 1000:
+            raise ValueError("max_batch_size must be <= 65536 and max_batch_delay_ms <= 1000")
         for name in (
             "max_message_bytes",
             "max_concurrent_jobs",
-            "max_loaded_models",
+            "max_loaded_bytes",
             "max_upload_bytes",
             "rpc_threads",
+            "max_batch_size",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
-        if self.max_queued_jobs < 0 or self.grace_seconds < 0:
-            raise ValueError("max_queued_jobs and grace_seconds must be >= 0")
+        for name in (
+            "max_queued_jobs",
+            "grace_seconds",
+            "max_batch_delay_ms",
+            "ort_intra_op_threads",
+        ):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name}={getattr(self, name)}: must be >= 0")

@@ -47,6 +47,12 @@ class ResourceExhausted(TorchwireError):
     status = "RESOURCE_EXHAUSTED"
 
 
+class DeadlineExceeded(TorchwireError):
+    """The caller's deadline passed before the work was done."""
+
+    status = "DEADLINE_EXCEEDED"
+
+
 class Unavailable(TorchwireError):
     """The server is shutting down."""
 

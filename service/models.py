@@ -1,57 +1,197 @@
-"""Model versions in use: loaded once through the cache, then evaluated, queried or deleted."""
+"""Model versions in use: loaded once per runtime through the cache, batched, exported,
+evaluated and deleted."""
 
-from dataclasses import dataclass
+import threading
+import time
+from concurrent.futures import Future
+from dataclasses import asdict, dataclass
+from typing import Any
 
 import numpy as np
+import torch
 
+from torchwire.service.core.batching import Batcher, BatchingConfig
+from torchwire.service.core.cache import ModelCache
 from torchwire.service.core.checkpoint import load_model
-from torchwire.service.core.data import eval_loader
+from torchwire.service.core.data import CLASSIFICATION, eval_loader
 from torchwire.service.core.device import choose_device
 from torchwire.service.core.evaluation import EvaluationResult, evaluate
-from torchwire.service.core.inference import LoadedModel, ModelCache, Prediction
+from torchwire.service.core.export import FILE_NAMES, RUNTIME_OF, TORCHSCRIPT, export_model
+from torchwire.service.core.runtimes import (
+    EAGER,
+    ONNXRUNTIME,
+    RUNTIMES,
+    OnnxRuntime,
+    Prediction,
+    Runtime,
+    TorchRuntime,
+    load_torchscript,
+    postprocess,
+)
 from torchwire.service.core.training import LOSSES
-from torchwire.service.errors import InvalidArgument
+from torchwire.service.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
 from torchwire.service.store import Store
+from torchwire.service.store.models import MissingArtifact
 from torchwire.service.store.registry import ModelVersionRecord
 
 PREDICT_OUTPUTS = ("raw", "probabilities", "top_k")
+FORMAT_OF = {runtime: fmt for fmt, runtime in RUNTIME_OF.items()}
+#: Runtimes by preference when a request names none.
+PREFERENCE = (ONNXRUNTIME, RUNTIME_OF[TORCHSCRIPT], EAGER)
 
 
 @dataclass(frozen=True)
-class ServedVersion:
-    """A registered version and its loaded model, cached together."""
+class ServedRuntime:
+    """A registered version loaded in one runtime, with its batcher when batching is on."""
 
     record: ModelVersionRecord
-    model: LoadedModel
+    runtime: Runtime
+    batcher: Batcher | None
+
+    def close(self) -> None:
+        if self.batcher is not None:
+            self.batcher.close()
+
+
+class PendingPrediction:
+    """A submitted Predict: its pieces run in the batcher; `result` joins them."""
+
+    def __init__(
+        self,
+        served: ServedRuntime,
+        futures: list[Future],
+        want_raw: bool,
+        want_probabilities: bool,
+        top_k: int,
+    ) -> None:
+        self.served = served
+        self.record = served.record
+        self._futures = futures
+        self._flags = (want_raw, want_probabilities, top_k)
+
+    def result(self, timeout: float | None = None) -> Prediction:
+        """Waits for every piece (up to `timeout` seconds in all) and post-processes."""
+        deadline = None if timeout is None else time.monotonic() + timeout
+        try:
+            parts = [
+                f.result(None if deadline is None else max(0.0, deadline - time.monotonic()))
+                for f in self._futures
+            ]
+        except TimeoutError as err:
+            raise DeadlineExceeded(f"Predict did not finish within {timeout:.3f} s") from err
+        raw = parts[0][0] if len(parts) == 1 else np.concatenate([p[0] for p in parts])
+        runtime = self.served.runtime
+        return Prediction(
+            runtime=runtime.name,
+            placement=runtime.placement,
+            batch_sizes=[size for _, size in parts],
+            **postprocess(raw, self.record.metadata["task"], *self._flags),
+        )
+
+
+def _done(value: Any) -> Future:
+    future: Future = Future()
+    future.set_result(value)
+    return future
 
 
 class ModelService:
-    """Answers Predict and Evaluate for registered model versions.
+    """Answers Predict, Evaluate and Export for registered model versions.
 
     Args:
-        store: where versions and datasets are registered.
-        max_loaded_models: how many versions the LRU cache keeps loaded.
+        store: where versions, artifacts and datasets are registered.
+        max_loaded_bytes: memory bound of the LRU cache of loaded runtimes.
+        default_batching: batching for models without a setting of their own.
+        ort_intra_op_threads: ONNX Runtime intra-op threads (0: its default).
     """
 
-    def __init__(self, store: Store, max_loaded_models: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        max_loaded_bytes: int,
+        default_batching: BatchingConfig,
+        ort_intra_op_threads: int = 0,
+    ) -> None:
         self.store = store
         self.device = choose_device("auto")
-        self.cache: ModelCache[ServedVersion] = ModelCache(max_loaded_models, self._load)
+        self.default_batching = default_batching
+        self.ort_intra_op_threads = ort_intra_op_threads
+        self.cache: ModelCache[ServedRuntime] = ModelCache(
+            max_loaded_bytes, self._load, lambda s: s.runtime.size_bytes(), ServedRuntime.close
+        )
+        self._preferred: dict[tuple[str, int], str] = {}
+        self._export_lock = threading.Lock()
 
-    def _load(self, key: tuple[str, int]) -> ServedVersion:
-        name, version = key
+    # ---------------------------------------------------------------- loading
+
+    def _load(self, key: tuple[str, int, str]) -> ServedRuntime:
+        name, version, runtime_name = key
         record = self.store.models.get(name, version)
-        module, _ = load_model(self.store.models.checkpoint(record), self.device)
-        return ServedVersion(record, LoadedModel(module, self.device, record.metadata["task"]))
+        runtime: Runtime
+        if runtime_name == EAGER:
+            module, _ = load_model(self.store.models.checkpoint(record), self.device)
+            runtime = TorchRuntime(EAGER, module, self.device)
+        else:
+            _, path = self.store.models.artifact(record, FORMAT_OF[runtime_name])
+            if runtime_name == ONNXRUNTIME:
+                runtime = OnnxRuntime(path, self.device.type == "cuda", self.ort_intra_op_threads)
+            else:
+                runtime = load_torchscript(path, self.device)
+        meta = record.metadata
+        runtime.run(np.zeros((1, *meta["input_shape"]), meta["input_dtype"]))  # warm up
+        batching = self.batching(name)
+        batcher = (
+            Batcher(runtime.run, batching, f"{name}-{version}-{runtime_name}")
+            if batching.enabled
+            else None
+        )
+        return ServedRuntime(record, runtime, batcher)
 
-    def _served(self, name: str, version: int) -> ServedVersion:
-        """The loaded version; after the first request, a cache hit without reading metadata."""
-        return self.cache.get((name, self.store.models.resolve(name, version)))
+    def _runtime_for(self, name: str, version: int, requested: str) -> str:
+        """The named runtime, or the fastest one this version has an export for."""
+        if requested:
+            if requested not in RUNTIMES:
+                raise InvalidArgument.field("runtime", requested, f"must be one of {RUNTIMES}")
+            return requested
+        key = (name, version)
+        if key not in self._preferred:
+            formats = self.store.models.artifacts(self.store.models.get(name, version))
+            self._preferred[key] = next(
+                r for r in PREFERENCE if r == EAGER or FORMAT_OF[r] in formats
+            )
+        return self._preferred[key]
 
-    def predict(
-        self, name: str, version: int, inputs: np.ndarray, outputs: set[str], top_k: int
-    ) -> tuple[ModelVersionRecord, Prediction]:
-        """Validates `inputs` against the version's recorded input, then runs it.
+    def served(self, name: str, version: int, runtime: str = "") -> ServedRuntime:
+        """The loaded runtime; after the first request, a cache hit without reading metadata."""
+        number = self.store.models.resolve(name, version)
+        runtime = self._runtime_for(name, number, runtime)
+        try:
+            return self.cache.get((name, number, runtime))
+        except MissingArtifact as err:
+            raise FailedPrecondition(f"runtime={runtime!r}: {err.message}") from err
+
+    def _forget(self, name: str, version: int = 0) -> None:
+        """Drops loaded runtimes and runtime choices of a model (one version, or all)."""
+
+        def matches(key: Any) -> bool:
+            return key[0] == name and (not version or key[1] == version)
+
+        for key in [k for k in self._preferred if matches(k)]:
+            self._preferred.pop(key, None)
+        self.cache.evict(matches)
+
+    # -------------------------------------------------------------- inference
+
+    def submit(
+        self,
+        name: str,
+        version: int,
+        inputs: np.ndarray,
+        outputs: set[str],
+        top_k: int,
+        runtime: str = "",
+    ) -> PendingPrediction:
+        """Validates `inputs` against the version's recorded input and queues them.
 
         Args:
             name: the model.
@@ -60,13 +200,15 @@ class ModelService:
             outputs: a subset of {"raw", "probabilities", "top_k"}; empty means "raw", plus
                 "probabilities" and "top_k" for classifiers.
             top_k: classes per sample for "top_k"; 0 means 1.
+            runtime: "eager", "torchscript", "onnxruntime", or "" for the fastest available.
 
         Raises:
             NotFound: the model or version does not exist.
             InvalidArgument: dtype or shape differ from the model's input, or an output
                 that needs classes was asked of a regression model.
+            FailedPrecondition: the named runtime has no export to run.
         """
-        served = self._served(name, version)
+        served = self.served(name, version, runtime)
         record, meta = served.record, served.record.metadata
         expected = tuple(meta["input_shape"])
         if inputs.dtype.name != meta["input_dtype"]:
@@ -82,15 +224,20 @@ class ModelService:
                 f"model {name!r} v{record.version} takes "
                 f"[n, {', '.join(map(str, expected))}] with n >= 1",
             )
-        classifier = meta["task"] == "classification"
+        classifier = meta["task"] == CLASSIFICATION
         if not outputs:
             outputs = set(PREDICT_OUTPUTS) if classifier else {"raw"}
         if not classifier and outputs != {"raw"}:
             raise InvalidArgument.field(
                 "outputs", sorted(outputs), f"model {name!r} is a {meta['task']} model; ask for RAW"
             )
-        return record, served.model.predict(
-            inputs,
+        if served.batcher is not None:
+            futures = served.batcher.submit(inputs)
+        else:
+            futures = [_done((served.runtime.run(inputs), len(inputs)))]
+        return PendingPrediction(
+            served,
+            futures,
             "raw" in outputs,
             "probabilities" in outputs,
             (top_k or 1) if "top_k" in outputs else 0,
@@ -99,13 +246,13 @@ class ModelService:
     def evaluate(
         self, name: str, version: int, dataset: str, split: str, batch_size: int
     ) -> tuple[ModelVersionRecord, EvaluationResult]:
-        """Evaluates a version on a dataset split with its training loss.
+        """Evaluates a version (in eager PyTorch) on a dataset split with its training loss.
 
         Raises:
             NotFound: the model, version, dataset or split does not exist.
             InvalidArgument: the dataset does not fit the model's input or task.
         """
-        served = self._served(name, version)
+        served = self.served(name, version, EAGER)
         record, meta = served.record, served.record.metadata
         location = self.store.datasets.locate(dataset, split)
         info = location.info
@@ -117,21 +264,63 @@ class ModelService:
                 f"{name!r} v{record.version} takes {meta['task']} inputs of shape "
                 f"{meta['input_shape']}",
             )
-        if info.task == "classification" and len(info.classes) > meta["output_size"]:
+        if info.task == CLASSIFICATION and len(info.classes) > meta["output_size"]:
             raise InvalidArgument.field(
                 "dataset.name",
                 dataset,
                 f"has {len(info.classes)} classes but the model predicts {meta['output_size']}",
             )
+        assert isinstance(served.runtime, TorchRuntime)
         loss_fn = LOSSES[meta["training"]["config"]["loss"]][0]()
-        classes = tuple(meta["classes"])
         loader = eval_loader(location.open(), batch_size, self.device.type == "cuda")
         return record, evaluate(
-            served.model.module, loader, loss_fn, meta["task"], classes, self.device
+            served.runtime.module,
+            loader,
+            loss_fn,
+            meta["task"],
+            tuple(meta["classes"]),
+            self.device,
         )
 
+    # ----------------------------------------------------------------- models
+
+    def export(
+        self, name: str, version: int, fmt: str, opset: int, tolerance: float
+    ) -> tuple[ModelVersionRecord, dict[str, Any]]:
+        """Exports a version, checks parity, stores the artifact and serves it from now on.
+
+        Exports run one at a time: the exporter is not built for concurrent use.
+        """
+        record = self.store.models.get(name, version)
+        with self._export_lock:
+            module, config = load_model(self.store.models.checkpoint(record), torch.device("cpu"))
+            path = self.store.models.artifact_path(record, FILE_NAMES[fmt])
+            result = export_model(module, config, fmt, path, opset, tolerance)
+        meta = {k: v for k, v in asdict(result).items() if k not in ("path", "format")}
+        meta["file_name"] = path.name
+        self.store.registry.put_artifact(name, record.version, fmt, meta)
+        self._forget(name, record.version)
+        return record, self.store.models.artifacts(record)[fmt]
+
+    def batching(self, name: str) -> BatchingConfig:
+        """The batching in force for a model: its own, else the server's default."""
+        own = self.store.registry.batching(name)
+        return BatchingConfig(**own) if own is not None else self.default_batching
+
+    def configure_batching(self, name: str, config: BatchingConfig | None) -> BatchingConfig:
+        """Sets (or with None, clears) a model's batching; loaded runtimes pick it up."""
+        self.store.models.versions(name)
+        self.store.registry.set_batching(name, None if config is None else asdict(config))
+        self._forget(name)
+        return self.batching(name)
+
     def delete(self, name: str, version: int) -> list[int]:
-        """Deletes versions and drops their loaded copies."""
+        """Deletes versions and drops their loaded runtimes."""
         deleted = self.store.models.delete(name, version)
-        self.cache.evict(lambda key: key[0] == name and key[1] in deleted)
+        for number in deleted:
+            self._forget(name, number)
         return deleted
+
+    def close(self) -> None:
+        """Releases every loaded runtime."""
+        self.cache.evict(lambda key: True)

@@ -11,6 +11,7 @@ from grpc_reflection.v1alpha import reflection
 from torchwire.service.api.errors import ErrorInterceptor
 from torchwire.service.api.servicer import TorchWireServicer, add_to_server
 from torchwire.service.config import ServerConfig
+from torchwire.service.core.batching import BatchingConfig
 from torchwire.service.jobs import JobManager
 from torchwire.service.models import ModelService
 from torchwire.service.store import Store
@@ -36,14 +37,20 @@ class TorchwireServer:
         self.config = config
         self.store = Store(config.store_dir, config.max_upload_bytes)
         self.jobs = JobManager(self.store, config.max_concurrent_jobs, config.max_queued_jobs)
-        self.models = ModelService(self.store, config.max_loaded_models)
+        self.models = ModelService(
+            self.store,
+            config.max_loaded_bytes,
+            BatchingConfig(config.batching, config.max_batch_size, config.max_batch_delay_ms),
+            config.ort_intra_op_threads,
+        )
         self.health = health.HealthServicer()
         self.grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.rpc_threads, thread_name_prefix="rpc"),
             interceptors=[ErrorInterceptor()],
             options=channel_options(config.max_message_bytes),
         )
-        add_to_server(TorchWireServicer(self.store, self.jobs, self.models), self.grpc)
+        servicer = TorchWireServicer(self.store, self.jobs, self.models, config.max_message_bytes)
+        add_to_server(servicer, self.grpc)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection(
             (
@@ -73,7 +80,7 @@ class TorchwireServer:
         drained = self.grpc.stop(grace)
         self.jobs.shutdown(timeout=grace)
         drained.wait()
-        self.models.cache.evict(lambda key: True)
+        self.models.close()
         self.store.close()
         log.info("stopped")
 

@@ -124,9 +124,9 @@ def test_models_listing_and_delete(client: Client, server, digits_model: str) ->
 
     x, _ = BUILTIN_DATASETS["digits"].load("test")
     client.predict("to-delete", x[:2])  # loads it into the cache
-    assert ("to-delete", 1) in server.models.cache.loaded()
+    assert ("to-delete", 1, "eager") in server.models.cache.loaded()
     assert client.delete_model("to-delete") == [1]
-    assert ("to-delete", 1) not in server.models.cache.loaded()
+    assert ("to-delete", 1, "eager") not in server.models.cache.loaded()
     assert "to-delete" not in {m.name for m in client.models()}
     with pytest.raises(grpc.RpcError, match="does not exist"):
         client.predict("to-delete", x[:2])

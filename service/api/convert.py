@@ -8,10 +8,12 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from torchwire.service.core.batching import BatchingConfig
 from torchwire.service.core.data import DatasetInfo
 from torchwire.service.core.evaluation import EvaluationResult
-from torchwire.service.core.inference import Prediction
+from torchwire.service.core.export import ONNX, TORCHSCRIPT
 from torchwire.service.core.models import CNNParams, MLPParams
+from torchwire.service.core.runtimes import Prediction
 from torchwire.service.core.training import TrainConfig, TrainSpec
 from torchwire.service.errors import InvalidArgument
 from torchwire.service.store.layout import check_name
@@ -121,7 +123,52 @@ def job_event(record: EventRecord) -> pb.JobEvent:
     return event
 
 
-def model_version(record: ModelVersionRecord, with_history: bool) -> pb.ModelVersion:
+FORMAT_TO_PB = {TORCHSCRIPT: pb.EXPORT_FORMAT_TORCHSCRIPT, ONNX: pb.EXPORT_FORMAT_ONNX}
+FORMAT_FROM_PB = {value: fmt for fmt, value in FORMAT_TO_PB.items()}
+
+
+def export_format(field: str, value: int) -> str:
+    """The core's name of an ExportFormat, or INVALID_ARGUMENT naming the field."""
+    if value not in FORMAT_FROM_PB:
+        raise InvalidArgument.field(
+            field, value, "must be EXPORT_FORMAT_TORCHSCRIPT (1) or EXPORT_FORMAT_ONNX (2)"
+        )
+    return FORMAT_FROM_PB[value]
+
+
+def artifact(fmt: str, meta: dict[str, Any]) -> pb.Artifact:
+    return pb.Artifact(
+        format=FORMAT_TO_PB[fmt],
+        file_name=meta["file_name"],
+        size_bytes=meta["size_bytes"],
+        sha256=meta["sha256"],
+        opset=meta["opset"],
+        max_abs_diff=meta["max_abs_diff"],
+        parity_batch_sizes=meta["parity_batch_sizes"],
+        created_at=timestamp(meta["created_at"]),
+    )
+
+
+def batching(config: BatchingConfig, server_default: bool) -> pb.BatchingConfig:
+    return pb.BatchingConfig(server_default=server_default, **asdict(config))
+
+
+def batching_config(message: pb.BatchingConfig) -> BatchingConfig:
+    """Validates a BatchingConfig message."""
+    if not 1 <= message.max_batch_size <= 65536:
+        raise InvalidArgument.field(
+            "batching.max_batch_size", message.max_batch_size, "must be in [1, 65536]"
+        )
+    if not 0 <= message.max_delay_ms <= 1000:
+        raise InvalidArgument.field(
+            "batching.max_delay_ms", message.max_delay_ms, "must be in [0, 1000]"
+        )
+    return BatchingConfig(message.enabled, message.max_batch_size, message.max_delay_ms)
+
+
+def model_version(
+    record: ModelVersionRecord, with_history: bool, artifacts: dict[str, dict[str, Any]]
+) -> pb.ModelVersion:
     meta = record.metadata
     return pb.ModelVersion(
         version=record.version,
@@ -136,14 +183,22 @@ def model_version(record: ModelVersionRecord, with_history: bool) -> pb.ModelVer
         training=train_request(meta["training"]),
         best_epoch=meta["best_epoch"],
         history=[epoch_metrics(h) for h in meta["history"]] if with_history else [],
+        artifacts=[artifact(fmt, m) for fmt, m in artifacts.items()],
     )
 
 
-def model(name: str, versions: list[ModelVersionRecord], with_history: bool) -> pb.Model:
+def model(
+    name: str,
+    versions: list[ModelVersionRecord],
+    with_history: bool,
+    artifacts: dict[int, dict[str, dict[str, Any]]],
+    config: pb.BatchingConfig,
+) -> pb.Model:
     return pb.Model(
         name=name,
-        versions=[model_version(v, with_history) for v in versions],
+        versions=[model_version(v, with_history, artifacts[v.version]) for v in versions],
         latest_version=versions[-1].version,
+        batching=config,
     )
 
 
@@ -176,7 +231,11 @@ def evaluation(record: ModelVersionRecord, result: EvaluationResult) -> pb.Evalu
 
 def prediction(record: ModelVersionRecord, result: Prediction) -> pb.PredictResponse:
     response = pb.PredictResponse(
-        model_name=record.name, version=record.version, runtime=result.runtime
+        model_name=record.name,
+        version=record.version,
+        runtime=result.runtime,
+        device=result.placement,
+        batch_sizes=result.batch_sizes,
     )
     if result.raw is not None:
         response.raw.CopyFrom(tensors.encode(result.raw))

@@ -1,18 +1,21 @@
 """The TorchWire servicer: validate, convert, call the core, convert back. Nothing else."""
 
+from collections import deque
 from collections.abc import Iterator
 
 import grpc
 
 from torchwire.service.api import convert
-from torchwire.service.errors import InvalidArgument
+from torchwire.service.core.export import DEFAULT_OPSET, DEFAULT_TOLERANCE
+from torchwire.service.errors import InvalidArgument, TorchwireError
 from torchwire.service.jobs import JobManager
-from torchwire.service.models import ModelService
+from torchwire.service.models import ModelService, PendingPrediction
 from torchwire.service.store import Store
 from torchwire.service.store.layout import check_name
 from torchwire.v1 import torchwire_pb2 as pb
 from torchwire.v1 import torchwire_pb2_grpc as pb_grpc
 
+STREAM_WINDOW = 8
 _OUTPUT_NAMES = {
     pb.PREDICT_OUTPUT_RAW: "raw",
     pb.PREDICT_OUTPUT_PROBABILITIES: "probabilities",
@@ -29,10 +32,13 @@ def _bounded(field: str, value: int, default: int, maximum: int) -> int:
 class TorchWireServicer(pb_grpc.TorchWireServicer):
     """Implements `torchwire.v1.TorchWire` on top of the store, the job manager and the models."""
 
-    def __init__(self, store: Store, jobs: JobManager, models: ModelService) -> None:
+    def __init__(
+        self, store: Store, jobs: JobManager, models: ModelService, max_message_bytes: int
+    ) -> None:
         self.store = store
         self.jobs = jobs
         self.models = models
+        self.max_message_bytes = max_message_bytes
 
     def UploadDataset(self, request_iterator, context):
         first = next(request_iterator, None)
@@ -109,29 +115,83 @@ class TorchWireServicer(pb_grpc.TorchWireServicer):
         return convert.evaluation(record, result)
 
     def Predict(self, request, context):
+        pending = self._submit(request)
+        return convert.prediction(pending.record, pending.result(context.time_remaining()))
+
+    def PredictStream(self, request_iterator, context):
+        # Up to STREAM_WINDOW requests are in flight: enough to keep the batcher busy, few
+        # enough that memory stays bounded while the client streams on.
+        window: deque[PendingPrediction] = deque()
+        for index, request in enumerate(request_iterator):
+            try:
+                window.append(self._submit(request))
+            except TorchwireError as err:
+                raise type(err)(f"request[{index}]: {err.message}") from err
+            if len(window) >= STREAM_WINDOW:
+                yield self._answer(window.popleft(), context)
+        while window:
+            yield self._answer(window.popleft(), context)
+
+    def _submit(self, request: pb.PredictRequest) -> PendingPrediction:
         names = [_OUTPUT_NAMES.get(o) for o in request.outputs]
         if None in names:
             raise InvalidArgument.field("outputs", list(request.outputs), "unknown PredictOutput")
         if request.top_k < 0:
             raise InvalidArgument.field("top_k", request.top_k, "must be >= 0 (0 means 1)")
         inputs = convert.decode_tensor("inputs", request.inputs)
-        record, prediction = self.models.predict(
-            request.model_name, request.version, inputs, set(names), request.top_k
+        return self.models.submit(
+            request.model_name, request.version, inputs, set(names), request.top_k, request.runtime
         )
-        return convert.prediction(record, prediction)
+
+    @staticmethod
+    def _answer(pending: PendingPrediction, context) -> pb.PredictResponse:
+        return convert.prediction(pending.record, pending.result(context.time_remaining()))
+
+    def Export(self, request, context):
+        fmt = convert.export_format("format", request.format)
+        record, meta = self.models.export(
+            request.model_name,
+            request.version,
+            fmt,
+            request.opset or DEFAULT_OPSET,
+            request.tolerance or DEFAULT_TOLERANCE,
+        )
+        return convert.artifact(fmt, meta)
+
+    def DownloadArtifact(self, request, context):
+        fmt = convert.export_format("format", request.format)
+        limit = self.max_message_bytes - 4096
+        chunk_bytes = _bounded("chunk_bytes", request.chunk_bytes, min(1 << 20, limit), limit)
+        record = self.store.models.get(request.model_name, request.version)
+        meta, path = self.store.models.artifact(record, fmt)
+        for offset, data in self.store.models.read_artifact(path, chunk_bytes):
+            chunk = pb.ArtifactChunk(offset=offset, data=data)
+            if offset == 0:
+                chunk.artifact.CopyFrom(convert.artifact(fmt, meta))
+            yield chunk
+
+    def ConfigureBatching(self, request, context):
+        config = convert.batching_config(request.batching) if request.HasField("batching") else None
+        applied = self.models.configure_batching(request.model_name, config)
+        return convert.batching(applied, server_default=config is None)
 
     def ListModels(self, request, context):
         return pb.ListModelsResponse(
             models=[
-                convert.model(name, versions, with_history=False)
+                self._model(name, versions, with_history=False)
                 for name, versions in self.store.models.all().items()
             ]
         )
 
     def GetModel(self, request, context):
-        return convert.model(
-            request.name, self.store.models.versions(request.name), with_history=True
-        )
+        versions = self.store.models.versions(request.name)
+        return self._model(request.name, versions, with_history=True)
+
+    def _model(self, name: str, versions: list, with_history: bool) -> pb.Model:
+        artifacts = {v.version: self.store.models.artifacts(v) for v in versions}
+        server_default = self.store.registry.batching(name) is None
+        batching = convert.batching(self.models.batching(name), server_default)
+        return convert.model(name, versions, with_history, artifacts, batching)
 
     def DeleteModel(self, request, context):
         return pb.DeleteModelResponse(

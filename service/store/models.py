@@ -3,12 +3,18 @@
 import os
 import shutil
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from torchwire.service.errors import InvalidArgument, NotFound
+from torchwire.service.core.export import sha256_of
+from torchwire.service.errors import FailedPrecondition, InvalidArgument, NotFound
 from torchwire.service.store.layout import StoreLayout, check_name, fsync_dir
 from torchwire.service.store.registry import ModelVersionRecord, Registry
+
+
+class MissingArtifact(NotFound):
+    """A version has no export in the asked-for format."""
 
 
 class ModelStore:
@@ -96,6 +102,42 @@ class ModelStore:
         """The version's checkpoint file."""
         return self.layout.root / record.checkpoint
 
+    def artifact_path(self, record: ModelVersionRecord, file_name: str) -> Path:
+        """Where an artifact of the version lives: beside its checkpoint."""
+        return self.checkpoint(record).parent / file_name
+
+    def artifacts(self, record: ModelVersionRecord) -> dict[str, dict[str, Any]]:
+        """The version's artifacts: format -> metadata."""
+        return self.registry.artifacts(record.name, record.version)
+
+    def artifact(self, record: ModelVersionRecord, fmt: str) -> tuple[dict[str, Any], Path]:
+        """One artifact's metadata and file, its checksum verified.
+
+        Raises:
+            MissingArtifact: the version has no artifact of this format.
+            FailedPrecondition: the file is missing or does not match its recorded sha256.
+        """
+        meta = self.artifacts(record).get(fmt)
+        if meta is None:
+            raise MissingArtifact(
+                f"model {record.name!r} v{record.version} has no {fmt} export; call Export first"
+            )
+        path = self.artifact_path(record, meta["file_name"])
+        if not path.exists() or sha256_of(path) != meta["sha256"]:
+            raise FailedPrecondition(
+                f"the {fmt} export of {record.name!r} v{record.version} "
+                "is missing or corrupt; export it again"
+            )
+        return meta, path
+
+    def read_artifact(self, path: Path, chunk_bytes: int) -> Iterator[tuple[int, bytes]]:
+        """(offset, bytes) pieces of an artifact file."""
+        with open(path, "rb") as fh:
+            offset = 0
+            while block := fh.read(chunk_bytes):
+                yield offset, block
+                offset += len(block)
+
     def delete(self, name: str, version: int) -> list[int]:
         """Deletes one version (or all, for 0); returns the deleted version numbers.
 
@@ -108,5 +150,6 @@ class ModelStore:
         for record in doomed:
             shutil.rmtree(self.checkpoint(record).parent, ignore_errors=True)
         if not version:
+            self.registry.set_batching(name, None)
             shutil.rmtree(self.layout.model_dir(name), ignore_errors=True)
         return numbers

@@ -58,6 +58,18 @@ CREATE TABLE IF NOT EXISTS model_versions (
     metadata TEXT NOT NULL,
     PRIMARY KEY (name, version)
 );
+CREATE TABLE IF NOT EXISTS artifacts (
+    name TEXT NOT NULL,
+    version INTEGER NOT NULL,
+    format TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    metadata TEXT NOT NULL,
+    PRIMARY KEY (name, version, format)
+);
+CREATE TABLE IF NOT EXISTS batching (
+    name TEXT PRIMARY KEY,
+    config TEXT NOT NULL
+);
 CREATE TABLE IF NOT EXISTS datasets (
     name TEXT NOT NULL,
     split TEXT NOT NULL,
@@ -286,13 +298,47 @@ class Registry:
         ]
 
     def delete_model_versions(self, name: str, versions: list[int]) -> None:
-        """Removes versions from the registry (their files are the caller's)."""
+        """Removes versions and their artifacts from the registry (the files are the caller's)."""
         self._write(
             *(
-                ("DELETE FROM model_versions WHERE name = ? AND version = ?", (name, v))
+                (f"DELETE FROM {table} WHERE name = ? AND version = ?", (name, v))
                 for v in versions
+                for table in ("model_versions", "artifacts")
             )
         )
+
+    def put_artifact(self, name: str, version: int, fmt: str, metadata: dict[str, Any]) -> None:
+        """Records (or replaces) an artifact of a model version."""
+        self._write(
+            (
+                "INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?, ?, ?)",
+                (name, version, fmt, time.time(), json.dumps(metadata)),
+            )
+        )
+
+    def artifacts(self, name: str, version: int) -> dict[str, dict[str, Any]]:
+        """A version's artifacts: format -> metadata (with `created_at`)."""
+        rows = self._query(
+            "SELECT * FROM artifacts WHERE name = ? AND version = ? ORDER BY format",
+            (name, version),
+        )
+        return {
+            r["format"]: {**json.loads(r["metadata"]), "created_at": r["created_at"]} for r in rows
+        }
+
+    def batching(self, name: str) -> dict[str, Any] | None:
+        """A model's own batching setting, or None."""
+        rows = self._query("SELECT config FROM batching WHERE name = ?", (name,))
+        return json.loads(rows[0]["config"]) if rows else None
+
+    def set_batching(self, name: str, config: dict[str, Any] | None) -> None:
+        """Sets a model's batching, or clears it with None."""
+        if config is None:
+            self._write(("DELETE FROM batching WHERE name = ?", (name,)))
+        else:
+            self._write(
+                ("INSERT OR REPLACE INTO batching VALUES (?, ?)", (name, json.dumps(config)))
+            )
 
     # -------------------------------------------------------------- datasets
 

@@ -25,6 +25,12 @@ class PredictOutput(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PREDICT_OUTPUT_RAW: _ClassVar[PredictOutput]
     PREDICT_OUTPUT_PROBABILITIES: _ClassVar[PredictOutput]
     PREDICT_OUTPUT_TOP_K: _ClassVar[PredictOutput]
+
+class ExportFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    EXPORT_FORMAT_UNSPECIFIED: _ClassVar[ExportFormat]
+    EXPORT_FORMAT_TORCHSCRIPT: _ClassVar[ExportFormat]
+    EXPORT_FORMAT_ONNX: _ClassVar[ExportFormat]
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_QUEUED: JobState
 JOB_STATE_RUNNING: JobState
@@ -35,6 +41,9 @@ PREDICT_OUTPUT_UNSPECIFIED: PredictOutput
 PREDICT_OUTPUT_RAW: PredictOutput
 PREDICT_OUTPUT_PROBABILITIES: PredictOutput
 PREDICT_OUTPUT_TOP_K: PredictOutput
+EXPORT_FORMAT_UNSPECIFIED: ExportFormat
+EXPORT_FORMAT_TORCHSCRIPT: ExportFormat
+EXPORT_FORMAT_ONNX: ExportFormat
 
 class Tensor(_message.Message):
     __slots__ = ("dtype", "shape", "data")
@@ -445,18 +454,20 @@ class EvaluateResponse(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., version: _Optional[int] = ..., num_samples: _Optional[int] = ..., loss: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ..., per_class: _Optional[_Iterable[_Union[ClassMetrics, _Mapping]]] = ..., confusion_matrix: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
-    __slots__ = ("model_name", "version", "inputs", "outputs", "top_k")
+    __slots__ = ("model_name", "version", "inputs", "outputs", "top_k", "runtime")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     version: int
     inputs: Tensor
     outputs: _containers.RepeatedScalarFieldContainer[PredictOutput]
     top_k: int
-    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[int] = ..., inputs: _Optional[_Union[Tensor, _Mapping]] = ..., outputs: _Optional[_Iterable[_Union[PredictOutput, str]]] = ..., top_k: _Optional[int] = ...) -> None: ...
+    runtime: str
+    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[int] = ..., inputs: _Optional[_Union[Tensor, _Mapping]] = ..., outputs: _Optional[_Iterable[_Union[PredictOutput, str]]] = ..., top_k: _Optional[int] = ..., runtime: _Optional[str] = ...) -> None: ...
 
 class TopK(_message.Message):
     __slots__ = ("indices", "labels", "probabilities")
@@ -469,23 +480,103 @@ class TopK(_message.Message):
     def __init__(self, indices: _Optional[_Iterable[int]] = ..., labels: _Optional[_Iterable[str]] = ..., probabilities: _Optional[_Iterable[float]] = ...) -> None: ...
 
 class PredictResponse(_message.Message):
-    __slots__ = ("model_name", "version", "runtime", "raw", "probabilities", "top_k")
+    __slots__ = ("model_name", "version", "runtime", "raw", "probabilities", "top_k", "batch_sizes", "device")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
     RAW_FIELD_NUMBER: _ClassVar[int]
     PROBABILITIES_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZES_FIELD_NUMBER: _ClassVar[int]
+    DEVICE_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     version: int
     runtime: str
     raw: Tensor
     probabilities: Tensor
     top_k: _containers.RepeatedCompositeFieldContainer[TopK]
-    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[int] = ..., runtime: _Optional[str] = ..., raw: _Optional[_Union[Tensor, _Mapping]] = ..., probabilities: _Optional[_Union[Tensor, _Mapping]] = ..., top_k: _Optional[_Iterable[_Union[TopK, _Mapping]]] = ...) -> None: ...
+    batch_sizes: _containers.RepeatedScalarFieldContainer[int]
+    device: str
+    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[int] = ..., runtime: _Optional[str] = ..., raw: _Optional[_Union[Tensor, _Mapping]] = ..., probabilities: _Optional[_Union[Tensor, _Mapping]] = ..., top_k: _Optional[_Iterable[_Union[TopK, _Mapping]]] = ..., batch_sizes: _Optional[_Iterable[int]] = ..., device: _Optional[str] = ...) -> None: ...
+
+class ExportRequest(_message.Message):
+    __slots__ = ("model_name", "version", "format", "opset", "tolerance")
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    OPSET_FIELD_NUMBER: _ClassVar[int]
+    TOLERANCE_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    version: int
+    format: ExportFormat
+    opset: int
+    tolerance: float
+    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[int] = ..., format: _Optional[_Union[ExportFormat, str]] = ..., opset: _Optional[int] = ..., tolerance: _Optional[float] = ...) -> None: ...
+
+class Artifact(_message.Message):
+    __slots__ = ("format", "file_name", "size_bytes", "sha256", "opset", "max_abs_diff", "parity_batch_sizes", "created_at")
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    FILE_NAME_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    OPSET_FIELD_NUMBER: _ClassVar[int]
+    MAX_ABS_DIFF_FIELD_NUMBER: _ClassVar[int]
+    PARITY_BATCH_SIZES_FIELD_NUMBER: _ClassVar[int]
+    CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    format: ExportFormat
+    file_name: str
+    size_bytes: int
+    sha256: str
+    opset: int
+    max_abs_diff: float
+    parity_batch_sizes: _containers.RepeatedScalarFieldContainer[int]
+    created_at: _timestamp_pb2.Timestamp
+    def __init__(self, format: _Optional[_Union[ExportFormat, str]] = ..., file_name: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., opset: _Optional[int] = ..., max_abs_diff: _Optional[float] = ..., parity_batch_sizes: _Optional[_Iterable[int]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+
+class DownloadArtifactRequest(_message.Message):
+    __slots__ = ("model_name", "version", "format", "chunk_bytes")
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_BYTES_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    version: int
+    format: ExportFormat
+    chunk_bytes: int
+    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[int] = ..., format: _Optional[_Union[ExportFormat, str]] = ..., chunk_bytes: _Optional[int] = ...) -> None: ...
+
+class ArtifactChunk(_message.Message):
+    __slots__ = ("offset", "data", "artifact")
+    OFFSET_FIELD_NUMBER: _ClassVar[int]
+    DATA_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACT_FIELD_NUMBER: _ClassVar[int]
+    offset: int
+    data: bytes
+    artifact: Artifact
+    def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ..., artifact: _Optional[_Union[Artifact, _Mapping]] = ...) -> None: ...
+
+class BatchingConfig(_message.Message):
+    __slots__ = ("enabled", "max_batch_size", "max_delay_ms", "server_default")
+    ENABLED_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    MAX_DELAY_MS_FIELD_NUMBER: _ClassVar[int]
+    SERVER_DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    enabled: bool
+    max_batch_size: int
+    max_delay_ms: float
+    server_default: bool
+    def __init__(self, enabled: _Optional[bool] = ..., max_batch_size: _Optional[int] = ..., max_delay_ms: _Optional[float] = ..., server_default: _Optional[bool] = ...) -> None: ...
+
+class ConfigureBatchingRequest(_message.Message):
+    __slots__ = ("model_name", "batching")
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    BATCHING_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    batching: BatchingConfig
+    def __init__(self, model_name: _Optional[str] = ..., batching: _Optional[_Union[BatchingConfig, _Mapping]] = ...) -> None: ...
 
 class ModelVersion(_message.Message):
-    __slots__ = ("version", "created_at", "job_id", "task", "input_shape", "input_dtype", "output_size", "classes", "metrics", "training", "best_epoch", "history")
+    __slots__ = ("version", "created_at", "job_id", "task", "input_shape", "input_dtype", "output_size", "classes", "metrics", "training", "best_epoch", "history", "artifacts")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -505,6 +596,7 @@ class ModelVersion(_message.Message):
     TRAINING_FIELD_NUMBER: _ClassVar[int]
     BEST_EPOCH_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
+    ARTIFACTS_FIELD_NUMBER: _ClassVar[int]
     version: int
     created_at: _timestamp_pb2.Timestamp
     job_id: str
@@ -517,17 +609,20 @@ class ModelVersion(_message.Message):
     training: TrainRequest
     best_epoch: int
     history: _containers.RepeatedCompositeFieldContainer[EpochMetrics]
-    def __init__(self, version: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., job_id: _Optional[str] = ..., task: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., input_dtype: _Optional[str] = ..., output_size: _Optional[int] = ..., classes: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., training: _Optional[_Union[TrainRequest, _Mapping]] = ..., best_epoch: _Optional[int] = ..., history: _Optional[_Iterable[_Union[EpochMetrics, _Mapping]]] = ...) -> None: ...
+    artifacts: _containers.RepeatedCompositeFieldContainer[Artifact]
+    def __init__(self, version: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., job_id: _Optional[str] = ..., task: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., input_dtype: _Optional[str] = ..., output_size: _Optional[int] = ..., classes: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., training: _Optional[_Union[TrainRequest, _Mapping]] = ..., best_epoch: _Optional[int] = ..., history: _Optional[_Iterable[_Union[EpochMetrics, _Mapping]]] = ..., artifacts: _Optional[_Iterable[_Union[Artifact, _Mapping]]] = ...) -> None: ...
 
 class Model(_message.Message):
-    __slots__ = ("name", "versions", "latest_version")
+    __slots__ = ("name", "versions", "latest_version", "batching")
     NAME_FIELD_NUMBER: _ClassVar[int]
     VERSIONS_FIELD_NUMBER: _ClassVar[int]
     LATEST_VERSION_FIELD_NUMBER: _ClassVar[int]
+    BATCHING_FIELD_NUMBER: _ClassVar[int]
     name: str
     versions: _containers.RepeatedCompositeFieldContainer[ModelVersion]
     latest_version: int
-    def __init__(self, name: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ..., latest_version: _Optional[int] = ...) -> None: ...
+    batching: BatchingConfig
+    def __init__(self, name: _Optional[str] = ..., versions: _Optional[_Iterable[_Union[ModelVersion, _Mapping]]] = ..., latest_version: _Optional[int] = ..., batching: _Optional[_Union[BatchingConfig, _Mapping]] = ...) -> None: ...
 
 class ListModelsRequest(_message.Message):
     __slots__ = ()

@@ -80,6 +80,26 @@ class TorchWireStub:
                 request_serializer=torchwire_dot_v1_dot_torchwire__pb2.PredictRequest.SerializeToString,
                 response_deserializer=torchwire_dot_v1_dot_torchwire__pb2.PredictResponse.FromString,
                 _registered_method=True)
+        self.PredictStream = channel.stream_stream(
+                '/torchwire.v1.TorchWire/PredictStream',
+                request_serializer=torchwire_dot_v1_dot_torchwire__pb2.PredictRequest.SerializeToString,
+                response_deserializer=torchwire_dot_v1_dot_torchwire__pb2.PredictResponse.FromString,
+                _registered_method=True)
+        self.Export = channel.unary_unary(
+                '/torchwire.v1.TorchWire/Export',
+                request_serializer=torchwire_dot_v1_dot_torchwire__pb2.ExportRequest.SerializeToString,
+                response_deserializer=torchwire_dot_v1_dot_torchwire__pb2.Artifact.FromString,
+                _registered_method=True)
+        self.DownloadArtifact = channel.unary_stream(
+                '/torchwire.v1.TorchWire/DownloadArtifact',
+                request_serializer=torchwire_dot_v1_dot_torchwire__pb2.DownloadArtifactRequest.SerializeToString,
+                response_deserializer=torchwire_dot_v1_dot_torchwire__pb2.ArtifactChunk.FromString,
+                _registered_method=True)
+        self.ConfigureBatching = channel.unary_unary(
+                '/torchwire.v1.TorchWire/ConfigureBatching',
+                request_serializer=torchwire_dot_v1_dot_torchwire__pb2.ConfigureBatchingRequest.SerializeToString,
+                response_deserializer=torchwire_dot_v1_dot_torchwire__pb2.BatchingConfig.FromString,
+                _registered_method=True)
         self.ListModels = channel.unary_unary(
                 '/torchwire.v1.TorchWire/ListModels',
                 request_serializer=torchwire_dot_v1_dot_torchwire__pb2.ListModelsRequest.SerializeToString,
@@ -166,7 +186,41 @@ class TorchWireServicer:
         raise NotImplementedError('Method not implemented!')
 
     def Predict(self, request, context):
-        """Runs a batch through a model version and returns its outputs.
+        """Runs a batch through a model version and returns its outputs. Concurrent
+        requests to one model are merged into larger runs by dynamic batching.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def PredictStream(self, request_iterator, context):
+        """Bidirectional stream for large batch prediction: each request message is
+        answered by one response, in order. The server keeps a bounded number of
+        requests in flight, so memory stays bounded however long the stream.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def Export(self, request, context):
+        """Exports a model version to TorchScript or ONNX, checks the artifact
+        against eager PyTorch at batch sizes 1 and 7, and stores it beside the
+        checkpoint. Exporting a format again replaces its artifact.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def DownloadArtifact(self, request, context):
+        """Streams a stored artifact in chunks, for use outside torchwire.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ConfigureBatching(self, request, context):
+        """Sets the dynamic batching of one model (every version), or clears it so
+        that the server-wide setting applies. Returns the setting in force.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -241,6 +295,26 @@ def add_TorchWireServicer_to_server(servicer, server):
                     servicer.Predict,
                     request_deserializer=torchwire_dot_v1_dot_torchwire__pb2.PredictRequest.FromString,
                     response_serializer=torchwire_dot_v1_dot_torchwire__pb2.PredictResponse.SerializeToString,
+            ),
+            'PredictStream': grpc.stream_stream_rpc_method_handler(
+                    servicer.PredictStream,
+                    request_deserializer=torchwire_dot_v1_dot_torchwire__pb2.PredictRequest.FromString,
+                    response_serializer=torchwire_dot_v1_dot_torchwire__pb2.PredictResponse.SerializeToString,
+            ),
+            'Export': grpc.unary_unary_rpc_method_handler(
+                    servicer.Export,
+                    request_deserializer=torchwire_dot_v1_dot_torchwire__pb2.ExportRequest.FromString,
+                    response_serializer=torchwire_dot_v1_dot_torchwire__pb2.Artifact.SerializeToString,
+            ),
+            'DownloadArtifact': grpc.unary_stream_rpc_method_handler(
+                    servicer.DownloadArtifact,
+                    request_deserializer=torchwire_dot_v1_dot_torchwire__pb2.DownloadArtifactRequest.FromString,
+                    response_serializer=torchwire_dot_v1_dot_torchwire__pb2.ArtifactChunk.SerializeToString,
+            ),
+            'ConfigureBatching': grpc.unary_unary_rpc_method_handler(
+                    servicer.ConfigureBatching,
+                    request_deserializer=torchwire_dot_v1_dot_torchwire__pb2.ConfigureBatchingRequest.FromString,
+                    response_serializer=torchwire_dot_v1_dot_torchwire__pb2.BatchingConfig.SerializeToString,
             ),
             'ListModels': grpc.unary_unary_rpc_method_handler(
                     servicer.ListModels,
@@ -502,6 +576,114 @@ class TorchWire:
             '/torchwire.v1.TorchWire/Predict',
             torchwire_dot_v1_dot_torchwire__pb2.PredictRequest.SerializeToString,
             torchwire_dot_v1_dot_torchwire__pb2.PredictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def PredictStream(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(
+            request_iterator,
+            target,
+            '/torchwire.v1.TorchWire/PredictStream',
+            torchwire_dot_v1_dot_torchwire__pb2.PredictRequest.SerializeToString,
+            torchwire_dot_v1_dot_torchwire__pb2.PredictResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Export(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/torchwire.v1.TorchWire/Export',
+            torchwire_dot_v1_dot_torchwire__pb2.ExportRequest.SerializeToString,
+            torchwire_dot_v1_dot_torchwire__pb2.Artifact.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def DownloadArtifact(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_stream(
+            request,
+            target,
+            '/torchwire.v1.TorchWire/DownloadArtifact',
+            torchwire_dot_v1_dot_torchwire__pb2.DownloadArtifactRequest.SerializeToString,
+            torchwire_dot_v1_dot_torchwire__pb2.ArtifactChunk.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ConfigureBatching(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/torchwire.v1.TorchWire/ConfigureBatching',
+            torchwire_dot_v1_dot_torchwire__pb2.ConfigureBatchingRequest.SerializeToString,
+            torchwire_dot_v1_dot_torchwire__pb2.BatchingConfig.FromString,
             options,
             channel_credentials,
             insecure,

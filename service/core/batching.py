@@ -1,0 +1,106 @@
+"""Dynamic batching: concurrent requests to one runtime are merged into runs of up to
+`max_batch_size` rows, then split back in order."""
+
+import queue
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import Future
+from dataclasses import dataclass
+
+import numpy as np
+
+_STOP = object()
+
+
+@dataclass(frozen=True)
+class BatchingConfig:
+    """How one model's requests are batched.
+
+    Attributes:
+        enabled: False runs every request on its own, in the caller's thread.
+        max_batch_size: rows per run; larger requests are split into pieces this big.
+        max_delay_ms: how long the first request of a run waits for others. 0 merges only
+            what is already queued (no added latency when idle; natural batching under load).
+    """
+
+    enabled: bool = True
+    max_batch_size: int = 64
+    max_delay_ms: float = 0.0
+
+
+@dataclass
+class _Piece:
+    rows: np.ndarray
+    future: Future
+
+
+class Batcher:
+    """Merges pieces submitted from many threads into runs of `run`, on one thread of its own.
+
+    Each piece's future resolves to `(outputs for its rows, size of the run it was part of)`.
+    """
+
+    def __init__(
+        self, run: Callable[[np.ndarray], np.ndarray], config: BatchingConfig, name: str
+    ) -> None:
+        self._run = run
+        self.config = config
+        self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
+        self._thread.start()
+
+    def submit(self, batch: np.ndarray) -> list[Future]:
+        """Queues `batch`, split into pieces of at most `max_batch_size` rows."""
+        futures = []
+        for start in range(0, len(batch), self.config.max_batch_size):
+            future: Future = Future()
+            self._queue.put(_Piece(batch[start : start + self.config.max_batch_size], future))
+            futures.append(future)
+        return futures
+
+    def close(self) -> None:
+        """Finishes the queued pieces, then stops the thread."""
+        self._queue.put(_STOP)
+        self._thread.join()
+
+    def _loop(self) -> None:
+        max_rows = self.config.max_batch_size
+        max_delay = self.config.max_delay_ms / 1000.0
+        held = None  # a piece that did not fit into the previous run
+        while True:
+            first = held if held is not None else self._queue.get()
+            held = None
+            if first is _STOP:
+                return
+            run, rows = [first], len(first.rows)
+            deadline = time.monotonic() + max_delay
+            while rows < max_rows:
+                try:
+                    timeout = deadline - time.monotonic()
+                    piece = (
+                        self._queue.get(timeout=timeout)
+                        if timeout > 0
+                        else self._queue.get_nowait()
+                    )
+                except queue.Empty:
+                    break
+                if piece is _STOP or rows + len(piece.rows) > max_rows:
+                    held = piece
+                    break
+                run.append(piece)
+                rows += len(piece.rows)
+            self._execute(run, rows)
+
+    def _execute(self, run: list[_Piece], rows: int) -> None:
+        batch = run[0].rows if len(run) == 1 else np.concatenate([p.rows for p in run])
+        try:
+            outputs = self._run(batch)
+        except BaseException as err:  # every waiter must hear about it
+            for piece in run:
+                piece.future.set_exception(err)
+            return
+        offset = 0
+        for piece in run:
+            piece.future.set_result((outputs[offset : offset + len(piece.rows)], rows))
+            offset += len(piece.rows)

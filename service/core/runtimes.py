@@ -1,0 +1,146 @@
+"""Inference runtimes: eager PyTorch, TorchScript and ONNX Runtime behind one `run(batch)`,
+and the post-processing (softmax, top-k) that they share."""
+
+import logging
+import warnings
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from torchwire.service.core.data import CLASSIFICATION
+from torchwire.service.errors import FailedPrecondition
+
+log = logging.getLogger(__name__)
+
+EAGER, TORCHSCRIPT, ONNXRUNTIME = "eager", "torchscript", "onnxruntime"
+RUNTIMES = (EAGER, TORCHSCRIPT, ONNXRUNTIME)
+CUDA_PROVIDER, CPU_PROVIDER = "CUDAExecutionProvider", "CPUExecutionProvider"
+
+# Request tensors are zero-copy views of the received bytes, hence read-only; the
+# runtimes only read their inputs, so torch's warning about that is noise here.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
+
+
+class TorchRuntime:
+    """Runs an `nn.Module` (eager) or a `torch.jit.ScriptModule` in eval mode on a device."""
+
+    def __init__(self, name: str, module: nn.Module, device: torch.device) -> None:
+        self.name = name
+        self.module = module.eval()
+        self.device = device
+        self.placement = str(device)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Raw outputs for `batch`, as float32 on the CPU."""
+        with torch.inference_mode():
+            inputs = torch.from_numpy(batch).to(self.device, non_blocking=True)
+            return self.module(inputs).float().cpu().numpy()
+
+    def size_bytes(self) -> int:
+        """Bytes of parameters and buffers: what keeping it loaded costs."""
+        tensors = [*self.module.parameters(), *self.module.buffers()]
+        return sum(t.numel() * t.element_size() for t in tensors)
+
+
+def load_torchscript(path: Path, device: torch.device) -> TorchRuntime:
+    """Loads a TorchScript artifact."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated"
+        module = torch.jit.load(str(path), map_location=device)
+    return TorchRuntime(TORCHSCRIPT, module, device)
+
+
+def onnx_session(path: Path, use_cuda: bool, intra_op_threads: int = 0):
+    """Opens an ONNX Runtime session, on CUDA only when asked for and really used.
+
+    onnxruntime-gpu lists the CUDA provider as available even without a GPU and
+    silently falls back to the CPU; the providers the session really got are checked.
+
+    Raises:
+        FailedPrecondition: CUDA was asked for but the session fell back to the CPU.
+    """
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    options.intra_op_num_threads = intra_op_threads
+    options.inter_op_num_threads = 1
+    providers = [CUDA_PROVIDER, CPU_PROVIDER] if use_cuda else [CPU_PROVIDER]
+    session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
+    if use_cuda and session.get_providers()[0] != CUDA_PROVIDER:
+        raise FailedPrecondition(
+            f"ONNX Runtime was asked for {CUDA_PROVIDER} but fell back to "
+            f"{session.get_providers()}; check the CUDA and cuDNN libraries"
+        )
+    return session
+
+
+class OnnxRuntime:
+    """Runs an ONNX artifact in ONNX Runtime; on CUDA the output stays bound to the device."""
+
+    name = ONNXRUNTIME
+
+    def __init__(self, path: Path, use_cuda: bool, intra_op_threads: int = 0) -> None:
+        self.session = onnx_session(path, use_cuda, intra_op_threads)
+        self.input_name = self.session.get_inputs()[0].name
+        self.placement = self.session.get_providers()[0]
+        self.use_cuda = use_cuda
+        self._size = path.stat().st_size
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Raw outputs for `batch`, as float32 on the CPU."""
+        if not self.use_cuda:
+            return self.session.run(None, {self.input_name: batch})[0]
+        binding = self.session.io_binding()
+        binding.bind_cpu_input(self.input_name, np.ascontiguousarray(batch))
+        binding.bind_output(self.session.get_outputs()[0].name, "cuda")
+        self.session.run_with_iobinding(binding)
+        return binding.copy_outputs_to_cpu()[0]
+
+    def size_bytes(self) -> int:
+        """About the weights' size: the self-contained file's size."""
+        return self._size
+
+
+Runtime = TorchRuntime | OnnxRuntime
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """Outputs for a batch, in input order; output fields are None when not asked for."""
+
+    runtime: str
+    placement: str
+    batch_sizes: list[int] = field(default_factory=list)
+    raw: np.ndarray | None = None
+    probabilities: np.ndarray | None = None
+    top_indices: np.ndarray | None = None
+    top_probabilities: np.ndarray | None = None
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """Row-wise softmax, stable for large logits."""
+    shifted = np.exp(logits - logits.max(axis=1, keepdims=True))
+    return shifted / shifted.sum(axis=1, keepdims=True)
+
+
+def postprocess(
+    raw: np.ndarray, task: str, want_raw: bool, want_probabilities: bool, top_k: int
+) -> dict[str, np.ndarray | None]:
+    """The asked-for outputs from raw model outputs: probabilities and the top-k classes."""
+    outputs: dict[str, np.ndarray | None] = {"raw": raw if want_raw else None}
+    if task != CLASSIFICATION or not (want_probabilities or top_k):
+        return outputs
+    probabilities = softmax(raw)
+    if want_probabilities:
+        outputs["probabilities"] = probabilities
+    if top_k:
+        k = min(top_k, probabilities.shape[1])
+        indices = np.argsort(-probabilities, axis=1, kind="stable")[:, :k]
+        outputs["top_indices"] = indices
+        outputs["top_probabilities"] = np.take_along_axis(probabilities, indices, axis=1)
+    return outputs
