@@ -124,7 +124,9 @@ def cmd_evaluate(client: Client, args: argparse.Namespace) -> Any:
 
 def cmd_predict(client: Client, args: argparse.Namespace) -> Any:
     inputs = np.load(args.inputs, allow_pickle=False)
-    result = client.predict(args.model, inputs, version=args.version, top_k=args.top_k)
+    result = client.predict(
+        args.model, inputs, version=args.version, top_k=args.top_k, runtime=args.runtime
+    )
     if args.json:
         return {k: v for k, v in vars(result).items() if v is not None}
     if result.top_labels is None:
@@ -134,6 +136,36 @@ def cmd_predict(client: Client, args: argparse.Namespace) -> Any:
         for i, (labels, probs) in enumerate(
             zip(result.top_labels, result.top_probabilities, strict=True)
         )
+    )
+
+
+def cmd_export(client: Client, args: argparse.Namespace) -> Any:
+    artifact = client.export(
+        args.model, args.format, args.out, version=args.version, opset=args.opset
+    )
+    if args.json:
+        return artifact
+    return (
+        f"wrote {args.out}: {artifact.size_bytes} bytes, sha256 {artifact.sha256}, "
+        f"max abs diff from eager {artifact.max_abs_diff:.2g}"
+    )
+
+
+def cmd_batching(client: Client, args: argparse.Namespace) -> Any:
+    config = client.configure_batching(
+        args.model,
+        enabled=not args.off,
+        max_batch_size=args.max_batch_size,
+        max_delay_ms=args.max_delay_ms,
+        reset=args.reset,
+    )
+    if args.json:
+        return config
+    source = "server default" if config.server_default else "model setting"
+    state = "on" if config.enabled else "off"
+    return (
+        f"{args.model}: batching {state}, max_batch_size {config.max_batch_size}, "
+        f"max_delay_ms {config.max_delay_ms:g} ({source})"
     )
 
 
@@ -234,6 +266,26 @@ def build_parser() -> argparse.ArgumentParser:
     predict.add_argument("inputs", help=".npy file of shape [n, *input_shape]")
     predict.add_argument("--version", type=int, default=0)
     predict.add_argument("--top-k", type=int, default=1)
+    predict.add_argument(
+        "--runtime",
+        choices=("eager", "torchscript", "onnxruntime"),
+        default="",
+        help="default: the fastest one exported",
+    )
+
+    export = command("export", cmd_export, "export a model to ONNX or TorchScript and download it")
+    export.add_argument("model")
+    export.add_argument("--format", choices=("onnx", "torchscript"), default="onnx")
+    export.add_argument("--out", required=True, help="where to write the file")
+    export.add_argument("--version", type=int, default=0)
+    export.add_argument("--opset", type=int, default=0, help="ONNX opset (default 18)")
+
+    batching = command("batching", cmd_batching, "set a model's dynamic batching")
+    batching.add_argument("model")
+    batching.add_argument("--off", action="store_true", help="run every request on its own")
+    batching.add_argument("--max-batch-size", type=int, default=64)
+    batching.add_argument("--max-delay-ms", type=float, default=0.0)
+    batching.add_argument("--reset", action="store_true", help="use the server's default again")
 
     command("models", cmd_models, "list models and versions")
     command("datasets", cmd_datasets, "list datasets")

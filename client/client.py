@@ -1,8 +1,10 @@
 """The Python client: upload data, train and follow jobs, evaluate, predict, manage models."""
 
+import hashlib
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -16,6 +18,7 @@ from torchwire.v1 import torchwire_pb2_grpc as pb_grpc
 DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 TERMINAL_STATES = (pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED)
+_FORMATS = {"onnx": pb.EXPORT_FORMAT_ONNX, "torchscript": pb.EXPORT_FORMAT_TORCHSCRIPT}
 _OUTPUTS = {
     "raw": pb.PREDICT_OUTPUT_RAW,
     "probabilities": pb.PREDICT_OUTPUT_PROBABILITIES,
@@ -37,6 +40,8 @@ class PredictResult:
 
     Attributes:
         model_name, version, runtime: who answered.
+        device: the ONNX Runtime provider or torch device that ran it.
+        batch_sizes: sizes of the model runs that served the request (dynamic batching).
         raw: [n, out] raw outputs (logits or regression values).
         probabilities: [n, classes] softmax probabilities.
         top_indices, top_probabilities: [n, k], best class first.
@@ -46,11 +51,46 @@ class PredictResult:
     model_name: str
     version: int
     runtime: str
+    device: str
+    batch_sizes: list[int]
     raw: np.ndarray | None
     probabilities: np.ndarray | None
     top_indices: np.ndarray | None
     top_probabilities: np.ndarray | None
     top_labels: list[list[str]] | None
+
+
+def _predict_request(
+    model_name: str, inputs: Any, version: int, outputs: Iterable[str], top_k: int, runtime: str
+) -> pb.PredictRequest:
+    return pb.PredictRequest(
+        model_name=model_name,
+        version=version,
+        inputs=tensors.encode(_as_array(inputs)),
+        outputs=[_OUTPUTS[o] for o in outputs],
+        top_k=top_k,
+        runtime=runtime,
+    )
+
+
+def _predict_result(response: pb.PredictResponse) -> PredictResult:
+    has_top = len(response.top_k) > 0
+    return PredictResult(
+        model_name=response.model_name,
+        version=response.version,
+        runtime=response.runtime,
+        device=response.device,
+        batch_sizes=list(response.batch_sizes),
+        raw=tensors.decode(response.raw) if response.HasField("raw") else None,
+        probabilities=(
+            tensors.decode(response.probabilities) if response.HasField("probabilities") else None
+        ),
+        top_indices=np.array([list(t.indices) for t in response.top_k]) if has_top else None,
+        top_probabilities=(
+            np.array([list(t.probabilities) for t in response.top_k]) if has_top else None
+        ),
+        top_labels=[list(t.labels) for t in response.top_k] if has_top else None,
+    )
 
 
 def _as_array(data: Any) -> np.ndarray:
@@ -356,6 +396,7 @@ class Client:
         version: int = 0,
         outputs: Iterable[str] = (),
         top_k: int = 0,
+        runtime: str = "",
     ) -> PredictResult:
         """Runs a batch through a model version (0 = latest).
 
@@ -365,32 +406,115 @@ class Client:
             version: the version; 0 means the latest.
             outputs: any of "raw", "probabilities", "top_k"; empty means all that apply.
             top_k: classes per sample for "top_k" (0 means 1).
+            runtime: "eager", "torchscript" or "onnxruntime"; "" lets the server pick the
+                fastest one the version has an export for.
         """
-        request = pb.PredictRequest(
+        request = _predict_request(model_name, inputs, version, outputs, top_k, runtime)
+        return _predict_result(self.stub.Predict(request, timeout=self.timeout))
+
+    def predict_many(
+        self,
+        model_name: str,
+        batches: Iterable[Any],
+        *,
+        version: int = 0,
+        outputs: Iterable[str] = (),
+        top_k: int = 0,
+        runtime: str = "",
+    ) -> Iterator[PredictResult]:
+        """Streams batches through one PredictStream call; yields their results in order.
+
+        `batches` is consumed lazily, so it can be a generator over a data set larger than
+        memory; the server keeps only a few batches in flight.
+        """
+        outputs = tuple(outputs)
+        requests = (
+            _predict_request(model_name, batch, version, outputs, top_k, runtime)
+            for batch in batches
+        )
+        for response in self.stub.PredictStream(requests):
+            yield _predict_result(response)
+
+    # ----------------------------------------------------------------- export
+
+    def export(
+        self,
+        model_name: str,
+        format: str = "onnx",
+        path: str | Path | None = None,
+        *,
+        version: int = 0,
+        opset: int = 0,
+        tolerance: float = 0.0,
+    ) -> pb.Artifact:
+        """Exports a model version on the server and, with `path`, downloads the file.
+
+        The artifact is checked against eager PyTorch on the server; the download is
+        checked against its sha256 here.
+
+        Args:
+            model_name: the model.
+            format: "onnx" or "torchscript".
+            path: where to write the file; None leaves it on the server.
+            version: the version; 0 means the latest.
+            opset: ONNX opset (0: the server's default, 18).
+            tolerance: largest accepted difference from eager PyTorch (0: 1e-4).
+        """
+        request = pb.ExportRequest(
             model_name=model_name,
             version=version,
-            inputs=tensors.encode(_as_array(inputs)),
-            outputs=[_OUTPUTS[o] for o in outputs],
-            top_k=top_k,
+            format=_FORMATS[format],
+            opset=opset,
+            tolerance=tolerance,
         )
-        response = self.stub.Predict(request, timeout=self.timeout)
-        has_top = len(response.top_k) > 0
-        return PredictResult(
-            model_name=response.model_name,
-            version=response.version,
-            runtime=response.runtime,
-            raw=tensors.decode(response.raw) if response.HasField("raw") else None,
-            probabilities=(
-                tensors.decode(response.probabilities)
-                if response.HasField("probabilities")
-                else None
-            ),
-            top_indices=np.array([list(t.indices) for t in response.top_k]) if has_top else None,
-            top_probabilities=(
-                np.array([list(t.probabilities) for t in response.top_k]) if has_top else None
-            ),
-            top_labels=[list(t.labels) for t in response.top_k] if has_top else None,
+        artifact = self.stub.Export(request, timeout=self.timeout)
+        if path is not None:
+            self.download_artifact(model_name, format, path, version=version)
+        return artifact
+
+    def download_artifact(
+        self, model_name: str, format: str, path: str | Path, *, version: int = 0
+    ) -> pb.Artifact:
+        """Downloads a stored export to `path`, verifying its sha256; returns its description."""
+        target = Path(path)
+        request = pb.DownloadArtifactRequest(
+            model_name=model_name, version=version, format=_FORMATS[format]
         )
+        digest, artifact = hashlib.sha256(), pb.Artifact()
+        scratch = target.with_name(f".{target.name}.part")
+        with open(scratch, "wb") as fh:
+            for chunk in self.stub.DownloadArtifact(request, timeout=self.timeout):
+                if chunk.HasField("artifact"):
+                    artifact = chunk.artifact
+                fh.write(chunk.data)
+                digest.update(chunk.data)
+        if digest.hexdigest() != artifact.sha256:
+            scratch.unlink()
+            raise OSError(
+                f"download of {model_name} {format} is corrupt: sha256 "
+                f"{digest.hexdigest()} != {artifact.sha256}"
+            )
+        scratch.replace(target)
+        return artifact
+
+    def configure_batching(
+        self,
+        model_name: str,
+        *,
+        enabled: bool = True,
+        max_batch_size: int = 64,
+        max_delay_ms: float = 0.0,
+        reset: bool = False,
+    ) -> pb.BatchingConfig:
+        """Sets a model's dynamic batching, or with `reset=True` returns it to the server's."""
+        request = pb.ConfigureBatchingRequest(model_name=model_name)
+        if not reset:
+            request.batching.CopyFrom(
+                pb.BatchingConfig(
+                    enabled=enabled, max_batch_size=max_batch_size, max_delay_ms=max_delay_ms
+                )
+            )
+        return self.stub.ConfigureBatching(request, timeout=self.timeout)
 
     # --------------------------------------------------------------- models
 

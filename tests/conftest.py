@@ -44,6 +44,15 @@ def digits_model(client: Client) -> str:
 
 
 @pytest.fixture(scope="session")
+def cnn_model(client: Client) -> str:
+    """A small CNN trained on the built-in digits."""
+    client.train(
+        "digits-small-cnn", "digits", architecture="cnn", channels=[8, 16], epochs=4, seed=0
+    ).wait()
+    return "digits-small-cnn"
+
+
+@pytest.fixture(scope="session")
 def regression_data(client: Client) -> str:
     """An uploaded regression dataset: y = 2 * sum(x) - 1 over 6 features."""
     rng = np.random.default_rng(0)
