@@ -1,13 +1,15 @@
 """`make demo`: the whole tour against a real server on a free local port with a temporary store.
 
 Load the digits, upload them, train with a progress bar, evaluate on held-out data,
-predict a few samples beside their true labels, then shut the server down cleanly.
+predict a few samples beside their true labels, export to ONNX and serve from ONNX Runtime,
+then shut the server down cleanly.
 """
 
 import signal
 import subprocess
 import sys
 import tempfile
+from pathlib import Path
 
 import numpy as np
 
@@ -68,7 +70,7 @@ def main() -> int:
         finally:
             server.send_signal(signal.SIGTERM)
             code = server.wait(timeout=60)
-        print(f"7. server shut down cleanly (exit code {code})")
+        print(f"8. server shut down cleanly (exit code {code})")
     if code != 0 or accuracy < REQUIRED_ACCURACY:
         print(f"FAILED: accuracy {accuracy:.4f} (need {REQUIRED_ACCURACY}), exit code {code}")
         return 1
@@ -133,6 +135,18 @@ def tour(address: str) -> float:
         print(
             f"6. model registry: digits-cnn versions {[v.version for v in model.versions]}, "
             f"input {model.versions[-1].input_dtype}{list(model.versions[-1].input_shape)}"
+        )
+        eager = client.predict("digits-cnn", x_test, outputs=["top_k"], runtime="eager")
+        with tempfile.TemporaryDirectory() as out:
+            artifact = client.export("digits-cnn", "onnx", Path(out) / "digits-cnn.onnx")
+        onnx = client.predict("digits-cnn", x_test, outputs=["top_k"])
+        assert eager.top_indices is not None
+        assert onnx.top_indices is not None
+        agree = (onnx.top_indices[:, 0] == eager.top_indices[:, 0]).mean()
+        print(
+            f"7. exported to ONNX ({artifact.size_bytes} bytes, max diff from PyTorch "
+            f"{artifact.max_abs_diff:.1e}); Predict now runs on {onnx.runtime} ({onnx.device}) "
+            f"and agrees with eager PyTorch on {agree:.1%} of the held-out images"
         )
         return accuracy
 
