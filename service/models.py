@@ -272,7 +272,7 @@ class ModelService:
             )
         assert isinstance(served.runtime, TorchRuntime)
         loss_fn = LOSSES[meta["training"]["config"]["loss"]][0]()
-        loader = eval_loader(location.open(), batch_size, self.device.type == "cuda")
+        loader = eval_loader(location.open(), batch_size, self.device)
         return record, evaluate(
             served.runtime.module,
             loader,

@@ -10,7 +10,7 @@ from sklearn.metrics import confusion_matrix, precision_score, recall_score
 
 from torchwire.service.core import events
 from torchwire.service.core.checkpoint import load_checkpoint, load_model, save_checkpoint, unwrap
-from torchwire.service.core.data import BUILTIN_DATASETS, ArrayDataset, eval_loader
+from torchwire.service.core.data import BUILTIN_DATASETS, ArrayDataset, TensorBatches, eval_loader
 from torchwire.service.core.device import choose_device
 from torchwire.service.core.evaluation import evaluate
 from torchwire.service.core.models import CNNParams, MLPParams, ModelConfig
@@ -95,7 +95,7 @@ def test_evaluate_matches_sklearn_and_respects_eval_mode(tmp_path: Path) -> None
     _, _, trainer = _train(tmp_path, params=MLPParams((64,), dropout=0.5), epochs=3)
     model = trainer.model
     x, y = DIGITS.load("test")
-    loader = eval_loader(ArrayDataset(x, y, "classification"), 50)
+    loader = eval_loader(ArrayDataset(x, y, "classification"), 50, torch.device("cpu"))
     loss_fn = torch.nn.CrossEntropyLoss()
     model.train()
     first = evaluate(
@@ -126,7 +126,7 @@ def test_regression_metrics(tmp_path: Path) -> None:
         model.bias.fill_(0.5)
     result = evaluate(
         model,
-        eval_loader(ArrayDataset(x, y, "regression"), 64),
+        eval_loader(ArrayDataset(x, y, "regression"), 64, torch.device("cpu")),
         torch.nn.MSELoss(),
         "regression",
         (),
@@ -213,3 +213,39 @@ def test_checkpoint_write_is_atomic(tmp_path: Path) -> None:
     (tmp_path / "torn.pt").write_bytes((tmp_path / "best.pt").read_bytes()[:100])
     with pytest.raises(FailedPrecondition):
         load_checkpoint(tmp_path / "torn.pt")
+
+
+def test_fast_path_and_dataloader_path_train_alike(tmp_path: Path) -> None:
+    spec = TrainSpec("m", "digits", "train", "mlp", MLPParams(), TrainConfig(epochs=5, seed=3))
+    x, y = DIGITS.load("train")
+    runs = {}
+    for name, transform in (("fast", None), ("dataloader", torch.nn.Identity())):
+        dataset = ArrayDataset(x, y, "classification", transform=transform)
+        trainer = Trainer(spec, DIGITS.info, dataset, tmp_path / name, lambda e: None)
+        runs[name] = (trainer, trainer.run())
+    assert isinstance(runs["fast"][0].train_loader, TensorBatches)
+    assert isinstance(runs["dataloader"][0].train_loader, torch.utils.data.DataLoader)
+    for trainer, result in runs.values():
+        assert len(trainer.train_loader) == 21  # ceil(1293 / 64)
+        assert result.best_metrics["accuracy"] > 0.9
+    # Both paths hold out the same validation samples for the same seed.
+    fast_val = runs["fast"][0].val_loader.indices.tolist()
+    assert fast_val == runs["dataloader"][0].val_loader.dataset.indices
+
+
+def test_tensor_batches_cover_every_index_once() -> None:
+    features = torch.arange(10.0).unsqueeze(1)
+    targets = torch.arange(10)
+    batches = TensorBatches(
+        features,
+        targets,
+        torch.arange(10),
+        4,
+        shuffle=True,
+        generator=torch.Generator().manual_seed(0),
+    )
+    seen = torch.cat([t for _, t in batches])
+    assert sorted(seen.tolist()) == list(range(10))
+    assert [len(t) for _, t in batches] == [4, 4, 2]
+    dropped = TensorBatches(features, targets, torch.arange(10), 4, drop_last=True)
+    assert [len(t) for _, t in dropped] == [4, 4]

@@ -1,6 +1,6 @@
 """Datasets and DataLoaders: array-backed Datasets, the built-in digits, the validation split."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -13,6 +13,8 @@ from torchwire.service.errors import InvalidArgument
 CLASSIFICATION = "classification"
 REGRESSION = "regression"
 SPLITS = ("train", "test")
+FAST_PATH_MAX_BYTES = 2 * 1024 * 1024 * 1024
+"""In-memory datasets up to this size train from device-resident tensors."""
 
 
 @dataclass(frozen=True)
@@ -59,6 +61,17 @@ class ArrayDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.features)
+
+    @property
+    def nbytes(self) -> int:
+        """Size of the data as training tensors."""
+        return 4 * int(np.prod(self.features.shape)) + 8 * len(self.targets)
+
+    def tensors(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """All features and targets as tensors on `device` (float32, and int64 or float32)."""
+        features = torch.as_tensor(np.asarray(self.features, dtype=np.float32))
+        targets = torch.as_tensor(np.asarray(self.targets)).to(self.target_dtype)
+        return features.to(device), targets.to(device)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
         x = torch.tensor(self.features[index], dtype=torch.float32)
@@ -141,6 +154,57 @@ def split_sizes(
     return n_train, n_val
 
 
+class TensorBatches:
+    """Batches sliced from tensors that already live on the training device.
+
+    The fast path for in-memory data: no per-sample `__getitem__`, no collate, and one copy
+    to the device for the whole run instead of one per batch.
+    """
+
+    def __init__(
+        self,
+        features: torch.Tensor,
+        targets: torch.Tensor,
+        indices: torch.Tensor,
+        batch_size: int,
+        shuffle: bool = False,
+        drop_last: bool = False,
+        generator: torch.Generator | None = None,
+    ) -> None:
+        self.features, self.targets = features, targets
+        self.indices = indices
+        self.batch_size = batch_size
+        self.shuffle = shuffle
+        self.drop_last = drop_last
+        self.generator = generator
+
+    def __len__(self) -> int:
+        full, rest = divmod(len(self.indices), self.batch_size)
+        return full if self.drop_last or not rest else full + 1
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        order = self.indices
+        if self.shuffle:
+            order = order[torch.randperm(len(order), generator=self.generator)]
+        order = order.to(self.features.device)
+        for step in range(len(self)):
+            batch = order[step * self.batch_size : (step + 1) * self.batch_size]
+            yield self.features[batch], self.targets[batch]
+
+
+Batches = DataLoader | TensorBatches
+
+
+@dataclass(frozen=True)
+class Loaders:
+    """The training batches, the validation batches (None without validation), and sizes."""
+
+    train: Batches
+    val: Batches | None
+    train_samples: int
+    val_samples: int
+
+
 def split_and_load(
     dataset: Dataset,
     *,
@@ -150,11 +214,14 @@ def split_and_load(
     num_workers: int,
     val_fraction: float,
     seed: int,
-    pin_memory: bool,
-) -> tuple[DataLoader, DataLoader | None]:
-    """Holds out a validation subset with `random_split` and wraps both parts in DataLoaders.
+    device: torch.device,
+) -> Loaders:
+    """Holds out a validation subset with `random_split` and batches both parts.
 
-    The same seed gives the same split and the same shuffling order.
+    In-memory array data without transforms, loaded in-process (`num_workers` 0), takes the
+    fast path: both subsets move to the device once and batches are sliced from there.
+    Anything else goes through DataLoaders (pinned memory on CUDA). The same seed gives the
+    same split and the same shuffling order.
 
     Raises:
         InvalidArgument: the split leaves no training sample.
@@ -162,9 +229,28 @@ def split_and_load(
     n_train, n_val = split_sizes(len(dataset), val_fraction, batch_size, drop_last)  # type: ignore[arg-type]
     generator = torch.Generator().manual_seed(seed)
     train_set, val_set = random_split(dataset, [n_train, n_val], generator=generator)
+    val_batch = max(batch_size, 256)
+    if (
+        isinstance(dataset, ArrayDataset)
+        and dataset.transform is None
+        and num_workers == 0
+        and dataset.nbytes <= FAST_PATH_MAX_BYTES
+    ):
+        features, targets = dataset.tensors(device)
+        train = TensorBatches(
+            features,
+            targets,
+            torch.tensor(train_set.indices),
+            batch_size,
+            shuffle,
+            drop_last,
+            generator,
+        )
+        val = TensorBatches(features, targets, torch.tensor(val_set.indices), val_batch)
+        return Loaders(train, val if n_val else None, n_train, n_val)
     common: dict[str, Any] = {
         "num_workers": num_workers,
-        "pin_memory": pin_memory,
+        "pin_memory": device.type == "cuda",
         "persistent_workers": num_workers > 0,
     }
     train_loader = DataLoader(
@@ -175,12 +261,25 @@ def split_and_load(
         generator=generator,
         **common,
     )
-    if n_val == 0:
-        return train_loader, None
-    val_loader = DataLoader(val_set, batch_size=max(batch_size, 256), shuffle=False, **common)
-    return train_loader, val_loader
+    val_loader = DataLoader(val_set, batch_size=val_batch, shuffle=False, **common)
+    return Loaders(train_loader, val_loader if n_val else None, n_train, n_val)
 
 
-def eval_loader(dataset: Dataset, batch_size: int, pin_memory: bool = False) -> DataLoader:
-    """An ordered, unshuffled DataLoader for evaluation."""
-    return DataLoader(dataset, batch_size=batch_size, shuffle=False, pin_memory=pin_memory)
+def _in_memory(dataset: Dataset) -> bool:
+    """Whether `dataset` can take the fast path: plain arrays, no transform, not too large."""
+    return (
+        isinstance(dataset, ArrayDataset)
+        and dataset.transform is None
+        and dataset.nbytes <= FAST_PATH_MAX_BYTES
+    )
+
+
+def eval_loader(dataset: Dataset, batch_size: int, device: torch.device) -> Batches:
+    """Ordered, unshuffled batches for evaluation (the fast path where it applies)."""
+    if _in_memory(dataset):
+        assert isinstance(dataset, ArrayDataset)
+        features, targets = dataset.tensors(device)
+        return TensorBatches(features, targets, torch.arange(len(dataset)), batch_size)
+    return DataLoader(
+        dataset, batch_size=batch_size, shuffle=False, pin_memory=device.type == "cuda"
+    )

@@ -1,11 +1,11 @@
 """Evaluation in eval mode without gradients: loss, accuracy, per-class precision and recall,
 a confusion matrix, or MSE and MAE for regression."""
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from torchwire.service.core.data import CLASSIFICATION
 
@@ -38,7 +38,7 @@ def align_output(output: torch.Tensor, target: torch.Tensor, task: str) -> torch
 
 def evaluate(
     model: nn.Module,
-    loader: DataLoader,
+    loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
     loss_fn: nn.Module,
     task: str,
     classes: tuple[str, ...],

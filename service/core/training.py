@@ -243,7 +243,7 @@ class Trainer:
         self.emit = emit
         self.should_stop = should_stop
         seed_everything(self.config.seed)
-        self.train_loader, self.val_loader = split_and_load(
+        loaders = split_and_load(
             dataset,
             batch_size=self.config.batch_size,
             shuffle=self.config.shuffle,
@@ -251,8 +251,10 @@ class Trainer:
             num_workers=self.config.num_workers,
             val_fraction=self.config.val_fraction,
             seed=self.config.seed,
-            pin_memory=self.device.type == "cuda",
+            device=self.device,
         )
+        self.train_loader, self.val_loader = loaders.train, loaders.val
+        self.train_samples, self.val_samples = loaders.train_samples, loaders.val_samples
         self.model = self.model_config.build().to(self.device)
         self.loss_fn = LOSSES[self.config.loss][0]()
         self.optimizer = _build_optimizer(self.model, self.config)
@@ -263,11 +265,13 @@ class Trainer:
     def run(self) -> FitResult:
         """Trains for the configured epochs, or until early stopping or cancellation."""
         config, result = self.config, FitResult()
-        train_samples = len(self.train_loader.dataset)
-        val_samples = len(self.val_loader.dataset) if self.val_loader else 0
         self.emit(
             events.Started(
-                str(self.device), train_samples, val_samples, config.epochs, len(self.train_loader)
+                str(self.device),
+                self.train_samples,
+                self.val_samples,
+                config.epochs,
+                len(self.train_loader),
             )
         )
         best_loss, bad_epochs = math.inf, 0
