@@ -200,6 +200,12 @@ def test_a_stream_of_10000_samples_comes_back_complete_and_in_order(
     np.testing.assert_array_equal(top, direct.argmax(axis=1))
 
 
+def test_predict_with_and_without_a_deadline(client: Client, digits_model: str) -> None:
+    request = pb.PredictRequest(model_name=digits_model, inputs=tensors.encode(X_TEST[:3]))
+    assert len(client.stub.Predict(request).top_k) == 3  # no deadline at all
+    assert len(client.stub.Predict(request, timeout=30).top_k) == 3
+
+
 def test_export_rejects(client: Client, digits_model: str) -> None:
     def export(**fields):
         return client.stub.Export(

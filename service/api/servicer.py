@@ -16,6 +16,7 @@ from torchwire.v1 import torchwire_pb2 as pb
 from torchwire.v1 import torchwire_pb2_grpc as pb_grpc
 
 STREAM_WINDOW = 8
+NO_DEADLINE_S = 10 * 365 * 24 * 3600.0
 _OUTPUT_NAMES = {
     pb.PREDICT_OUTPUT_RAW: "raw",
     pb.PREDICT_OUTPUT_PROBABILITIES: "probabilities",
@@ -115,8 +116,7 @@ class TorchWireServicer(pb_grpc.TorchWireServicer):
         return convert.evaluation(record, result)
 
     def Predict(self, request, context):
-        pending = self._submit(request)
-        return convert.prediction(pending.record, pending.result(context.time_remaining()))
+        return self._answer(self._submit(request), context)
 
     def PredictStream(self, request_iterator, context):
         # Up to STREAM_WINDOW requests are in flight: enough to keep the batcher busy, few
@@ -145,7 +145,10 @@ class TorchWireServicer(pb_grpc.TorchWireServicer):
 
     @staticmethod
     def _answer(pending: PendingPrediction, context) -> pb.PredictResponse:
-        return convert.prediction(pending.record, pending.result(context.time_remaining()))
+        # Without a deadline gRPC reports an enormous time remaining, too large to wait on.
+        remaining = context.time_remaining()
+        timeout = remaining if remaining is not None and remaining < NO_DEADLINE_S else None
+        return convert.prediction(pending.record, pending.result(timeout))
 
     def Export(self, request, context):
         fmt = convert.export_format("format", request.format)

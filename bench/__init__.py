@@ -1,0 +1,1 @@
+"""torchwire benchmarks: `make bench` (python -m bench) writes BENCHMARKS.md."""

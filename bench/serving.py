@@ -1,0 +1,123 @@
+"""Predict through the service against the same runtime in-process; dynamic batching on and
+off under 32 concurrent clients; the three runtimes side by side."""
+
+import asyncio
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import torch
+
+from bench.harness import run_for, summary
+from torchwire.client import Client
+from torchwire.service.core.checkpoint import load_model
+from torchwire.service.core.runtimes import OnnxRuntime, TorchRuntime, load_torchscript
+from torchwire.v1 import tensors
+from torchwire.v1 import torchwire_pb2 as pb
+from torchwire.v1 import torchwire_pb2_grpc as pb_grpc
+
+MODELS = {"mlp": {"architecture": "mlp"}, "cnn": {"architecture": "cnn"}}
+INPUT_SHAPE = (1, 8, 8)
+
+
+def prepare(client: Client) -> None:
+    """Trains the MLP and the CNN on the digits and exports both to both formats."""
+    for name, spec in MODELS.items():
+        client.train(name, "digits", epochs=3, seed=0, **spec).wait()
+        for fmt in ("onnx", "torchscript"):
+            client.export(name, fmt)
+
+
+def in_process(store: Path, name: str, runtime: str):
+    """The runtime the server uses, opened here from the server's own files."""
+    directory = store / "models" / name / "1"
+    if runtime == "onnxruntime":
+        return OnnxRuntime(directory / "model.onnx", torch.cuda.is_available())
+    if runtime == "torchscript":
+        return load_torchscript(directory / "model.torchscript.pt", torch.device("cpu"))
+    module, _ = load_model(directory / "model.pt", torch.device("cpu"))
+    return TorchRuntime("eager", module, torch.device("cpu"))
+
+
+def batch_of(size: int) -> np.ndarray:
+    return np.random.default_rng(size).random((size, *INPUT_SHAPE), dtype=np.float32)
+
+
+def overhead(client: Client, store: Path, seconds: float) -> list[dict]:
+    """Service vs in-process, ONNX Runtime, per model and batch size."""
+    rows = []
+    for name in MODELS:
+        local = in_process(store, name, "onnxruntime")
+        for size in (1, 64, 256):
+            batch = batch_of(size)
+            direct = summary(run_for(lambda b=batch: local.run(b), seconds), size)
+            served = summary(run_for(lambda b=batch: client.predict(
+                name, b, runtime="onnxruntime", outputs=["raw"]), seconds), size)
+            rows.append({"model": name, "batch": size, "in_process": direct, "service": served,
+                         "ratio": served["samples_per_s"] / direct["samples_per_s"],
+                         "p50_overhead_ms": served["p50_ms"] - direct["p50_ms"]})
+    return rows
+
+
+async def _clients(address: str, model: str, runtime: str, concurrency: int,
+                   seconds: float) -> dict:
+    """`concurrency` clients each sending batch-1 requests back to back for `seconds`."""
+    request = pb.PredictRequest(model_name=model, runtime=runtime,
+                                inputs=tensors.encode(batch_of(1)),
+                                outputs=[pb.PREDICT_OUTPUT_RAW])
+    latencies: list[float] = []
+    run_sizes: list[int] = []
+    async with grpc.aio.insecure_channel(address) as channel:
+        stub = pb_grpc.TorchWireStub(channel)
+        for _ in range(3):
+            await stub.Predict(request)
+
+        async def one_client(deadline: float) -> None:
+            while time.perf_counter() < deadline:
+                begin = time.perf_counter()
+                response = await stub.Predict(request)
+                latencies.append(time.perf_counter() - begin)
+                run_sizes.append(response.batch_sizes[0])
+
+        begin = time.perf_counter()
+        deadline = begin + seconds
+        await asyncio.gather(*(one_client(deadline) for _ in range(concurrency)))
+        wall = time.perf_counter() - begin
+    result = summary(latencies, 1, wall)
+    result["mean_run_size"] = float(np.mean(run_sizes))
+    return result
+
+
+def batching(client: Client, seconds: float, concurrency: int = 32) -> list[dict]:
+    """Throughput and latency of concurrent batch-1 clients with batching on and off."""
+    rows = []
+    settings = {"off": {"enabled": False}, "on, max_delay 0 ms": {"max_delay_ms": 0.0},
+                "on, max_delay 2 ms": {"max_delay_ms": 2.0}}
+    for name in MODELS:
+        for runtime in ("onnxruntime", "eager"):
+            results = {}
+            for label, setting in settings.items():
+                client.configure_batching(name, max_batch_size=64, **setting)
+                results[label] = asyncio.run(
+                    _clients(client.address, name, runtime, concurrency, seconds))
+            client.configure_batching(name, reset=True)
+            off = results["off"]
+            for label, result in results.items():
+                rows.append({"model": name, "runtime": runtime, "batching": label, **result,
+                             "throughput_vs_off": result["samples_per_s"] / off["samples_per_s"],
+                             "p99_vs_off": result["p99_ms"] / off["p99_ms"]})
+    return rows
+
+
+def runtimes(client: Client, seconds: float, size: int = 64) -> list[dict]:
+    """The CNN at batch 64 through Predict on each runtime."""
+    batch = batch_of(size)
+    rows = []
+    for runtime in ("eager", "torchscript", "onnxruntime"):
+        rows.append({"runtime": runtime, **summary(run_for(lambda r=runtime: client.predict(
+            "cnn", batch, runtime=r, outputs=["raw"]), seconds), size)})
+    eager = rows[0]["samples_per_s"]
+    for row in rows:
+        row["vs_eager"] = row["samples_per_s"] / eager
+    return rows
