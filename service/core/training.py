@@ -35,6 +35,7 @@ LOSSES: dict[str, tuple[Callable[[], nn.Module], str]] = {
 }
 OPTIMIZERS = ("adam", "sgd")
 PROGRESS_INTERVAL_S = 0.5
+FUSED_DEVICES = ("cpu", "cuda")
 
 
 def _require(ok: bool, name: str, value: object, why: str) -> None:
@@ -187,16 +188,22 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _build_optimizer(model: nn.Module, config: TrainConfig) -> torch.optim.Optimizer:
+def _build_optimizer(
+    model: nn.Module, config: TrainConfig, device: torch.device
+) -> torch.optim.Optimizer:
+    # The fused kernels do the whole update in one pass: about a quarter less time per step
+    # for small models on the CPU (BENCHMARKS.md), and the usual choice on CUDA.
+    fused = device.type in FUSED_DEVICES
     if config.optimizer == "sgd":
         return torch.optim.SGD(
             model.parameters(),
             lr=config.learning_rate,
             momentum=config.momentum,
             weight_decay=config.weight_decay,
+            fused=fused,
         )
     return torch.optim.Adam(
-        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay
+        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay, fused=fused
     )
 
 
@@ -257,7 +264,7 @@ class Trainer:
         self.train_samples, self.val_samples = loaders.train_samples, loaders.val_samples
         self.model = self.model_config.build().to(self.device)
         self.loss_fn = LOSSES[self.config.loss][0]()
-        self.optimizer = _build_optimizer(self.model, self.config)
+        self.optimizer = _build_optimizer(self.model, self.config, self.device)
         # Mixed precision where it pays: float16 autocast with loss scaling on CUDA.
         self.amp = self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
@@ -300,7 +307,12 @@ class Trainer:
         """One pass over the training data; None when cancelled."""
         self.model.train()
         steps = len(self.train_loader)
-        loss_sum, metric_sum, count = 0.0, 0.0, 0
+        # Sums stay on the device: no host sync per batch, only at the epoch's end and for
+        # the throttled progress events.
+        loss_sum = torch.zeros((), device=self.device)
+        metric_sum = torch.zeros((), device=self.device)
+        count = 0
+        classification = self.config.task == CLASSIFICATION
         started = last_report = time.monotonic()
         for step, (inputs, targets) in enumerate(self.train_loader, start=1):
             if self.should_stop():
@@ -308,31 +320,36 @@ class Trainer:
             inputs = inputs.to(self.device, non_blocking=True)
             targets = targets.to(self.device, non_blocking=True)
             self.optimizer.zero_grad(set_to_none=True)
-            with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            if self.amp:
+                with torch.autocast(self.device.type, dtype=torch.float16):
+                    output = align_output(self.model(inputs), targets, self.config.task)
+                    loss = self.loss_fn(output, targets)
+                self.scaler.scale(loss).backward()
+                self.scaler.step(self.optimizer)
+                self.scaler.update()
+            else:
                 output = align_output(self.model(inputs), targets, self.config.task)
                 loss = self.loss_fn(output, targets)
-            self.scaler.scale(loss).backward()
-            self.scaler.step(self.optimizer)
-            self.scaler.update()
+                loss.backward()
+                self.optimizer.step()
             batch = len(targets)
-            batch_loss = loss.item()
-            loss_sum += batch_loss * batch
             count += batch
             with torch.no_grad():
-                if self.config.task == CLASSIFICATION:
-                    metric_sum += (output.argmax(dim=1) == targets).sum().item()
+                loss_sum += loss.detach() * batch
+                if classification:
+                    metric_sum += (output.argmax(dim=1) == targets).sum()
                 else:
-                    metric_sum += (output.float() - targets).abs().mean().item() * batch
+                    metric_sum += (output.float() - targets).abs().mean() * batch
             now = time.monotonic()
             if now - last_report >= PROGRESS_INTERVAL_S and step < steps:
                 last_report = now
-                self.emit(events.StepProgress(epoch, step, steps, batch_loss))
+                self.emit(events.StepProgress(epoch, step, steps, loss.item()))
         seconds = time.monotonic() - started
         metric_name = "accuracy" if self.config.task == CLASSIFICATION else "mae"
         record = events.EpochRecord(
             epoch=epoch,
-            train_loss=loss_sum / count,
-            train_metrics={metric_name: metric_sum / count},
+            train_loss=loss_sum.item() / count,
+            train_metrics={metric_name: metric_sum.item() / count},
             samples_per_second=count / seconds if seconds > 0 else 0.0,
             seconds=seconds,
             learning_rate=self.optimizer.param_groups[0]["lr"],
