@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTO := protos/torchwire/v1/torchwire.proto
 
-.PHONY: venv protos test demo serve lint clean
+.PHONY: venv protos test demo serve lint bench clean
 
 venv: $(STAMP)
 
@@ -26,12 +26,16 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m torchwire.client.demo
 
+# Benchmarks side by side in one run; writes BENCHMARKS.md (about 3 minutes on 2 cores).
+bench: $(STAMP)
+	$(BIN)/python -m bench
+
 serve: $(STAMP)
 	$(BIN)/torchwire serve $(ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check service client tests
-	$(BIN)/ruff format --check service client tests
+	$(BIN)/ruff check service client tests bench
+	$(BIN)/ruff format --check service client tests bench
 	$(BIN)/mypy service client
 
 clean:

@@ -18,8 +18,11 @@ def _met(ok: bool) -> str:
 
 
 def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
-    return ["| " + " | ".join(headers) + " |", "|" + "---|" * len(headers),
-            *("| " + " | ".join(row) + " |" for row in rows)]
+    return [
+        "| " + " | ".join(headers) + " |",
+        "|" + "---|" * len(headers),
+        *("| " + " | ".join(row) + " |" for row in rows),
+    ]
 
 
 def measure(seconds: float) -> dict:
@@ -69,98 +72,218 @@ def report(r: dict, seconds: float) -> str:
         "validation and the batcher included. One request at a time.",
         "",
     ]
-    rows = [[o["model"], str(o["batch"]), f"{o['in_process']['samples_per_s']:,.0f}",
-             f"{o['service']['samples_per_s']:,.0f}", f"**{o['ratio']:.2f}**",
-             f"{o['in_process']['p50_ms']:.3f} / {o['in_process']['p99_ms']:.3f}",
-             f"{o['service']['p50_ms']:.3f} / {o['service']['p99_ms']:.3f}",
-             f"{o['p50_overhead_ms']:.3f}"] for o in r["overhead"]]
-    lines += _table(["model", "batch", "in-process samples/s", "service samples/s",
-                     "service / in-process", "in-process p50 / p99 ms", "service p50 / p99 ms",
-                     "p50 overhead ms"], rows)
+    rows = [
+        [
+            o["model"],
+            str(o["batch"]),
+            f"{o['in_process']['samples_per_s']:,.0f}",
+            f"{o['service']['samples_per_s']:,.0f}",
+            f"**{o['ratio']:.2f}**",
+            f"{o['in_process']['p50_ms']:.3f} / {o['in_process']['p99_ms']:.3f}",
+            f"{o['service']['p50_ms']:.3f} / {o['service']['p99_ms']:.3f}",
+            f"{o['p50_overhead_ms']:.3f}",
+            f"{o['bare_grpc']['p50_ms']:.3f}",
+            f"{o['own_p50_ms']:.3f}",
+        ]
+        for o in r["overhead"]
+    ]
+    lines += _table(
+        [
+            "model",
+            "batch",
+            "in-process samples/s",
+            "service samples/s",
+            "service / in-process",
+            "in-process p50 / p99 ms",
+            "service p50 / p99 ms",
+            "p50 overhead ms",
+            "bare gRPC p50 ms",
+            "torchwire's own p50 ms",
+        ],
+        rows,
+    )
+    lines += [
+        "",
+        "`bare gRPC` is the same request and response sizes through a gRPC Python "
+        "server with the same thread pool and options whose handler does nothing "
+        "(`bench/echo.py`): the floor any Python gRPC service pays. `torchwire's own` is "
+        "the p50 overhead minus that floor: decoding, validation, the cache, the batcher, "
+        "post-processing and encoding.",
+    ]
     at64 = [o for o in r["overhead"] if o["batch"] == 64]
     at1 = [o for o in r["overhead"] if o["batch"] == 1]
     ratios = ", ".join(f"{o['model']} {o['ratio']:.2f}" for o in at64)
     overheads = ", ".join(f"{o['model']} {o['p50_overhead_ms']:.3f} ms" for o in at1)
-    lines += ["", f"Target: ratio >= 0.85 at batch 64 on ONNX Runtime: "
-              f"{_met(all(o['ratio'] >= 0.85 for o in at64))} ({ratios}). "
-              f"p50 overhead < 0.5 ms at batch 1: "
-              f"{_met(all(o['p50_overhead_ms'] < 0.5 for o in at1))} ({overheads}).", ""]
+    lines += [
+        "",
+        f"Target: ratio >= 0.85 at batch 64 on ONNX Runtime: "
+        f"{_met(all(o['ratio'] >= 0.85 for o in at64))} ({ratios}). "
+        f"p50 overhead < 0.5 ms at batch 1: "
+        f"{_met(all(o['p50_overhead_ms'] < 0.5 for o in at1))} ({overheads}).",
+        "",
+    ]
 
-    lines += ["## 2. Dynamic batching: 32 concurrent clients sending batch-1 requests", "",
-              "32 asyncio clients on one grpc.aio channel, each sending its next request as "
-              "soon as the previous answer arrives, for "
-              f"{2 * seconds:g} s per setting; max_batch_size 64. `mean run` is the mean size "
-              "of the model runs that served the requests (PredictResponse.batch_sizes).", ""]
-    rows = [[b["model"], b["runtime"], b["batching"], f"{b['samples_per_s']:,.0f}",
-             f"**{b['throughput_vs_off']:.2f}**", f"{b['p50_ms']:.2f}", f"{b['p99_ms']:.2f}",
-             f"{b['p99_vs_off']:.2f}", f"{b['mean_run_size']:.1f}"] for b in r["batching"]]
-    lines += _table(["model", "runtime", "batching", "samples/s", "throughput vs off",
-                     "p50 ms", "p99 ms", "p99 vs off", "mean run"], rows)
-    best = max((b for b in r["batching"] if b["batching"] != "off"),
-               key=lambda b: b["throughput_vs_off"])
-    lines += ["", f"Target: throughput >= 4x with batching on, p99 no worse than 2x: "
-              f"{_met(best['throughput_vs_off'] >= 4 and best['p99_vs_off'] <= 2)} (best: "
-              f"{best['model']}/{best['runtime']} {best['batching']}: "
-              f"{best['throughput_vs_off']:.2f}x, p99 {best['p99_vs_off']:.2f}x).", ""]
+    lines += [
+        "## 2. Dynamic batching: 32 concurrent clients sending batch-1 requests",
+        "",
+        "32 asyncio clients on one grpc.aio channel, each sending its next request as "
+        "soon as the previous answer arrives, for "
+        f"{2 * seconds:g} s per setting; max_batch_size 64. `mean run` is the mean size "
+        "of the model runs that served the requests (PredictResponse.batch_sizes).",
+        "",
+    ]
+    rows = [
+        [
+            b["model"],
+            b["runtime"],
+            b["batching"],
+            f"{b['samples_per_s']:,.0f}",
+            f"**{b['throughput_vs_off']:.2f}**",
+            f"{b['p50_ms']:.2f}",
+            f"{b['p99_ms']:.2f}",
+            f"{b['p99_vs_off']:.2f}",
+            f"{b['mean_run_size']:.1f}",
+        ]
+        for b in r["batching"]
+    ]
+    lines += _table(
+        [
+            "model",
+            "runtime",
+            "batching",
+            "samples/s",
+            "throughput vs off",
+            "p50 ms",
+            "p99 ms",
+            "p99 vs off",
+            "mean run",
+        ],
+        rows,
+    )
+    best = max(
+        (b for b in r["batching"] if b["batching"] != "off"), key=lambda b: b["throughput_vs_off"]
+    )
+    lines += [
+        "",
+        f"Target: throughput >= 4x with batching on, p99 no worse than 2x: "
+        f"{_met(best['throughput_vs_off'] >= 4 and best['p99_vs_off'] <= 2)} (best: "
+        f"{best['model']}/{best['runtime']} {best['batching']}: "
+        f"{best['throughput_vs_off']:.2f}x, p99 {best['p99_vs_off']:.2f}x).",
+        "",
+    ]
 
     lines += ["## 3. Runtimes: the CNN at batch 64 through Predict", ""]
-    rows = [[t["runtime"], f"{t['samples_per_s']:,.0f}", f"**{t['vs_eager']:.2f}**",
-             f"{t['p50_ms']:.3f}", f"{t['p99_ms']:.3f}"] for t in r["runtimes"]]
+    rows = [
+        [
+            t["runtime"],
+            f"{t['samples_per_s']:,.0f}",
+            f"**{t['vs_eager']:.2f}**",
+            f"{t['p50_ms']:.3f}",
+            f"{t['p99_ms']:.3f}",
+        ]
+        for t in r["runtimes"]
+    ]
     lines += _table(["runtime", "samples/s", "vs eager", "p50 ms", "p99 ms"], rows)
     onnx = r["runtimes"][-1]["vs_eager"]
     lines += ["", f"Target: ONNX Runtime >= 3x eager: {_met(onnx >= 3)} ({onnx:.2f}x).", ""]
 
     svc, classic = r["training_service"], r["training_classic"]
     speedup = svc["samples_per_s"] / classic["samples_per_s"]
-    lines += ["## 4. Training: a torchwire job vs the classic tutorial loop", "",
-              f"The MLP on the digits' 1,437 training images, {training.EPOCHS} epochs, batch "
-              f"{training.BATCH}, Adam lr {training.LR}, shuffled, no validation split, on the "
-              "CPU. The classic loop: a `Dataset` with per-sample `__getitem__`, "
-              "`DataLoader(batch_size, shuffle=True)`, zero_grad/forward/loss/backward/step. "
-              "The job's figure is its own per-epoch training throughput (what the job reports "
-              "in its epoch_end events); its wall time also includes spawning the worker "
-              "process, loading the data and checkpointing every epoch.", ""]
-    lines += _table(["", "samples/s", "training s", "held-out accuracy"], [
-        ["classic loop", f"{classic['samples_per_s']:,.0f}", f"{classic['seconds']:.2f}",
-         f"{classic['accuracy']:.4f}"],
-        ["torchwire job", f"{svc['samples_per_s']:,.0f}", f"{svc['seconds']:.2f} "
-         f"(job wall {svc['job_wall_s']:.2f})", f"{svc['accuracy']:.4f}"]])
+    lines += [
+        "## 4. Training: a torchwire job vs the classic tutorial loop",
+        "",
+        f"The MLP on the digits' 1,437 training images, {training.EPOCHS} epochs, batch "
+        f"{training.BATCH}, Adam lr {training.LR}, shuffled, no validation split, on the "
+        "CPU. The classic loop: a `Dataset` with per-sample `__getitem__`, "
+        "`DataLoader(batch_size, shuffle=True)`, zero_grad/forward/loss/backward/step. "
+        "The job's figure is its own per-epoch training throughput (what the job reports "
+        "in its epoch_end events); its wall time also includes spawning the worker "
+        "process, loading the data and checkpointing every epoch.",
+        "",
+    ]
+    lines += _table(
+        ["", "samples/s", "training s", "held-out accuracy"],
+        [
+            [
+                "classic loop",
+                f"{classic['samples_per_s']:,.0f}",
+                f"{classic['seconds']:.2f}",
+                f"{classic['accuracy']:.4f}",
+            ],
+            [
+                "torchwire job",
+                f"{svc['samples_per_s']:,.0f}",
+                f"{svc['seconds']:.2f} (job wall {svc['job_wall_s']:.2f})",
+                f"{svc['accuracy']:.4f}",
+            ],
+        ],
+    )
     gap = abs(svc["accuracy"] - classic["accuracy"])
-    lines += ["", f"Speed-up **{speedup:.2f}x**; accuracy difference {100 * gap:.2f} points. "
-              f"Target: >= 1.5x with accuracy within 1 point: "
-              f"{_met(speedup >= 1.5 and gap <= 0.01)}.", ""]
+    lines += [
+        "",
+        f"Speed-up **{speedup:.2f}x**; accuracy difference {100 * gap:.2f} points. "
+        f"Target: >= 1.5x with accuracy within 1 point: "
+        f"{_met(speedup >= 1.5 and gap <= 0.01)}.",
+        "",
+    ]
 
     cold, bare = r["cold"], r["bare_torch_s"]
-    lines += ["## 5. Cold start", "",
-              "From launching `torchwire serve` (a fresh process on an existing store) until "
-              "health answers SERVING, and until the first Predict of a stored, exported model "
-              "has answered; median of 3, as ratios to a bare `python -c \"import torch\"` "
-              f"({bare:.2f} s here).", ""]
-    lines += _table(["", "ratio to import torch", "seconds"], [
-        ["SERVING", f"**{cold['serving_s'] / bare:.2f}**", f"{cold['serving_s']:.2f}"],
-        ["first Predict", f"**{cold['first_predict_s'] / bare:.2f}**",
-         f"{cold['first_predict_s']:.2f}"]])
+    lines += [
+        "## 5. Cold start",
+        "",
+        "From launching `torchwire serve` (a fresh process on an existing store) until "
+        "health answers SERVING, and until the first Predict of a stored, exported model "
+        'has answered; median of 3, as ratios to a bare `python -c "import torch"` '
+        f"({bare:.2f} s here).",
+        "",
+    ]
+    lines += _table(
+        ["", "ratio to import torch", "seconds"],
+        [
+            ["SERVING", f"**{cold['serving_s'] / bare:.2f}**", f"{cold['serving_s']:.2f}"],
+            [
+                "first Predict",
+                f"**{cold['first_predict_s'] / bare:.2f}**",
+                f"{cold['first_predict_s']:.2f}",
+            ],
+        ],
+    )
 
     mem, bare_mb = r["memory"], r["bare_torch_mb"]
     idle_ratio = mem["idle_mb"] / bare_mb
     growth = mem["after_rounds_mb"][-1] - mem["after_rounds_mb"][0]
-    lines += ["", "## 6. Memory", "",
-              f"Resident memory as a ratio to a bare `import torch` process ({bare_mb:.0f} MiB "
-              "here).", ""]
-    rows = [[label, f"{m.server_mb / bare_mb:.2f} ({m.server_mb:.0f} MiB)",
-             f"{m.worker_mb / bare_mb:.2f} ({m.worker_mb:.0f} MiB)" if m.worker_mb else "-"]
-            for label, m in (("training and exporting two models", r["prepare_memory"]),
-                             ("benchmark 1 (overhead)", r["overhead_memory"]),
-                             ("benchmark 2 (batching)", r["batching_memory"]),
-                             ("benchmark 3 (runtimes)", r["runtimes_memory"]),
-                             ("benchmark 4 (training job)", r["training_memory"]))]
+    lines += [
+        "",
+        "## 6. Memory",
+        "",
+        f"Resident memory as a ratio to a bare `import torch` process ({bare_mb:.0f} MiB here).",
+        "",
+    ]
+    rows = [
+        [
+            label,
+            f"{m.server_mb / bare_mb:.2f} ({m.server_mb:.0f} MiB)",
+            f"{m.worker_mb / bare_mb:.2f} ({m.worker_mb:.0f} MiB)" if m.worker_mb else "-",
+        ]
+        for label, m in (
+            ("training and exporting two models", r["prepare_memory"]),
+            ("benchmark 1 (overhead)", r["overhead_memory"]),
+            ("benchmark 2 (batching)", r["batching_memory"]),
+            ("benchmark 3 (runtimes)", r["runtimes_memory"]),
+            ("benchmark 4 (training job)", r["training_memory"]),
+        )
+    ]
     lines += _table(["during", "server peak RSS", "worker peak RSS"], rows)
     rounds = ", ".join(f"{m:.0f}" for m in mem["after_rounds_mb"])
-    lines += ["", f"A fresh server holding one loaded model (the MLP in ONNX Runtime): "
-              f"**{idle_ratio:.2f}x** ({mem['idle_mb']:.0f} MiB). After each of 3 rounds of "
-              f"2,000 Predicts of batch 16: {rounds} MiB (growth {growth:+.1f} MiB from the "
-              f"first round to the last). Target: idle <= 1.5x: {_met(idle_ratio <= 1.5)}; "
-              f"no growth across rounds: {_met(growth <= 2)}.", ""]
+    lines += [
+        "",
+        f"A fresh server holding one loaded model (the MLP in ONNX Runtime): "
+        f"**{idle_ratio:.2f}x** ({mem['idle_mb']:.0f} MiB). After each of 3 rounds of "
+        f"2,000 Predicts of batch 16: {rounds} MiB (growth {growth:+.1f} MiB from the "
+        f"first round to the last). Target: idle <= 1.5x: {_met(idle_ratio <= 1.5)}; "
+        f"no growth across rounds: {_met(growth <= 2)}.",
+        "",
+    ]
     return "\n".join(lines)
 
 
@@ -171,8 +294,11 @@ def main() -> None:
     args = parser.parse_args()
     text = report(measure(args.seconds), args.seconds)
     print(text)
-    notes = args.out.read_text().split("<!-- notes -->", 1)[1] if args.out.exists() and \
-        "<!-- notes -->" in args.out.read_text() else "\n"
+    notes = (
+        args.out.read_text().split("<!-- notes -->", 1)[1]
+        if args.out.exists() and "<!-- notes -->" in args.out.read_text()
+        else "\n"
+    )
     args.out.write_text(text + "\n<!-- notes -->" + notes)
 
 

@@ -19,9 +19,21 @@ def server_process(store: Path, *flags: str) -> Iterator[tuple[subprocess.Popen,
     """`torchwire serve` on a free port; yields the process, its address and its start time."""
     started = time.perf_counter()
     process = subprocess.Popen(
-        [sys.executable, "-m", "torchwire.service", "--address", "127.0.0.1:0", "--store",
-         str(store), "--log-level", "WARNING", *flags],
-        stdout=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "torchwire.service",
+            "--address",
+            "127.0.0.1:0",
+            "--store",
+            str(store),
+            "--log-level",
+            "WARNING",
+            *flags,
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = process.stdout.readline()  # type: ignore[union-attr]
         if not line.startswith("torchwire serving on "):
@@ -106,13 +118,16 @@ class PeakMemory:
 
 def bare_torch() -> tuple[float, float]:
     """Wall seconds and RSS (MiB) of `python -c "import torch"`, median of three runs."""
-    code = ("import torch\n"
-            "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmRSS')][0])")
+    code = (
+        "import torch\n"
+        "print([l.split()[1] for l in open('/proc/self/status') if l.startswith('VmRSS')][0])"
+    )
     times, rss = [], []
     for _ in range(3):
         begin = time.perf_counter()
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
-                             check=True).stdout
+        out = subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout
         times.append(time.perf_counter() - begin)
         rss.append(int(out) / 1024)
     return statistics.median(times), statistics.median(rss)
@@ -120,12 +135,19 @@ def bare_torch() -> tuple[float, float]:
 
 def machine() -> str:
     """The machine in one line."""
-    model = next((line.split(":", 1)[1].strip() for line in
-                  Path("/proc/cpuinfo").read_text().splitlines()
-                  if line.startswith("model name")), "unknown CPU")
+    model = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        "unknown CPU",
+    )
     import onnxruntime
     import torch
 
     cuda = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{os.cpu_count()} cores ({model}), {cuda}; Python {sys.version.split()[0]}, "
-            f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}")
+    return (
+        f"{os.cpu_count()} cores ({model}), {cuda}; Python {sys.version.split()[0]}, "
+        f"torch {torch.__version__}, onnxruntime {onnxruntime.__version__}"
+    )

@@ -2,6 +2,8 @@
 off under 32 concurrent clients; the three runtimes side by side."""
 
 import asyncio
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -9,6 +11,7 @@ import grpc
 import numpy as np
 import torch
 
+from bench import echo
 from bench.harness import run_for, summary
 from torchwire.client import Client
 from torchwire.service.core.checkpoint import load_model
@@ -44,28 +47,72 @@ def batch_of(size: int) -> np.ndarray:
     return np.random.default_rng(size).random((size, *INPUT_SHAPE), dtype=np.float32)
 
 
+def bare_grpc(request: pb.PredictRequest, response_bytes: int, seconds: float, size: int) -> dict:
+    """The floor: a round trip of the same messages through a bare gRPC Python server."""
+    process = subprocess.Popen(
+        [sys.executable, "-m", "bench.echo", str(response_bytes)], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        port = process.stdout.readline().strip()  # type: ignore[union-attr]
+        with grpc.insecure_channel(f"127.0.0.1:{port}") as channel:
+            call = channel.unary_unary(echo.METHOD)
+            payload = request.SerializeToString()
+            return summary(run_for(lambda: call(payload), seconds), size)
+    finally:
+        process.kill()
+        process.wait()
+
+
 def overhead(client: Client, store: Path, seconds: float) -> list[dict]:
-    """Service vs in-process, ONNX Runtime, per model and batch size."""
+    """Service vs in-process, ONNX Runtime, per model and batch size; and bare gRPC."""
     rows = []
     for name in MODELS:
         local = in_process(store, name, "onnxruntime")
         for size in (1, 64, 256):
             batch = batch_of(size)
-            direct = summary(run_for(lambda b=batch: local.run(b), seconds), size)
-            served = summary(run_for(lambda b=batch: client.predict(
-                name, b, runtime="onnxruntime", outputs=["raw"]), seconds), size)
-            rows.append({"model": name, "batch": size, "in_process": direct, "service": served,
-                         "ratio": served["samples_per_s"] / direct["samples_per_s"],
-                         "p50_overhead_ms": served["p50_ms"] - direct["p50_ms"]})
+            direct = summary(run_for(lambda b=batch, rt=local: rt.run(b), seconds), size)
+            served = summary(
+                run_for(
+                    lambda b=batch, n=name: client.predict(
+                        n, b, runtime="onnxruntime", outputs=["raw"]
+                    ),
+                    seconds,
+                ),
+                size,
+            )
+            request = pb.PredictRequest(
+                model_name=name,
+                inputs=tensors.encode(batch),
+                runtime="onnxruntime",
+                outputs=[pb.PREDICT_OUTPUT_RAW],
+            )
+            response = client.stub.Predict(request).ByteSize()
+            floor = bare_grpc(request, response, seconds, size)
+            rows.append(
+                {
+                    "model": name,
+                    "batch": size,
+                    "in_process": direct,
+                    "service": served,
+                    "bare_grpc": floor,
+                    "ratio": served["samples_per_s"] / direct["samples_per_s"],
+                    "p50_overhead_ms": served["p50_ms"] - direct["p50_ms"],
+                    "own_p50_ms": served["p50_ms"] - direct["p50_ms"] - floor["p50_ms"],
+                }
+            )
     return rows
 
 
-async def _clients(address: str, model: str, runtime: str, concurrency: int,
-                   seconds: float) -> dict:
+async def _clients(
+    address: str, model: str, runtime: str, concurrency: int, seconds: float
+) -> dict:
     """`concurrency` clients each sending batch-1 requests back to back for `seconds`."""
-    request = pb.PredictRequest(model_name=model, runtime=runtime,
-                                inputs=tensors.encode(batch_of(1)),
-                                outputs=[pb.PREDICT_OUTPUT_RAW])
+    request = pb.PredictRequest(
+        model_name=model,
+        runtime=runtime,
+        inputs=tensors.encode(batch_of(1)),
+        outputs=[pb.PREDICT_OUTPUT_RAW],
+    )
     latencies: list[float] = []
     run_sizes: list[int] = []
     async with grpc.aio.insecure_channel(address) as channel:
@@ -92,21 +139,32 @@ async def _clients(address: str, model: str, runtime: str, concurrency: int,
 def batching(client: Client, seconds: float, concurrency: int = 32) -> list[dict]:
     """Throughput and latency of concurrent batch-1 clients with batching on and off."""
     rows = []
-    settings = {"off": {"enabled": False}, "on, max_delay 0 ms": {"max_delay_ms": 0.0},
-                "on, max_delay 2 ms": {"max_delay_ms": 2.0}}
+    settings = {
+        "off": {"enabled": False},
+        "on, max_delay 0 ms": {"max_delay_ms": 0.0},
+        "on, max_delay 2 ms": {"max_delay_ms": 2.0},
+    }
     for name in MODELS:
         for runtime in ("onnxruntime", "eager"):
             results = {}
             for label, setting in settings.items():
                 client.configure_batching(name, max_batch_size=64, **setting)
                 results[label] = asyncio.run(
-                    _clients(client.address, name, runtime, concurrency, seconds))
+                    _clients(client.address, name, runtime, concurrency, seconds)
+                )
             client.configure_batching(name, reset=True)
             off = results["off"]
             for label, result in results.items():
-                rows.append({"model": name, "runtime": runtime, "batching": label, **result,
-                             "throughput_vs_off": result["samples_per_s"] / off["samples_per_s"],
-                             "p99_vs_off": result["p99_ms"] / off["p99_ms"]})
+                rows.append(
+                    {
+                        "model": name,
+                        "runtime": runtime,
+                        "batching": label,
+                        **result,
+                        "throughput_vs_off": result["samples_per_s"] / off["samples_per_s"],
+                        "p99_vs_off": result["p99_ms"] / off["p99_ms"],
+                    }
+                )
     return rows
 
 
@@ -115,8 +173,18 @@ def runtimes(client: Client, seconds: float, size: int = 64) -> list[dict]:
     batch = batch_of(size)
     rows = []
     for runtime in ("eager", "torchscript", "onnxruntime"):
-        rows.append({"runtime": runtime, **summary(run_for(lambda r=runtime: client.predict(
-            "cnn", batch, runtime=r, outputs=["raw"]), seconds), size)})
+        rows.append(
+            {
+                "runtime": runtime,
+                **summary(
+                    run_for(
+                        lambda r=runtime: client.predict("cnn", batch, runtime=r, outputs=["raw"]),
+                        seconds,
+                    ),
+                    size,
+                ),
+            }
+        )
     eager = rows[0]["samples_per_s"]
     for row in rows:
         row["vs_eager"] = row["samples_per_s"] / eager

@@ -16,9 +16,12 @@ def _until_serving(address: str) -> None:
         stub = health_pb2_grpc.HealthStub(channel)
         while True:
             try:
-                if stub.Check(health_pb2.HealthCheckRequest(), timeout=1,
-                              wait_for_ready=True).status == \
-                        health_pb2.HealthCheckResponse.SERVING:
+                if (
+                    stub.Check(
+                        health_pb2.HealthCheckRequest(), timeout=1, wait_for_ready=True
+                    ).status
+                    == health_pb2.HealthCheckResponse.SERVING
+                ):
                     return
             except grpc.RpcError:
                 time.sleep(0.005)
@@ -35,7 +38,10 @@ def cold_start(store: Path, model: str, runs: int = 3) -> dict:
             with Client(address) as client:
                 client.predict(model, batch)
             first_predict.append(time.perf_counter() - started)
-    return {"serving_s": float(np.median(serving)), "first_predict_s": float(np.median(first_predict))}
+    return {
+        "serving_s": float(np.median(serving)),
+        "first_predict_s": float(np.median(first_predict)),
+    }
 
 
 def idle_memory(store: Path, model: str, rounds: int = 3, calls: int = 2000) -> dict:

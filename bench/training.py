@@ -55,12 +55,24 @@ def classic_loop() -> dict:
 def service(client: Client) -> dict:
     """The same training as a torchwire job (no validation split, no early stopping)."""
     begin = time.perf_counter()
-    job = client.train("bench-train", "digits", epochs=EPOCHS, batch_size=BATCH,
-                       learning_rate=LR, val_fraction=0, patience=0, seed=0)
+    job = client.train(
+        "bench-train",
+        "digits",
+        epochs=EPOCHS,
+        batch_size=BATCH,
+        learning_rate=LR,
+        val_fraction=0,
+        patience=0,
+        seed=0,
+    )
     final = job.wait()
     wall = time.perf_counter() - begin
     seconds = sum(m.seconds for m in final.history)
     samples = sum(m.samples_per_second * m.seconds for m in final.history)
     accuracy = client.evaluate("bench-train", "digits").metrics["accuracy"]
-    return {"samples_per_s": samples / seconds, "seconds": seconds, "job_wall_s": wall,
-            "accuracy": accuracy}
+    return {
+        "samples_per_s": samples / seconds,
+        "seconds": seconds,
+        "job_wall_s": wall,
+        "accuracy": accuracy,
+    }

@@ -47,14 +47,36 @@ class Batcher:
         self._run = run
         self.config = config
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
+        # Held during every model run, so that runs never overlap: what arrives during one
+        # queues up and is merged into the next.
+        self._running = threading.Lock()
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
         self._thread.start()
 
     def submit(self, batch: np.ndarray) -> list[Future]:
-        """Queues `batch`, split into pieces of at most `max_batch_size` rows."""
+        """Queues `batch`, split into pieces of at most `max_batch_size` rows.
+
+        Without a delay to wait for, a piece that finds the runtime idle and nothing queued
+        runs at once in the caller's thread: merging would gain nothing, and the hand-off
+        to the batcher thread costs more than a small model's run.
+        """
+        if (
+            self.config.max_delay_ms == 0
+            and len(batch) <= self.config.max_batch_size
+            and self._queue.empty()
+            and self._running.acquire(blocking=False)
+        ):
+            future: Future = Future()
+            try:
+                future.set_result((self._run(batch), len(batch)))
+            except BaseException as err:
+                future.set_exception(err)
+            finally:
+                self._running.release()
+            return [future]
         futures = []
         for start in range(0, len(batch), self.config.max_batch_size):
-            future: Future = Future()
+            future = Future()
             self._queue.put(_Piece(batch[start : start + self.config.max_batch_size], future))
             futures.append(future)
         return futures
@@ -95,7 +117,8 @@ class Batcher:
     def _execute(self, run: list[_Piece], rows: int) -> None:
         batch = run[0].rows if len(run) == 1 else np.concatenate([p.rows for p in run])
         try:
-            outputs = self._run(batch)
+            with self._running:
+                outputs = self._run(batch)
         except BaseException as err:  # every waiter must hear about it
             for piece in run:
                 piece.future.set_exception(err)

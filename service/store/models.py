@@ -2,6 +2,7 @@
 
 import os
 import shutil
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -23,6 +24,10 @@ class ModelStore:
     def __init__(self, layout: StoreLayout, registry: Registry) -> None:
         self.layout = layout
         self.registry = registry
+        # Latest version per model, for Predict's hot path. This process is the registry's
+        # only writer, and register/delete below keep it true.
+        self._latest: dict[str, int] = {}
+        self._latest_lock = threading.Lock()
 
     def register(self, name: str, job_id: str, checkpoint: Path, metadata: dict[str, Any]) -> int:
         """Copies a job's checkpoint into the model's directory and records a new version.
@@ -38,16 +43,18 @@ class ModelStore:
             os.fsync(fh.fileno())
         os.replace(scratch, target)
         fsync_dir(target.parent)
-        self.registry.add_model_version(
-            ModelVersionRecord(
-                name,
-                version,
-                time.time(),
-                job_id,
-                str(target.relative_to(self.layout.root)),
-                metadata,
+        with self._latest_lock:
+            self.registry.add_model_version(
+                ModelVersionRecord(
+                    name,
+                    version,
+                    time.time(),
+                    job_id,
+                    str(target.relative_to(self.layout.root)),
+                    metadata,
+                )
             )
-        )
+            self._latest.pop(name, None)
         return version
 
     def versions(self, name: str, field: str = "name") -> list[ModelVersionRecord]:
@@ -86,7 +93,12 @@ class ModelStore:
             raise InvalidArgument.field("version", version, "must be >= 0 (0 means the latest)")
         if version:
             return version
-        latest = self.registry.latest_model_version(name)
+        latest = self._latest.get(name)
+        if latest is None:
+            with self._latest_lock:
+                latest = self.registry.latest_model_version(name)
+                if latest:
+                    self._latest[name] = latest
         if not latest:
             raise NotFound(f"model {name!r} does not exist")
         return latest
@@ -146,7 +158,9 @@ class ModelStore:
         """
         doomed = [self.get(name, version, "name")] if version else self.versions(name)
         numbers = [r.version for r in doomed]
-        self.registry.delete_model_versions(name, numbers)
+        with self._latest_lock:
+            self.registry.delete_model_versions(name, numbers)
+            self._latest.pop(name, None)
         for record in doomed:
             shutil.rmtree(self.checkpoint(record).parent, ignore_errors=True)
         if not version:
