@@ -95,30 +95,31 @@ class Batcher:
             held = None
             if first is _STOP:
                 return
-            run, rows = [first], len(first.rows)
-            deadline = time.monotonic() + max_delay
-            while rows < max_rows:
-                try:
-                    timeout = deadline - time.monotonic()
-                    piece = (
-                        self._queue.get(timeout=timeout)
-                        if timeout > 0
-                        else self._queue.get_nowait()
-                    )
-                except queue.Empty:
-                    break
-                if piece is _STOP or rows + len(piece.rows) > max_rows:
-                    held = piece
-                    break
-                run.append(piece)
-                rows += len(piece.rows)
-            self._execute(run, rows)
+            # Wait for the runtime first: whatever queues while it is busy joins this run.
+            with self._running:
+                run, rows = [first], len(first.rows)
+                deadline = time.monotonic() + max_delay
+                while rows < max_rows:
+                    try:
+                        timeout = deadline - time.monotonic()
+                        piece = (
+                            self._queue.get(timeout=timeout)
+                            if timeout > 0
+                            else self._queue.get_nowait()
+                        )
+                    except queue.Empty:
+                        break
+                    if piece is _STOP or rows + len(piece.rows) > max_rows:
+                        held = piece
+                        break
+                    run.append(piece)
+                    rows += len(piece.rows)
+                self._execute(run, rows)
 
     def _execute(self, run: list[_Piece], rows: int) -> None:
         batch = run[0].rows if len(run) == 1 else np.concatenate([p.rows for p in run])
         try:
-            with self._running:
-                outputs = self._run(batch)
+            outputs = self._run(batch)
         except BaseException as err:  # every waiter must hear about it
             for piece in run:
                 piece.future.set_exception(err)

@@ -1,0 +1,72 @@
+"""The batcher on real threads: inline when idle, merged when busy, split when large."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from torchwire.service.core.batching import Batcher, BatchingConfig
+
+
+class Model:
+    """Doubles its input; records the size and thread of every run; can be held busy."""
+
+    def __init__(self) -> None:
+        self.runs: list[tuple[int, str]] = []
+        self.release = threading.Event()
+        self.release.set()
+        self.started = threading.Event()
+
+    def __call__(self, batch: np.ndarray) -> np.ndarray:
+        self.started.set()
+        self.release.wait(10)
+        self.runs.append((len(batch), threading.current_thread().name))
+        return batch * 2
+
+
+def test_a_lone_request_runs_inline() -> None:
+    model = Model()
+    batcher = Batcher(model, BatchingConfig(max_batch_size=8), "t")
+    (future,) = batcher.submit(np.arange(3.0)[:, None])
+    np.testing.assert_array_equal(future.result()[0][:, 0], [0, 2, 4])
+    assert model.runs == [(3, threading.current_thread().name)]
+    batcher.close()
+
+
+def test_requests_arriving_during_a_run_are_merged_in_order() -> None:
+    model = Model()
+    batcher = Batcher(model, BatchingConfig(max_batch_size=8), "t")
+    model.release.clear()
+    first = threading.Thread(target=lambda: batcher.submit(np.zeros((1, 1))))
+    first.start()
+    model.started.wait(10)
+    futures = [batcher.submit(np.full((1, 1), float(i)))[0] for i in range(5)]
+    model.release.set()
+    results = [f.result(10) for f in futures]
+    assert [r[0][0, 0] for r in results] == [0, 2, 4, 6, 8]
+    assert {r[1] for r in results} == {5}  # one merged run of the five
+    assert model.runs[1] == (5, "batcher-t")
+    first.join()
+    batcher.close()
+
+
+def test_large_requests_are_split_and_delay_waits_for_company() -> None:
+    model = Model()
+    batcher = Batcher(model, BatchingConfig(max_batch_size=4, max_delay_ms=50), "t")
+    futures = batcher.submit(np.arange(10.0)[:, None])
+    parts = [f.result(10) for f in futures]
+    assert [len(p[0]) for p in parts] == [4, 4, 2]
+    assert np.concatenate([p[0] for p in parts])[:, 0].tolist() == list(range(0, 20, 2))
+    batcher.close()
+
+
+def test_a_failing_run_reaches_every_waiter() -> None:
+    def broken(batch: np.ndarray) -> np.ndarray:
+        raise RuntimeError("boom")
+
+    batcher = Batcher(broken, BatchingConfig(max_batch_size=2, max_delay_ms=1), "t")
+    futures = batcher.submit(np.zeros((3, 1)))
+    for future in futures:
+        with pytest.raises(RuntimeError, match="boom"):
+            future.result(10)
+    batcher.close()
