@@ -266,7 +266,7 @@ def report(r: dict, seconds: float) -> str:
             f"{m.worker_mb / bare_mb:.2f} ({m.worker_mb:.0f} MiB)" if m.worker_mb else "-",
         ]
         for label, m in (
-            ("training and exporting two models", r["prepare_memory"]),
+            ("training and exporting the three models", r["prepare_memory"]),
             ("benchmark 1 (overhead)", r["overhead_memory"]),
             ("benchmark 2 (batching)", r["batching_memory"]),
             ("benchmark 3 (runtimes)", r["runtimes_memory"]),

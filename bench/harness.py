@@ -13,32 +13,16 @@ from pathlib import Path
 
 import numpy as np
 
+from torchwire.client.demo import start_server
+
 
 @contextmanager
 def server_process(store: Path, *flags: str) -> Iterator[tuple[subprocess.Popen, str, float]]:
     """`torchwire serve` on a free port; yields the process, its address and its start time."""
     started = time.perf_counter()
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "torchwire.service",
-            "--address",
-            "127.0.0.1:0",
-            "--store",
-            str(store),
-            "--log-level",
-            "WARNING",
-            *flags,
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
+    process, address = start_server(str(store), *flags)
     try:
-        line = process.stdout.readline()  # type: ignore[union-attr]
-        if not line.startswith("torchwire serving on "):
-            raise RuntimeError(f"the server did not start: {line!r}")
-        yield process, line.split()[-1], started
+        yield process, address, started
     finally:
         process.send_signal(signal.SIGTERM)
         process.wait(timeout=60)

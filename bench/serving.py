@@ -22,12 +22,25 @@ from torchwire.v1 import torchwire_pb2_grpc as pb_grpc
 
 MODELS = {"mlp": {"architecture": "mlp"}, "cnn": {"architecture": "cnn"}}
 INPUT_SHAPE = (1, 8, 8)
+#: A heavier image model (3x32x32 inputs, 64/128/256-channel blocks), where one sample's run
+#: costs more than the gRPC round trip: the regime batching is for.
+WIDE = "wide-cnn"
+WIDE_SHAPE = (3, 32, 32)
 
 
 def prepare(client: Client) -> None:
-    """Trains the MLP and the CNN on the digits and exports both to both formats."""
+    """Trains the MLP and the CNN on the digits, and the wide CNN on random images; exports
+    all of them to both formats."""
     for name, spec in MODELS.items():
         client.train(name, "digits", epochs=3, seed=0, **spec).wait()
+    rng = np.random.default_rng(0)
+    client.upload_dataset(
+        "images", rng.random((256, *WIDE_SHAPE), dtype=np.float32), rng.integers(0, 10, 256)
+    )
+    client.train(
+        WIDE, "images", architecture="cnn", channels=[64, 128, 256], epochs=1, val_fraction=0
+    ).wait()
+    for name in (*MODELS, WIDE):
         for fmt in ("onnx", "torchscript"):
             client.export(name, fmt)
 
@@ -43,8 +56,8 @@ def in_process(store: Path, name: str, runtime: str):
     return TorchRuntime("eager", module, torch.device("cpu"))
 
 
-def batch_of(size: int) -> np.ndarray:
-    return np.random.default_rng(size).random((size, *INPUT_SHAPE), dtype=np.float32)
+def batch_of(size: int, shape: tuple[int, ...] = INPUT_SHAPE) -> np.ndarray:
+    return np.random.default_rng(size).random((size, *shape), dtype=np.float32)
 
 
 def bare_grpc(request: pb.PredictRequest, response_bytes: int, seconds: float, size: int) -> dict:
@@ -107,10 +120,11 @@ async def _clients(
     address: str, model: str, runtime: str, concurrency: int, seconds: float
 ) -> dict:
     """`concurrency` clients each sending batch-1 requests back to back for `seconds`."""
+    shape = WIDE_SHAPE if model == WIDE else INPUT_SHAPE
     request = pb.PredictRequest(
         model_name=model,
         runtime=runtime,
-        inputs=tensors.encode(batch_of(1)),
+        inputs=tensors.encode(batch_of(1, shape)),
         outputs=[pb.PREDICT_OUTPUT_RAW],
     )
     latencies: list[float] = []
@@ -144,7 +158,7 @@ def batching(client: Client, seconds: float, concurrency: int = 32) -> list[dict
         "on, max_delay 0 ms": {"max_delay_ms": 0.0},
         "on, max_delay 2 ms": {"max_delay_ms": 2.0},
     }
-    for name in MODELS:
+    for name in (*MODELS, WIDE):
         for runtime in ("onnxruntime", "eager"):
             results = {}
             for label, setting in settings.items():

@@ -18,7 +18,7 @@ from torchwire.client import Client
 REQUIRED_ACCURACY = 0.95
 
 
-def start_server(store: str) -> tuple[subprocess.Popen, str]:
+def start_server(store: str, *flags: str) -> tuple[subprocess.Popen, str]:
     """Starts `torchwire serve` on port 0 and reads the address it bound."""
     process = subprocess.Popen(
         [
@@ -31,6 +31,7 @@ def start_server(store: str) -> tuple[subprocess.Popen, str]:
             store,
             "--log-level",
             "WARNING",
+            *flags,
         ],
         stdout=subprocess.PIPE,
         text=True,

@@ -63,6 +63,13 @@ def regression_data(client: Client) -> str:
     return "linear"
 
 
+def assert_rejected(call, code: grpc.StatusCode, *fragments: str) -> None:
+    """`call()` fails with `code`, and its message names every fragment."""
+    with pytest.raises(grpc.RpcError) as info:
+        call()
+    assert_status(info.value, code, *fragments)
+
+
 def assert_status(err: grpc.RpcError, code: grpc.StatusCode, *fragments: str) -> None:
     """The error has `code` and its message names every fragment (the field, the value)."""
     assert err.code() == code, f"{err.code()}: {err.details()}"

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import assert_status
+from tests.conftest import assert_rejected, assert_status
 from torchwire.client import Client
 from torchwire.service.core.data import BUILTIN_DATASETS
 from torchwire.v1 import tensors
@@ -239,9 +239,7 @@ def test_job_rpcs_reject(client: Client, digits_model: str) -> None:
         ),
     ]
     for call, code, fragment in cases:
-        with pytest.raises(grpc.RpcError) as info:
-            call()
-        assert_status(info.value, code, fragment)
+        assert_rejected(call, code, fragment)
     finished = client.jobs(state="succeeded", model_name=digits_model)[0]
     with pytest.raises(grpc.RpcError) as info:
         client.stub.CancelJob(pb.CancelJobRequest(job_id=finished.id))
@@ -350,9 +348,7 @@ def test_evaluate_rejects(client: Client, digits_model: str, regression_data: st
         ({"batch_size": 100_000}, INVALID, "batch_size=100000"),
     ]
     for fields, code, *fragments in cases:
-        with pytest.raises(grpc.RpcError) as info:
-            evaluate(**fields)
-        assert_status(info.value, code, *fragments)
+        assert_rejected(lambda f=fields: evaluate(**f), code, *fragments)
 
 
 def test_model_rpcs_reject(client: Client, digits_model: str) -> None:
@@ -377,7 +373,5 @@ def test_model_rpcs_reject(client: Client, digits_model: str) -> None:
         ),
     ]
     for call, code, fragment in cases:
-        with pytest.raises(grpc.RpcError) as info:
-            call()
-        assert_status(info.value, code, fragment)
+        assert_rejected(call, code, fragment)
     assert client.model(digits_model).versions

@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 import torch
 
-from tests.conftest import assert_status, start_server
+from tests.conftest import assert_rejected, assert_status, start_server
 from torchwire.client import Client
 from torchwire.service.core.data import BUILTIN_DATASETS
 from torchwire.service.core.runtimes import onnx_session
@@ -224,9 +224,7 @@ def test_export_rejects(client: Client, digits_model: str) -> None:
         ({"model_name": "../x"}, INVALID, "model_name='../x'"),
     ]
     for fields, code, fragment in cases:
-        with pytest.raises(grpc.RpcError) as info:
-            export(**fields)
-        assert_status(info.value, code, fragment)
+        assert_rejected(lambda f=fields: export(**f), code, fragment)
 
 
 def test_runtime_and_download_reject(client: Client, regression_data: str) -> None:
@@ -304,9 +302,7 @@ def test_runtime_and_download_reject(client: Client, regression_data: str) -> No
         ),
     ]
     for call, code, fragment in cases:
-        with pytest.raises(grpc.RpcError) as info:
-            call()
-        assert_status(info.value, code, fragment)
+        assert_rejected(call, code, fragment)
     assert client.predict("never-exported", np.zeros((2, 6), np.float32)).runtime == "eager"
 
 
