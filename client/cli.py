@@ -105,6 +105,13 @@ def cmd_cancel(client: Client, args: argparse.Namespace) -> Any:
     return job if args.json else _job_line(job)
 
 
+def cmd_resume(client: Client, args: argparse.Namespace) -> Any:
+    job = client.job(args.job_id)
+    job.resume()
+    final = job.wait(progress=not args.json, raise_on_failure=False) if args.wait else job.info()
+    return final if args.json else _job_line(final)
+
+
 def cmd_evaluate(client: Client, args: argparse.Namespace) -> Any:
     result = client.evaluate(args.model, args.dataset, split=args.split, version=args.version)
     if args.json:
@@ -249,11 +256,17 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--wait", action="store_true", help="follow the job with a progress bar")
 
     jobs = command("jobs", cmd_jobs, "list jobs")
-    jobs.add_argument("--state", choices=("queued", "running", "succeeded", "failed", "cancelled"))
+    jobs.add_argument(
+        "--state",
+        choices=("queued", "running", "succeeded", "failed", "cancelled", "interrupted"),
+    )
     jobs.add_argument("--model")
     jobs.add_argument("--limit", type=int, default=0)
     command("job", cmd_job, "show a job and its learning curves").add_argument("job_id")
     command("cancel", cmd_cancel, "cancel a job").add_argument("job_id")
+    resume = command("resume", cmd_resume, "continue a job from its last checkpoint")
+    resume.add_argument("job_id")
+    resume.add_argument("--wait", action="store_true", help="follow it with a progress bar")
 
     evaluate = command("evaluate", cmd_evaluate, "evaluate a model on a dataset")
     evaluate.add_argument("model")

@@ -163,6 +163,12 @@ class Job:
             pb.CancelJobRequest(job_id=self.id), timeout=self.client.timeout
         )
 
+    def resume(self) -> pb.Job:
+        """Continues an interrupted, cancelled or failed job from its last checkpoint."""
+        return self.client.stub.ResumeJob(
+            pb.ResumeJobRequest(job_id=self.id), timeout=self.client.timeout
+        )
+
     def history(self) -> list[dict[str, Any]]:
         """Per-epoch learning curves: one dict per epoch (train/val loss and metrics)."""
         return [
@@ -204,7 +210,7 @@ class _ProgressBar:
             postfix["eta"] = f"{event.epoch_end.eta_seconds:.0f}s"
             self._bar.set_postfix(postfix)
             self._bar.update(1)
-        elif kind in ("finished", "failed", "cancelled"):
+        elif kind in ("finished", "failed", "cancelled", "interrupted"):
             self._bar.set_description(kind)
             if kind == "finished":
                 self._bar.total = event.finished.epochs_run

@@ -18,15 +18,24 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from torchwire.service.core import events
+from torchwire.service.core.checkpoint import load_checkpoint
 from torchwire.service.core.device import choose_device
 from torchwire.service.core.training import TrainSpec, check_compatible
-from torchwire.service.errors import FailedPrecondition, NotFound, ResourceExhausted, Unavailable
+from torchwire.service.errors import (
+    FailedPrecondition,
+    NotFound,
+    ResourceExhausted,
+    TorchwireError,
+    Unavailable,
+)
 from torchwire.service.store import Store
 from torchwire.service.store.datasets import DatasetLocation
 from torchwire.service.store.registry import (
     ACTIVE_STATES,
     CANCELLED,
     FAILED,
+    INTERRUPTED,
+    QUEUED,
     RUNNING,
     SUCCEEDED,
     EventRecord,
@@ -40,7 +49,12 @@ CANCEL_WAIT_S = 10.0
 """How long CancelJob lets a worker stop by itself before terminating it."""
 CLIENT_CANCEL = "cancelled by client"
 SHUTDOWN = "server shutdown"
-_END_STATES = {events.Finished: SUCCEEDED, events.Failed: FAILED, events.Cancelled: CANCELLED}
+_END_STATES = {
+    events.Finished: SUCCEEDED,
+    events.Failed: FAILED,
+    events.Cancelled: CANCELLED,
+    events.Interrupted: INTERRUPTED,
+}
 
 
 @dataclass
@@ -79,10 +93,19 @@ class JobManager:
         self._recover()
 
     def _recover(self) -> None:
-        """Jobs that were active when the server last stopped cannot still be running."""
+        """Jobs that were active when the server last stopped cannot still be running: they are
+        interrupted, and ResumeJob continues them from their last checkpoint."""
         for job in self.registry.active_jobs():
-            reason = f"interrupted: the server stopped while the job was {job.state}"
-            self._end(job.id, events.Failed(reason))
+            reason = f"the server stopped while the job was {job.state}"
+            self._end(job.id, events.Interrupted(reason, self._checkpoint_epoch(job.id)))
+
+    def _checkpoint_epoch(self, job_id: str) -> int:
+        """The epoch of the job's last checkpoint, 0 when it has none (or none readable)."""
+        last = self.store.layout.job_dir(job_id) / "last.pt"
+        try:
+            return int(load_checkpoint(last)["epoch"]) if last.exists() else 0
+        except TorchwireError:
+            return 0
 
     # --------------------------------------------------------------- requests
 
@@ -98,19 +121,49 @@ class JobManager:
         check_compatible(spec, location.info)
         choose_device(spec.config.device)
         with self._lock:
-            if self._stopping:
-                raise Unavailable("the server is shutting down; no new jobs are accepted")
-            if len(self._running) >= self.max_concurrent and len(self._queue) >= self.max_queued:
-                raise ResourceExhausted(
-                    f"max_queued_jobs={self.max_queued} jobs already wait for "
-                    f"max_concurrent_jobs={self.max_concurrent} busy slots"
-                )
+            self._check_capacity()
             job_id = uuid.uuid4().hex[:16]
             self.registry.create_job(job_id, spec.model_name, spec.to_dict())
-            self._record(job_id, events.Queued(position=len(self._queue)))
-            self._queue.append((job_id, location))
-            self._dispatch()
+            self._enqueue(job_id, location)
         return self.get(job_id)
+
+    def resume(self, job_id: str) -> JobRecord:
+        """Queues an ended job again; it continues from its last checkpoint, if it has one.
+
+        Raises:
+            NotFound: no job has this id, or its dataset is gone.
+            FailedPrecondition: the job is queued, running or has succeeded.
+            ResourceExhausted / Unavailable: as for `submit`.
+        """
+        job = self.get(job_id)
+        if job.state in (*ACTIVE_STATES, SUCCEEDED):
+            raise FailedPrecondition(
+                f"job {job_id!r} is {job.state}; only interrupted, cancelled or failed jobs "
+                "can be resumed"
+            )
+        spec = TrainSpec.from_dict(job.request)
+        location = self.store.datasets.locate(spec.dataset, spec.split)
+        with self._lock:
+            self._check_capacity()
+            self.registry.update_job(job_id, state=QUEUED, finished_at=None, error="")
+            self._enqueue(job_id, location)
+        return self.get(job_id)
+
+    def _check_capacity(self) -> None:
+        """Called with `_lock` held, before a job is queued."""
+        if self._stopping:
+            raise Unavailable("the server is shutting down; no new jobs are accepted")
+        if len(self._running) >= self.max_concurrent and len(self._queue) >= self.max_queued:
+            raise ResourceExhausted(
+                f"max_queued_jobs={self.max_queued} jobs already wait for "
+                f"max_concurrent_jobs={self.max_concurrent} busy slots"
+            )
+
+    def _enqueue(self, job_id: str, location: DatasetLocation) -> None:
+        """Called with `_lock` held."""
+        self._record(job_id, events.Queued(position=len(self._queue)))
+        self._queue.append((job_id, location))
+        self._dispatch()
 
     def get(self, job_id: str) -> JobRecord:
         """The job.
@@ -166,7 +219,8 @@ class JobManager:
     def watch(
         self, job_id: str, after_seq: int = 0, is_active: Callable[[], bool] = lambda: True
     ) -> Iterator[EventRecord]:
-        """Yields the job's events after `after_seq`, then new ones, until a terminal event.
+        """Yields the job's events after `after_seq`, then new ones as they come, until the job
+        is no longer queued or running and every event has been yielded.
 
         Stops early when `is_active()` turns False (the client went away).
         """
@@ -174,13 +228,17 @@ class JobManager:
         while is_active():
             with self._changed:
                 seen = self._generation
-            for record in self.registry.events(job_id, after_seq):
+            # The state is read before the events: a job's end and its last event are
+            # committed together, so an ended job's events are all in the next read.
+            ended = self.get(job_id).state not in ACTIVE_STATES
+            records = self.registry.events(job_id, after_seq)
+            for record in records:
                 yield record
                 after_seq = record.seq
-                if record.kind in events.TERMINAL_KINDS:
-                    return
+            if ended and not records:
+                return
             with self._changed:
-                if self._generation == seen:
+                if self._generation == seen and not ended:
                     self._changed.wait(timeout=1.0)
 
     def shutdown(self, timeout: float) -> None:
@@ -194,7 +252,7 @@ class JobManager:
                 run.cancel_reason = SHUTDOWN
                 run.cancel.set()
         for job_id in queued:
-            self._end(job_id, events.Cancelled(SHUTDOWN))
+            self._end(job_id, events.Interrupted(SHUTDOWN))
         deadline = time.monotonic() + timeout
         for run in runs:
             run.process.join(max(0.0, deadline - time.monotonic()))
@@ -232,11 +290,13 @@ class JobManager:
             job = self.get(job_id)
             checkpoint_dir = self.store.layout.job_dir(job_id)
             checkpoint_dir.mkdir(parents=True, exist_ok=True)
+            last = checkpoint_dir / "last.pt"
+            resume_from = str(last) if last.exists() else None
             receiver, sender = self._context.Pipe(duplex=False)
             cancel = self._context.Event()
             process = self._context.Process(
                 target=run_job,
-                args=(job.request, location, str(checkpoint_dir), sender, cancel),
+                args=(job.request, location, str(checkpoint_dir), resume_from, sender, cancel),
                 name=f"torchwire-job-{job_id}",
             )
             process.start()
@@ -278,6 +338,9 @@ class JobManager:
             self._dispatch()
 
     def _conclude(self, job_id: str, run: _Run, result: dict[str, Any] | None, error: str) -> None:
+        if run.cancel_reason == SHUTDOWN and (result is None or result["cancelled"]):
+            self._end(job_id, events.Interrupted(SHUTDOWN, self._checkpoint_epoch(job_id)))
+            return
         if run.cancel_reason and (result is None or result["cancelled"]):
             self._end(job_id, events.Cancelled(run.cancel_reason))
             return

@@ -5,6 +5,9 @@ It never touches the registry; the job manager in the server records what it sen
 """
 
 import logging
+import os
+import threading
+import time
 import traceback
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event as CancelFlag
@@ -16,15 +19,36 @@ from torchwire.service.core.training import Trainer, TrainSpec
 from torchwire.service.errors import TorchwireError
 from torchwire.service.store.datasets import DatasetLocation
 
+PARENT_POLL_S = 0.2
+
+
+def _exit_with_parent() -> None:
+    """Ends this process when the server that spawned it dies (kill -9 included), so that an
+    orphan never writes checkpoints beside the worker of a resumed job.
+
+    Polling the parent pid, not PR_SET_PDEATHSIG: that signal fires when the spawning
+    *thread* ends, and the server's follower threads end after each job.
+    """
+    parent = os.getppid()
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(PARENT_POLL_S)
+        os._exit(70)
+
+    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+
 
 def run_job(
     spec_dict: dict[str, Any],
     location: DatasetLocation,
     checkpoint_dir: str,
+    resume_from: str | None,
     conn: Connection,
     cancel: CancelFlag,
 ) -> None:
-    """Entry point of a spawned worker process: trains, checkpoints and reports."""
+    """Entry point of a spawned worker process: trains (or resumes), checkpoints and reports."""
+    _exit_with_parent()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
 
     def emit(event: Event) -> None:
@@ -39,6 +63,7 @@ def run_job(
             Path(checkpoint_dir),
             emit,
             should_stop=cancel.is_set,
+            resume_from=Path(resume_from) if resume_from else None,
         )
         result = trainer.run()
         conn.send(

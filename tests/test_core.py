@@ -80,7 +80,15 @@ def test_training_learns_digits_and_checkpoint_round_trips(tmp_path: Path) -> No
     assert kinds[0] == "Started"
     assert kinds.count("EpochEnd") == 10
     state = load_checkpoint(tmp_path / "best.pt")
-    assert set(state) == {"model", "optimizer", "scheduler", "epoch", "model_config", "metrics"}
+    assert set(state) == {
+        "model",
+        "optimizer",
+        "scheduler",
+        "epoch",
+        "model_config",
+        "metrics",
+        "history",
+    }
     assert state["optimizer"]["state"]  # Adam's moments are kept for resuming
     model, config = load_model(tmp_path / "best.pt", torch.device("cpu"))
     assert not model.training  # loaded for inference

@@ -172,8 +172,8 @@ def _long_job(client: Client, model: str) -> "object":
     return client.train(model, "digits", epochs=10_000, patience=0, batch_size=8)
 
 
-def _wait_for(job, kind: str) -> None:
-    for event in job.events():
+def _wait_for(job, kind: str, after_seq: int = 0) -> None:
+    for event in job.events(after_seq):
         if event.WhichOneof("kind") == kind:
             return
     raise AssertionError(f"the job ended before a {kind} event")
@@ -220,26 +220,39 @@ def test_queue_limits_and_queued_cancel(tmp_path) -> None:
         server.stop(grace=1)
 
 
-def test_shutdown_stops_running_jobs(tmp_path) -> None:
+def test_shutdown_interrupts_running_jobs_and_resume_continues_them(tmp_path) -> None:
     server = start_server(tmp_path)
     with Client(server.address) as client:
         job = _long_job(client, "interrupted")
-        _wait_for(job, "started")
+        _wait_for(job, "epoch_end")
         process = next(iter(server.jobs._running.values())).process
         server.stop(grace=5)
     assert not process.is_alive()
-    # A new server on the same store sees the job as cancelled by the shutdown.
+    # A new server on the same store sees the job as interrupted, and resumes it.
     again = start_server(tmp_path)
     try:
         with Client(again.address) as client:
-            info = client.job(job.id).info()
-            assert info.state == pb.JOB_STATE_CANCELLED
+            job = client.job(job.id)
+            info = job.info()
+            assert info.state == pb.JOB_STATE_INTERRUPTED
             assert info.error == "server shutdown"
+            last = list(job.events())[-1]
+            interrupted = last.interrupted
+            assert interrupted.checkpoint_epoch >= 1
+            assert job.resume().state in (pb.JOB_STATE_QUEUED, pb.JOB_STATE_RUNNING)
+            resumed = next(
+                e.started
+                for e in job.events(after_seq=last.seq)
+                if e.WhichOneof("kind") == "started"
+            )
+            assert resumed.start_epoch == interrupted.checkpoint_epoch + 1
+            _wait_for(job, "epoch_end", after_seq=last.seq)
+            assert job.cancel().state == pb.JOB_STATE_CANCELLED
     finally:
         again.stop(grace=1)
 
 
-def test_interrupted_jobs_are_marked_failed_on_restart(tmp_path) -> None:
+def test_interrupted_jobs_are_marked_on_restart(tmp_path) -> None:
     server = start_server(tmp_path)
     spec = TrainSpec("ghost", "digits", "train", "mlp", MLPParams(), TrainConfig())
     server.store.registry.create_job("deadbeef", "ghost", spec.to_dict())
@@ -248,8 +261,9 @@ def test_interrupted_jobs_are_marked_failed_on_restart(tmp_path) -> None:
     try:
         with Client(again.address) as client:
             events = list(client.job("deadbeef").events())
-            assert events[-1].failed.reason.startswith("interrupted")
-            assert client.job("deadbeef").info().state == pb.JOB_STATE_FAILED
+            assert events[-1].interrupted.reason == "the server stopped while the job was queued"
+            assert events[-1].interrupted.checkpoint_epoch == 0
+            assert client.job("deadbeef").info().state == pb.JOB_STATE_INTERRUPTED
     finally:
         again.stop(grace=1)
 

@@ -102,6 +102,10 @@ class TorchWireServicer(pb_grpc.TorchWireServicer):
         record = self.jobs.cancel(request.job_id)
         return convert.job(record, self.jobs.history(record.id))
 
+    def ResumeJob(self, request, context):
+        record = self.jobs.resume(request.job_id)
+        return convert.job(record, self.jobs.history(record.id))
+
     def Evaluate(self, request, context):
         if not request.dataset.name:
             raise InvalidArgument.field("dataset.name", "", "is required")

@@ -30,8 +30,10 @@ def save_checkpoint(
     metrics: dict[str, float],
     optimizer: torch.optim.Optimizer | None = None,
     scheduler: Any = None,
+    history: list[dict[str, Any]] | None = None,
 ) -> None:
-    """Writes `{model, optimizer, scheduler, epoch, model_config, metrics}` to `path` atomically.
+    """Writes `{model, optimizer, scheduler, epoch, model_config, metrics, history}` to `path`
+    atomically; `history` (the learning curves so far) lets a resumed run go on exactly.
 
     The file appears complete or not at all: it is written to a temporary file in
     the same directory, flushed to disk, then renamed over `path`.
@@ -43,6 +45,7 @@ def save_checkpoint(
         "epoch": epoch,
         "model_config": model_config.to_dict(),
         "metrics": dict(metrics),
+        "history": list(history or []),
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")

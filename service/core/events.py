@@ -27,7 +27,6 @@ class Event:
     """Base of all events; `kind` names the event in the log and on the wire."""
 
     kind: ClassVar[str] = ""
-    terminal: ClassVar[bool] = False
 
 
 @dataclass(frozen=True)
@@ -44,6 +43,7 @@ class Started(Event):
     val_samples: int
     epochs: int
     steps_per_epoch: int
+    start_epoch: int = 1
 
 
 @dataclass(frozen=True)
@@ -73,7 +73,6 @@ class CheckpointSaved(Event):
 @dataclass(frozen=True)
 class Finished(Event):
     kind: ClassVar[str] = "finished"
-    terminal: ClassVar[bool] = True
     model_name: str
     model_version: int
     best_epoch: int
@@ -85,18 +84,20 @@ class Finished(Event):
 @dataclass(frozen=True)
 class Failed(Event):
     kind: ClassVar[str] = "failed"
-    terminal: ClassVar[bool] = True
     reason: str
 
 
 @dataclass(frozen=True)
 class Cancelled(Event):
     kind: ClassVar[str] = "cancelled"
-    terminal: ClassVar[bool] = True
     reason: str
 
 
-TERMINAL_KINDS = frozenset(cls.kind for cls in (Finished, Failed, Cancelled))
+@dataclass(frozen=True)
+class Interrupted(Event):
+    kind: ClassVar[str] = "interrupted"
+    reason: str
+    checkpoint_epoch: int = 0
 
 
 def _drop_none(value):

@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils.data import Dataset
 
 from torchwire.service.core import events
-from torchwire.service.core.checkpoint import save_checkpoint
+from torchwire.service.core.checkpoint import load_checkpoint, save_checkpoint
 from torchwire.service.core.data import (
     CLASSIFICATION,
     REGRESSION,
@@ -220,6 +220,24 @@ def check_compatible(spec: TrainSpec, info: DatasetInfo) -> ModelConfig:
     return ModelConfig(spec.architecture, spec.params, info.feature_shape, info.output_size)
 
 
+class _Improvement:
+    """Early stopping's bookkeeping: the best monitored loss and the epochs since it improved."""
+
+    def __init__(self, min_delta: float) -> None:
+        self.min_delta = min_delta
+        self.best = math.inf
+        self.bad_epochs = 0
+
+    def improved(self, record: events.EpochRecord) -> bool:
+        """Takes an epoch's record; True when it beats the best by more than `min_delta`."""
+        monitored = record.val_loss if record.val_loss is not None else record.train_loss
+        if monitored < self.best - self.min_delta:
+            self.best, self.bad_epochs = monitored, 0
+            return True
+        self.bad_epochs += 1
+        return False
+
+
 class Trainer:
     """Runs one training: the classic PyTorch loop, reporting through `emit`.
 
@@ -230,6 +248,7 @@ class Trainer:
         checkpoint_dir: where `best.pt` and `last.pt` go.
         emit: receives every event (started, progress, epoch end, checkpoint saved).
         should_stop: polled before every batch; True cancels the run after that batch.
+        resume_from: a `last.pt` to continue from (model, optimizer, learning curve).
     """
 
     def __init__(
@@ -240,6 +259,7 @@ class Trainer:
         checkpoint_dir: Path,
         emit: Callable[[events.Event], None],
         should_stop: Callable[[], bool] = lambda: False,
+        resume_from: Path | None = None,
     ) -> None:
         self.spec = spec
         self.config = spec.config
@@ -249,6 +269,7 @@ class Trainer:
         self.checkpoint_dir = checkpoint_dir
         self.emit = emit
         self.should_stop = should_stop
+        self.resume_from = resume_from
         seed_everything(self.config.seed)
         loaders = split_and_load(
             dataset,
@@ -270,8 +291,17 @@ class Trainer:
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
 
     def run(self) -> FitResult:
-        """Trains for the configured epochs, or until early stopping or cancellation."""
+        """Trains for the configured epochs, or until early stopping or cancellation.
+
+        When resuming, the checkpoint's learning curve is replayed first, so that the best
+        epoch and the patience count are where the interrupted run left them.
+        """
         config, result = self.config, FitResult()
+        start = self._restore(result) if self.resume_from is not None else 1
+        tracker = _Improvement(config.min_delta)
+        for record in result.history:
+            if tracker.improved(record):
+                result.best_epoch = record.epoch
         self.emit(
             events.Started(
                 str(self.device),
@@ -279,29 +309,37 @@ class Trainer:
                 self.val_samples,
                 config.epochs,
                 len(self.train_loader),
+                start_epoch=start,
             )
         )
-        best_loss, bad_epochs = math.inf, 0
-        for epoch in range(1, config.epochs + 1):
+        for epoch in range(start, config.epochs + 1):
             record = self._train_epoch(epoch)
             if record is None:
                 result.cancelled = True
                 return result
             result.history.append(record)
-            monitored = record.val_loss if record.val_loss is not None else record.train_loss
-            improved = monitored < best_loss - config.min_delta
+            # Checkpoints first, then the event: a logged epoch always has its checkpoint.
+            if tracker.improved(record):
+                result.best_epoch = epoch
+                self._save("best", record, result.history)
+            self._save("last", record, result.history)
             eta = record.seconds * (config.epochs - epoch)
             self.emit(events.EpochEnd(record, eta, config.epochs))
-            if improved:
-                best_loss, bad_epochs, result.best_epoch = monitored, 0, epoch
-                self._save("best", record)
-            else:
-                bad_epochs += 1
-            self._save("last", record)
-            if self.val_loader is not None and config.patience and bad_epochs >= config.patience:
+            patience_out = config.patience and tracker.bad_epochs >= config.patience
+            if self.val_loader is not None and patience_out:
                 result.stopped_early = epoch < config.epochs
                 break
         return result
+
+    def _restore(self, result: FitResult) -> int:
+        """Loads model, optimizer and learning curve from the checkpoint; returns the next epoch."""
+        assert self.resume_from is not None
+        state = load_checkpoint(self.resume_from, map_location=self.device)
+        self.model.load_state_dict(state["model"])
+        if state["optimizer"] is not None:
+            self.optimizer.load_state_dict(state["optimizer"])
+        result.history = [events.EpochRecord(**record) for record in state.get("history", [])]
+        return int(state["epoch"]) + 1
 
     def _train_epoch(self, epoch: int) -> events.EpochRecord | None:
         """One pass over the training data; None when cancelled."""
@@ -368,7 +406,9 @@ class Trainer:
             **{**asdict(record), "val_loss": val.loss, "val_metrics": val.metrics}
         )
 
-    def _save(self, role: str, record: events.EpochRecord) -> None:
+    def _save(
+        self, role: str, record: events.EpochRecord, history: list[events.EpochRecord]
+    ) -> None:
         save_checkpoint(
             self.checkpoint_dir / f"{role}.pt",
             self.model,
@@ -376,5 +416,6 @@ class Trainer:
             record.epoch,
             headline_metrics(record),
             optimizer=self.optimizer,
+            history=[events.to_payload(r) for r in history],
         )
         self.emit(events.CheckpointSaved(record.epoch, role))

@@ -12,14 +12,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED = (
+QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, INTERRUPTED = (
     "queued",
     "running",
     "succeeded",
     "failed",
     "cancelled",
+    "interrupted",
 )
-JOB_STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED)
+JOB_STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, INTERRUPTED)
 ACTIVE_STATES = (QUEUED, RUNNING)
 
 _SCHEMA = """

@@ -70,6 +70,11 @@ class TorchWireStub:
                 request_serializer=torchwire_dot_v1_dot_torchwire__pb2.CancelJobRequest.SerializeToString,
                 response_deserializer=torchwire_dot_v1_dot_torchwire__pb2.Job.FromString,
                 _registered_method=True)
+        self.ResumeJob = channel.unary_unary(
+                '/torchwire.v1.TorchWire/ResumeJob',
+                request_serializer=torchwire_dot_v1_dot_torchwire__pb2.ResumeJobRequest.SerializeToString,
+                response_deserializer=torchwire_dot_v1_dot_torchwire__pb2.Job.FromString,
+                _registered_method=True)
         self.Evaluate = channel.unary_unary(
                 '/torchwire.v1.TorchWire/Evaluate',
                 request_serializer=torchwire_dot_v1_dot_torchwire__pb2.EvaluateRequest.SerializeToString,
@@ -147,8 +152,8 @@ class TorchWireServicer:
 
     def WatchJob(self, request, context):
         """Streams a job's events: first those already recorded after `after_seq`,
-        then new ones as they happen. The stream ends after the terminal event
-        (finished, failed or cancelled).
+        then new ones as they happen. The stream ends once the job is no longer
+        queued or running and every event has been sent.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
@@ -171,6 +176,17 @@ class TorchWireServicer:
     def CancelJob(self, request, context):
         """Cancels a queued or running job. A running job stops after its current
         batch and keeps its checkpoints. Cancelling a finished job is
+        FAILED_PRECONDITION.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
+    def ResumeJob(self, request, context):
+        """Continues an interrupted (or cancelled or failed) job from its last
+        checkpoint, with the optimizer's state: the job is queued again under
+        the same id, and its event log goes on. A job without a checkpoint
+        starts over. Resuming a queued, running or succeeded job is
         FAILED_PRECONDITION.
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -284,6 +300,11 @@ def add_TorchWireServicer_to_server(servicer, server):
             'CancelJob': grpc.unary_unary_rpc_method_handler(
                     servicer.CancelJob,
                     request_deserializer=torchwire_dot_v1_dot_torchwire__pb2.CancelJobRequest.FromString,
+                    response_serializer=torchwire_dot_v1_dot_torchwire__pb2.Job.SerializeToString,
+            ),
+            'ResumeJob': grpc.unary_unary_rpc_method_handler(
+                    servicer.ResumeJob,
+                    request_deserializer=torchwire_dot_v1_dot_torchwire__pb2.ResumeJobRequest.FromString,
                     response_serializer=torchwire_dot_v1_dot_torchwire__pb2.Job.SerializeToString,
             ),
             'Evaluate': grpc.unary_unary_rpc_method_handler(
@@ -521,6 +542,33 @@ class TorchWire:
             target,
             '/torchwire.v1.TorchWire/CancelJob',
             torchwire_dot_v1_dot_torchwire__pb2.CancelJobRequest.SerializeToString,
+            torchwire_dot_v1_dot_torchwire__pb2.Job.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ResumeJob(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/torchwire.v1.TorchWire/ResumeJob',
+            torchwire_dot_v1_dot_torchwire__pb2.ResumeJobRequest.SerializeToString,
             torchwire_dot_v1_dot_torchwire__pb2.Job.FromString,
             options,
             channel_credentials,

@@ -1,0 +1,157 @@
+"""Crash recovery with a real server process: kill -9 in the middle of training, restart,
+find everything consistent, and resume the job to completion."""
+
+import os
+import signal
+import sqlite3
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import torch
+
+from tests.conftest import assert_rejected
+from torchwire.client import Client
+from torchwire.client.demo import start_server
+from torchwire.service.core.checkpoint import load_checkpoint
+from torchwire.service.core.data import BUILTIN_DATASETS, ArrayDataset
+from torchwire.service.core.models import MLPParams
+from torchwire.service.core.training import TrainConfig, Trainer, TrainSpec
+from torchwire.v1 import torchwire_pb2 as pb
+
+X_TEST, Y_TEST = BUILTIN_DATASETS["digits"].load("test")
+
+
+def _children(pid: int) -> list[int]:
+    found = []
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        found += [int(c) for c in (task / "children").read_text().split()]
+    return found
+
+
+def _gone(pid: int, timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+            status = Path(f"/proc/{pid}/stat").read_text().split()[2]
+            if status == "Z":  # a zombie has exited; only its parent's reaping is left
+                return True
+        except (ProcessLookupError, FileNotFoundError):
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_kill_9_mid_training_loses_nothing_and_the_job_resumes(tmp_path: Path) -> None:
+    store = str(tmp_path / "store")
+    server, address = start_server(store)
+    try:
+        with Client(address) as client:
+            client.train("kept", "digits", epochs=10, seed=0).wait()
+            job = client.train("crashed", "digits", epochs=8, batch_size=2, patience=0, seed=0)
+            for event in job.events():
+                if event.WhichOneof("kind") == "epoch_end" and event.epoch_end.metrics.epoch == 2:
+                    break
+            workers = _children(server.pid)
+            assert workers
+            server.send_signal(signal.SIGKILL)
+            server.wait(timeout=30)
+    finally:
+        if server.poll() is None:
+            server.kill()
+    # The worker notices that its server is gone and exits: no orphan writes checkpoints.
+    assert all(_gone(pid) for pid in workers)
+
+    # Nothing is corrupt: the registry passes SQLite's check, every checkpoint loads safely.
+    with sqlite3.connect(Path(store) / "registry.sqlite3") as db:
+        assert db.execute("PRAGMA integrity_check").fetchone() == ("ok",)
+    for checkpoint in Path(store).rglob("*.pt"):
+        assert "model" in load_checkpoint(checkpoint)
+
+    server, address = start_server(store)
+    try:
+        with Client(address) as client:
+            # The finished model is still there and answers.
+            kept = client.predict("kept", X_TEST, outputs=["top_k"])
+            assert (kept.top_indices[:, 0] == Y_TEST).mean() > 0.8
+            # The job shows as interrupted, with its last good checkpoint.
+            handle = client.job(job.id)
+            info = handle.info()
+            assert info.state == pb.JOB_STATE_INTERRUPTED
+            last = list(handle.events())[-1]
+            assert last.interrupted.reason == "the server stopped while the job was running"
+            checkpoint_epoch = last.interrupted.checkpoint_epoch
+            assert 2 <= checkpoint_epoch < 8
+            # ... and it resumes to completion.
+            handle.resume()
+            final = handle.wait()
+            assert final.state == pb.JOB_STATE_SUCCEEDED
+            started = [e.started for e in handle.events() if e.WhichOneof("kind") == "started"]
+            assert [s.start_epoch for s in started] == [1, checkpoint_epoch + 1]
+            version = client.model("crashed").versions[-1]
+            assert [m.epoch for m in version.history] == list(range(1, 9))
+            assert version.metrics["accuracy"] > 0.9
+            assert client.predict("crashed", X_TEST[:4]).raw.shape == (4, 10)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        assert server.wait(timeout=60) == 0
+
+
+def test_resume_job_rejects(client: Client, digits_model: str) -> None:
+    finished = client.jobs(state="succeeded", model_name=digits_model)[0]
+    cases = [
+        (
+            lambda: client.stub.ResumeJob(pb.ResumeJobRequest(job_id="nope")),
+            grpc.StatusCode.NOT_FOUND,
+            "'nope'",
+        ),
+        (
+            lambda: client.stub.ResumeJob(pb.ResumeJobRequest(job_id="")),
+            grpc.StatusCode.NOT_FOUND,
+            "''",
+        ),
+        (
+            lambda: client.stub.ResumeJob(pb.ResumeJobRequest(job_id=finished.id)),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "succeeded",
+        ),
+    ]
+    for call, code, fragment in cases:
+        assert_rejected(call, code, fragment)
+
+
+def test_resume_continues_the_curve_and_the_optimizer(tmp_path: Path) -> None:
+    x, y = BUILTIN_DATASETS["digits"].load("train")
+    dataset = ArrayDataset(x, y, "classification")
+
+    def trainer(epochs: int, resume: Path | None = None) -> Trainer:
+        spec = TrainSpec(
+            "m",
+            "digits",
+            "train",
+            "mlp",
+            MLPParams(),
+            TrainConfig(epochs=epochs, patience=0, seed=1),
+        )
+        return Trainer(
+            spec,
+            BUILTIN_DATASETS["digits"].info,
+            dataset,
+            tmp_path,
+            lambda e: None,
+            resume_from=resume,
+        )
+
+    first = trainer(2).run()
+    resumed = trainer(4, tmp_path / "last.pt").run()
+    assert [r.epoch for r in resumed.history] == [1, 2, 3, 4]
+    assert resumed.history[:2] == first.history
+    state = load_checkpoint(tmp_path / "last.pt")
+    assert state["epoch"] == 4
+    steps = next(iter(state["optimizer"]["state"].values()))["step"]
+    assert int(steps) == 4 * 21  # Adam's step count went on from where it stopped
+    assert resumed.best_epoch >= 1
+    assert torch.isfinite(torch.tensor([r.train_loss for r in resumed.history])).all()
+    assert np.isclose(state["history"][1]["train_loss"], first.history[1].train_loss)
