@@ -22,6 +22,7 @@ class ServerConfig:
         max_batch_size: rows per merged run (server-wide default); larger requests are split.
         max_batch_delay_ms: how long a run waits for more requests (server-wide default).
         ort_intra_op_threads: ONNX Runtime intra-op threads; 0 lets ONNX Runtime choose.
+        max_predict_rows: most samples one Predict request (or stream message) may carry.
         max_upload_bytes: largest dataset an upload may store.
         rpc_threads: threads serving RPCs.
         grace_seconds: how long in-flight RPCs may run on after shutdown begins.
@@ -37,6 +38,7 @@ class ServerConfig:
     max_batch_size: int = 64
     max_batch_delay_ms: float = 0.0
     ort_intra_op_threads: int = 0
+    max_predict_rows: int = 65536
     max_upload_bytes: int = 2 * 1024 * 1024 * 1024
     rpc_threads: int = 16
     grace_seconds: float = 10.0
@@ -51,6 +53,7 @@ class ServerConfig:
             "max_upload_bytes",
             "rpc_threads",
             "max_batch_size",
+            "max_predict_rows",
         ):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")

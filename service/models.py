@@ -29,7 +29,12 @@ from torchwire.service.core.runtimes import (
     postprocess,
 )
 from torchwire.service.core.training import LOSSES
-from torchwire.service.errors import DeadlineExceeded, FailedPrecondition, InvalidArgument
+from torchwire.service.errors import (
+    DeadlineExceeded,
+    FailedPrecondition,
+    InvalidArgument,
+    ResourceExhausted,
+)
 from torchwire.service.store import Store
 from torchwire.service.store.models import MissingArtifact
 from torchwire.service.store.registry import ModelVersionRecord
@@ -103,6 +108,7 @@ class ModelService:
         max_loaded_bytes: memory bound of the LRU cache of loaded runtimes.
         default_batching: batching for models without a setting of their own.
         ort_intra_op_threads: ONNX Runtime intra-op threads (0: its default).
+        max_predict_rows: most samples one request may carry (RESOURCE_EXHAUSTED beyond).
     """
 
     def __init__(
@@ -111,11 +117,13 @@ class ModelService:
         max_loaded_bytes: int,
         default_batching: BatchingConfig,
         ort_intra_op_threads: int = 0,
+        max_predict_rows: int = 65536,
     ) -> None:
         self.store = store
         self.device = choose_device("auto")
         self.default_batching = default_batching
         self.ort_intra_op_threads = ort_intra_op_threads
+        self.max_predict_rows = max_predict_rows
         self.cache: ModelCache[ServedRuntime] = ModelCache(
             max_loaded_bytes, self._load, lambda s: s.runtime.size_bytes(), ServedRuntime.close
         )
@@ -208,6 +216,10 @@ class ModelService:
                 that needs classes was asked of a regression model.
             FailedPrecondition: the named runtime has no export to run.
         """
+        if inputs.ndim and len(inputs) > self.max_predict_rows:
+            raise ResourceExhausted(
+                f"inputs has {len(inputs)} rows; max_predict_rows={self.max_predict_rows}"
+            )
         served = self.served(name, version, runtime)
         record, meta = served.record, served.record.metadata
         expected = tuple(meta["input_shape"])

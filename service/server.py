@@ -42,6 +42,7 @@ class TorchwireServer:
             config.max_loaded_bytes,
             BatchingConfig(config.batching, config.max_batch_size, config.max_batch_delay_ms),
             config.ort_intra_op_threads,
+            config.max_predict_rows,
         )
         self.health = health.HealthServicer()
         self.grpc = grpc.server(

@@ -5,12 +5,14 @@ from collections import OrderedDict
 from collections.abc import Callable, Hashable
 from typing import Generic, TypeVar
 
+from torchwire.service.errors import ResourceExhausted
+
 Loaded = TypeVar("Loaded")
 
 
 class ModelCache(Generic[Loaded]):
     """Keeps loaded models while their total size fits `max_bytes`, evicting the least
-    recently used; the newest one always stays, however large.
+    recently used. A model larger than the bound on its own is refused.
 
     Concurrent first requests for one key load it once.
 
@@ -50,6 +52,14 @@ class ModelCache(Generic[Loaded]):
             if entry is None:
                 loaded = self._load(key)
                 entry = (loaded, self._size_of(loaded))
+                if entry[1] > self.max_bytes:
+                    self._on_evict(loaded)
+                    with self._lock:
+                        self._loading.pop(key, None)
+                    raise ResourceExhausted(
+                        f"the model needs {entry[1]} bytes loaded, more than "
+                        f"max_loaded_bytes={self.max_bytes}"
+                    )
             evicted = []
             with self._lock:
                 self._models[key] = entry
