@@ -230,6 +230,18 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"host:port of the server (env {SERVER_ENV})",
     )
     common.add_argument("--json", action="store_true", help="machine-readable output")
+    common.add_argument(
+        "--token",
+        default=os.environ.get("TORCHWIRE_TOKEN"),
+        help="bearer token (env TORCHWIRE_TOKEN)",
+    )
+    for name in ("ca", "cert", "key"):
+        env = f"TORCHWIRE_TLS_{name.upper()}"
+        common.add_argument(
+            f"--tls-{name}",
+            default=os.environ.get(env),
+            help=f"TLS: PEM file of the {name} (env {env})",
+        )
 
     def command(name: str, handler: Callable, help_text: str) -> argparse.ArgumentParser:
         sub = commands.add_parser(name, parents=[common], help=help_text)
@@ -320,7 +332,13 @@ def main(argv: list[str] | None = None) -> int:
         return serve(argv[1:])
     args = build_parser().parse_args(argv)
     try:
-        with Client(args.server) as client:
+        with Client(
+            args.server,
+            token=args.token,
+            tls_ca=args.tls_ca,
+            tls_cert=args.tls_cert,
+            tls_key=args.tls_key,
+        ) as client:
             output = args.handler(client, args)
     except grpc.RpcError as err:
         print(f"error: {err.code().name}: {err.details()}", file=sys.stderr)

@@ -11,6 +11,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from torchwire.client.channel import open_channel
 from torchwire.v1 import tensors
 from torchwire.v1 import torchwire_pb2 as pb
 from torchwire.v1 import torchwire_pb2_grpc as pb_grpc
@@ -227,6 +228,9 @@ class Client:
         address: host:port of the server.
         max_message_bytes: the largest message sent or received (set on both ends).
         timeout: deadline in seconds for unary calls; None waits indefinitely.
+        token: a bearer token, for servers started with auth tokens.
+        tls_ca: PEM file of the CA that signed the server's certificate: connect with TLS.
+        tls_cert, tls_key: PEM files of this client's certificate and key, for mutual TLS.
     """
 
     def __init__(
@@ -235,17 +239,15 @@ class Client:
         *,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         timeout: float | None = 120.0,
+        token: str | None = None,
+        tls_ca: str | Path | None = None,
+        tls_cert: str | Path | None = None,
+        tls_key: str | Path | None = None,
     ) -> None:
         self.address = address
         self.max_message_bytes = max_message_bytes
         self.timeout = timeout
-        self.channel = grpc.insecure_channel(
-            address,
-            options=[
-                ("grpc.max_send_message_length", max_message_bytes),
-                ("grpc.max_receive_message_length", max_message_bytes),
-            ],
-        )
+        self.channel = open_channel(address, max_message_bytes, token, tls_ca, tls_cert, tls_key)
         self.stub = pb_grpc.TorchWireStub(self.channel)
 
     def close(self) -> None:

@@ -23,6 +23,11 @@ class ServerConfig:
         max_batch_delay_ms: how long a run waits for more requests (server-wide default).
         ort_intra_op_threads: ONNX Runtime intra-op threads; 0 lets ONNX Runtime choose.
         max_predict_rows: most samples one Predict request (or stream message) may carry.
+        auth_tokens: bearer tokens that may call, comma-separated; with `auth_tokens_file`
+            (one per line), none at all leaves the server open.
+        auth_tokens_file: a file of bearer tokens, one per line (# starts a comment).
+        tls_cert, tls_key: PEM files of the server's certificate chain and key: serve TLS.
+        tls_client_ca: PEM file of the CA that signs client certificates: require mutual TLS.
         max_upload_bytes: largest dataset an upload may store.
         rpc_threads: threads serving RPCs.
         grace_seconds: how long in-flight RPCs may run on after shutdown begins.
@@ -39,11 +44,20 @@ class ServerConfig:
     max_batch_delay_ms: float = 0.0
     ort_intra_op_threads: int = 0
     max_predict_rows: int = 65536
+    auth_tokens: str = ""
+    auth_tokens_file: str = ""
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_client_ca: str = ""
     max_upload_bytes: int = 2 * 1024 * 1024 * 1024
     rpc_threads: int = 16
     grace_seconds: float = 10.0
 
     def __post_init__(self) -> None:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("tls_cert and tls_key go together")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
         if self.max_batch_size > 65536 or self.max_batch_delay_ms > 1000:
             raise ValueError("max_batch_size must be <= 65536 and max_batch_delay_ms <= 1000")
         for name in (

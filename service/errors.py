@@ -47,6 +47,12 @@ class ResourceExhausted(TorchwireError):
     status = "RESOURCE_EXHAUSTED"
 
 
+class Unauthenticated(TorchwireError):
+    """The call carries no valid bearer token."""
+
+    status = "UNAUTHENTICATED"
+
+
 class DeadlineExceeded(TorchwireError):
     """The caller's deadline passed before the work was done."""
 

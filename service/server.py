@@ -3,11 +3,13 @@ explicit message limits, and an orderly shutdown."""
 
 import logging
 from concurrent import futures
+from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from torchwire.service.api.auth import AuthInterceptor, load_tokens
 from torchwire.service.api.errors import ErrorInterceptor
 from torchwire.service.api.servicer import TorchWireServicer, add_to_server
 from torchwire.service.config import ServerConfig
@@ -45,9 +47,13 @@ class TorchwireServer:
             config.max_predict_rows,
         )
         self.health = health.HealthServicer()
+        interceptors: list[grpc.ServerInterceptor] = [ErrorInterceptor()]
+        tokens = load_tokens(config.auth_tokens, config.auth_tokens_file)
+        if tokens:
+            interceptors.append(AuthInterceptor(tokens))  # inner: its refusals map to statuses
         self.grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.rpc_threads, thread_name_prefix="rpc"),
-            interceptors=[ErrorInterceptor()],
+            interceptors=interceptors,
             options=channel_options(config.max_message_bytes),
         )
         servicer = TorchWireServicer(self.store, self.jobs, self.models, config.max_message_bytes)
@@ -61,7 +67,11 @@ class TorchwireServer:
             ),
             self.grpc,
         )
-        self.port = self.grpc.add_insecure_port(config.address)
+        self.port = (
+            self.grpc.add_secure_port(config.address, _tls_credentials(config))
+            if config.tls_cert
+            else self.grpc.add_insecure_port(config.address)
+        )
         if self.port == 0:
             raise OSError(f"cannot bind {config.address}")
         self.address = f"{config.address.rsplit(':', 1)[0]}:{self.port}"
@@ -88,6 +98,16 @@ class TorchwireServer:
     def wait(self) -> None:
         """Blocks until the gRPC server stops."""
         self.grpc.wait_for_termination()
+
+
+def _tls_credentials(config: ServerConfig) -> grpc.ServerCredentials:
+    """TLS from PEM files; with a client CA, clients must present a certificate it signed."""
+    chain = Path(config.tls_cert).read_bytes()
+    key = Path(config.tls_key).read_bytes()
+    client_ca = Path(config.tls_client_ca).read_bytes() if config.tls_client_ca else None
+    return grpc.ssl_server_credentials(
+        [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
+    )
 
 
 def create_server(config: ServerConfig) -> tuple[TorchwireServer, int]:
