@@ -137,7 +137,7 @@ class ModelService:
         record = self.store.models.get(name, version)
         runtime: Runtime
         if runtime_name == EAGER:
-            module, _ = load_model(self.store.models.checkpoint(record), self.device)
+            module, _ = load_model(self.store.models.verified_checkpoint(record), self.device)
             runtime = TorchRuntime(EAGER, module, self.device)
         else:
             _, path = self.store.models.artifact(record, FORMAT_OF[runtime_name])
@@ -305,7 +305,9 @@ class ModelService:
         """
         record = self.store.models.get(name, version)
         with self._export_lock:
-            module, config = load_model(self.store.models.checkpoint(record), torch.device("cpu"))
+            module, config = load_model(
+                self.store.models.verified_checkpoint(record), torch.device("cpu")
+            )
             path = self.store.models.artifact_path(record, FILE_NAMES[fmt])
             result = export_model(module, config, fmt, path, opset, tolerance)
         meta = {k: v for k, v in asdict(result).items() if k not in ("path", "format")}

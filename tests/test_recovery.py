@@ -155,3 +155,42 @@ def test_resume_continues_the_curve_and_the_optimizer(tmp_path: Path) -> None:
     assert resumed.best_epoch >= 1
     assert torch.isfinite(torch.tensor([r.train_loss for r in resumed.history])).all()
     assert np.isclose(state["history"][1]["train_loss"], first.history[1].train_loss)
+
+
+def test_corrupt_files_are_refused_on_load(tmp_path: Path) -> None:
+    from tests.conftest import start_server
+
+    server = start_server(tmp_path)
+    try:
+        with Client(server.address) as client:
+            x, y = BUILTIN_DATASETS["digits"].load("test")
+            client.upload_dataset("held", x, y, split="train")
+            client.upload_dataset("held", x, y, split="test")
+            client.train("victim", "digits", epochs=1).wait()
+            # Flip one byte of the registered checkpoint and of the uploaded features.
+            for path in (
+                tmp_path / "models/victim/1/model.pt",
+                tmp_path / "datasets/held/test/features.bin",
+            ):
+                data = bytearray(path.read_bytes())
+                data[len(data) // 2] ^= 0xFF
+                path.write_bytes(bytes(data))
+            precondition = grpc.StatusCode.FAILED_PRECONDITION
+            assert_rejected(
+                lambda: client.predict("victim", x[:2]), precondition, "'victim' v1", "corrupt"
+            )
+            assert_rejected(lambda: client.export("victim", "onnx"), precondition, "corrupt")
+            client.train("healthy", "digits", epochs=1).wait()
+            assert_rejected(
+                lambda: client.evaluate("healthy", "held"),
+                precondition,
+                "dataset 'held' split 'test'",
+                "upload it again",
+            )
+            assert client.evaluate("healthy", "held", split="train").num_samples == len(x)
+            job = client.train("on-corrupt", "held", split="test", epochs=1)
+            failed = job.wait(raise_on_failure=False)
+            assert failed.state == pb.JOB_STATE_FAILED
+            assert "corrupt" in failed.error
+    finally:
+        server.stop(grace=1)

@@ -1,5 +1,6 @@
 """The dataset catalog: built-in datasets and uploaded ones, stored as raw little-endian arrays."""
 
+import hashlib
 import os
 import shutil
 import uuid
@@ -18,7 +19,13 @@ from torchwire.service.core.data import (
     DatasetInfo,
     check_split,
 )
-from torchwire.service.errors import InvalidArgument, NotFound, ResourceExhausted
+from torchwire.service.core.export import sha256_of
+from torchwire.service.errors import (
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
 from torchwire.service.store.layout import check_name, fsync_dir
 from torchwire.service.store.registry import Registry
 
@@ -35,12 +42,25 @@ class DatasetLocation:
     split: str
     directory: Path | None  # None for built-ins
     target_dtype: str = ""
+    sha256: tuple[str, str] = ("", "")  # of the features and targets files
 
     def open(self) -> ArrayDataset:
-        """Loads the split as a Dataset (uploaded splits are memory-mapped, not read whole)."""
+        """Loads the split as a Dataset (uploaded splits are memory-mapped, not read whole),
+        after checking its files against the sha256 recorded at upload.
+
+        Raises:
+            FailedPrecondition: a file is missing or has changed since the upload.
+        """
         if self.directory is None:
             features, targets = BUILTIN_DATASETS[self.info.name].load(self.split)
         else:
+            for name, expected in zip((FEATURES_FILE, TARGETS_FILE), self.sha256, strict=True):
+                path = self.directory / name
+                if not path.exists() or sha256_of(path) != expected:
+                    raise FailedPrecondition(
+                        f"dataset {self.info.name!r} split {self.split!r} is missing or corrupt "
+                        f"({name}: sha256 mismatch); upload it again"
+                    )
             count = self.info.splits[self.split]
             features = np.memmap(
                 self.directory / FEATURES_FILE,
@@ -69,6 +89,7 @@ class _SplitWriter:
         self.target_shape: tuple[int, ...] = ()
         self.task = ""
         self.max_class = -1
+        self.digests = (hashlib.sha256(), hashlib.sha256())
         self._features: BinaryIO = open(directory / FEATURES_FILE, "wb")  # noqa: SIM115
         self._targets: BinaryIO = open(directory / TARGETS_FILE, "wb")  # noqa: SIM115
 
@@ -136,8 +157,12 @@ class _SplitWriter:
         size = features.nbytes + targets.nbytes
         if self.written + size > self.max_bytes:
             raise ResourceExhausted(f"upload exceeds max_upload_bytes={self.max_bytes}")
-        self._features.write(np.ascontiguousarray(features).tobytes())
-        self._targets.write(np.ascontiguousarray(targets).tobytes())
+        for fh, digest, array in zip(
+            (self._features, self._targets), self.digests, (features, targets), strict=True
+        ):
+            data = np.ascontiguousarray(array).tobytes()
+            fh.write(data)
+            digest.update(data)
         self.written += size
         self.count += len(features)
         if task == CLASSIFICATION:
@@ -199,7 +224,13 @@ class DatasetCatalog:
         if info.builtin:
             return DatasetLocation(info, split, None)
         meta = self.registry.dataset_splits(name)[name][split]
-        return DatasetLocation(info, split, self.root / name / split, meta["target_dtype"])
+        return DatasetLocation(
+            info,
+            split,
+            self.root / name / split,
+            meta["target_dtype"],
+            (meta["features_sha256"], meta["targets_sha256"]),
+        )
 
     def upload(
         self,
@@ -262,6 +293,8 @@ class DatasetCatalog:
             "target_dtype": "<i8" if writer.task == CLASSIFICATION else "<f4",
             "classes": classes,
             "task": writer.task,
+            "features_sha256": writer.digests[0].hexdigest(),
+            "targets_sha256": writer.digests[1].hexdigest(),
         }
         others = {
             s: m for s, m in self.registry.dataset_splits(name).get(name, {}).items() if s != split

@@ -43,6 +43,7 @@ class ModelStore:
             os.fsync(fh.fileno())
         os.replace(scratch, target)
         fsync_dir(target.parent)
+        metadata = {**metadata, "checkpoint_sha256": sha256_of(target)}
         with self._latest_lock:
             self.registry.add_model_version(
                 ModelVersionRecord(
@@ -113,6 +114,20 @@ class ModelStore:
     def checkpoint(self, record: ModelVersionRecord) -> Path:
         """The version's checkpoint file."""
         return self.layout.root / record.checkpoint
+
+    def verified_checkpoint(self, record: ModelVersionRecord) -> Path:
+        """The checkpoint file, after checking it against the sha256 recorded at registration.
+
+        Raises:
+            FailedPrecondition: the file is missing or has changed since.
+        """
+        path = self.checkpoint(record)
+        if not path.exists() or sha256_of(path) != record.metadata["checkpoint_sha256"]:
+            raise FailedPrecondition(
+                f"the checkpoint of {record.name!r} v{record.version} is "
+                "missing or corrupt (sha256 mismatch); it will not be loaded"
+            )
+        return path
 
     def artifact_path(self, record: ModelVersionRecord, file_name: str) -> Path:
         """Where an artifact of the version lives: beside its checkpoint."""
