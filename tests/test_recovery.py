@@ -196,3 +196,29 @@ def test_corrupt_files_are_refused_on_load(tmp_path: Path) -> None:
             assert "corrupt" in failed.error
     finally:
         server.stop(grace=1)
+
+
+def test_sigterm_with_a_running_job_exits_0_and_keeps_the_job_resumable(tmp_path: Path) -> None:
+    store = str(tmp_path / "store")
+    server, address = start_server(store, "--grace-seconds", "5")
+    try:
+        with Client(address) as client:
+            job = client.train("long", "digits", epochs=10_000, patience=0, batch_size=8)
+            for event in job.events():
+                if event.WhichOneof("kind") == "epoch_end":
+                    break
+            server.send_signal(signal.SIGTERM)
+            assert server.wait(timeout=30) == 0
+    finally:
+        if server.poll() is None:
+            server.kill()
+    server, address = start_server(store)
+    try:
+        with Client(address) as client:
+            info = client.job(job.id).info()
+            assert info.state == pb.JOB_STATE_INTERRUPTED
+            assert info.error == "server shutdown"
+            assert list(client.job(job.id).events())[-1].interrupted.checkpoint_epoch >= 1
+    finally:
+        server.send_signal(signal.SIGINT)
+        assert server.wait(timeout=30) == 0
