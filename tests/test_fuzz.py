@@ -38,6 +38,14 @@ NAMES = [
 DTYPES = ["float32", "float64", "int64", "int32", "uint8", "bool", "float16", "", "complex64"]
 ANCHOR = "anchor"  # a model the fuzzer never names: the liveness check uses it
 SERVICE = pb.DESCRIPTOR.services_by_name["TorchWire"]
+#: Deterministic (the same examples in every run and on CI), no example database on disk.
+FUZZ = settings(
+    max_examples=EXAMPLES,
+    deadline=None,
+    database=None,
+    derandomize=True,
+    suppress_health_check=list(HealthCheck),
+)
 
 
 @pytest.fixture(scope="module")
@@ -121,13 +129,7 @@ def test_random_requests_never_break_the_server(fuzz_server: TorchwireServer, me
 
     with Client(fuzz_server.address) as client:
 
-        @settings(
-            max_examples=EXAMPLES,
-            deadline=None,
-            database=None,
-            derandomize=True,
-            suppress_health_check=list(HealthCheck),
-        )
+        @FUZZ
         @given(strategy)
         def fuzz(request) -> None:
             _call(client, method, request)
@@ -141,13 +143,7 @@ def test_valid_looking_tensors_with_random_shapes(fuzz_server: TorchwireServer) 
     element count overflows."""
     with Client(fuzz_server.address) as client:
 
-        @settings(
-            max_examples=300,
-            deadline=None,
-            database=None,
-            derandomize=True,
-            suppress_health_check=list(HealthCheck),
-        )
+        @settings(FUZZ, max_examples=300)
         @given(
             st.sampled_from(DTYPES),
             st.lists(st.integers(-1, 2**62), max_size=5),
@@ -170,13 +166,7 @@ def test_near_valid_predicts(fuzz_server: TorchwireServer) -> None:
     x, _ = BUILTIN_DATASETS["digits"].load("test")
     with Client(fuzz_server.address) as client:
 
-        @settings(
-            max_examples=300,
-            deadline=None,
-            database=None,
-            derandomize=True,
-            suppress_health_check=list(HealthCheck),
-        )
+        @settings(FUZZ, max_examples=300)
         @given(
             st.integers(1, 40),
             st.lists(st.integers(-1, 5), max_size=4),
@@ -209,13 +199,7 @@ def test_near_valid_uploads(fuzz_server: TorchwireServer) -> None:
     chunks = st.lists(st.tuples(arrays, arrays), min_size=0, max_size=3)
     with Client(fuzz_server.address) as client:
 
-        @settings(
-            max_examples=300,
-            deadline=None,
-            database=None,
-            derandomize=True,
-            suppress_health_check=list(HealthCheck),
-        )
+        @settings(FUZZ, max_examples=300)
         @given(
             st.sampled_from(["train", "test", "dev"]),
             st.lists(st.text(max_size=3), max_size=3),
