@@ -197,7 +197,7 @@ def report(r: dict, seconds: float) -> str:
         "CPU. The classic loop: a `Dataset` with per-sample `__getitem__`, "
         "`DataLoader(batch_size, shuffle=True)`, zero_grad/forward/loss/backward/step. "
         "The job's figure is its own per-epoch training throughput (what the job reports "
-        "in its epoch_end events); its wall time also includes spawning the worker "
+        "in its epoch_end events); its wall time also includes starting the worker "
         "process, loading the data and checkpointing every epoch.",
         "",
     ]
