@@ -140,15 +140,16 @@ class JobManager:
             FailedPrecondition: the job is queued, running or has succeeded.
             ResourceExhausted / Unavailable: as for `submit`.
         """
-        job = self.get(job_id)
-        if job.state in (*ACTIVE_STATES, SUCCEEDED):
-            raise FailedPrecondition(
-                f"job {job_id!r} is {job.state}; only interrupted, cancelled or failed jobs "
-                "can be resumed"
-            )
-        spec = TrainSpec.from_dict(job.request)
+        spec = TrainSpec.from_dict(self.get(job_id).request)
         location = self.store.datasets.locate(spec.dataset, spec.split)
         with self._lock:
+            # Checked under the lock: two concurrent resumes must not both queue the job.
+            state = self.get(job_id).state
+            if state in (*ACTIVE_STATES, SUCCEEDED):
+                raise FailedPrecondition(
+                    f"job {job_id!r} is {state}; only interrupted, cancelled or failed jobs "
+                    "can be resumed"
+                )
             self._check_capacity()
             self.registry.update_job(job_id, state=QUEUED, finished_at=None, error="")
             self._enqueue(job_id, location)

@@ -222,3 +222,26 @@ def test_sigterm_with_a_running_job_exits_0_and_keeps_the_job_resumable(tmp_path
     finally:
         server.send_signal(signal.SIGINT)
         assert server.wait(timeout=30) == 0
+
+
+def test_concurrent_resumes_queue_the_job_once(client: Client) -> None:
+    from concurrent.futures import ThreadPoolExecutor
+
+    job = client.train("resumed-twice", "digits", epochs=10_000, patience=0, batch_size=8)
+    for event in job.events():
+        if event.WhichOneof("kind") == "started":
+            break
+    job.cancel()
+    with ThreadPoolExecutor(8) as pool:
+        outcomes = list(pool.map(lambda _: _resume_code(client, job.id), range(8)))
+    assert outcomes.count(grpc.StatusCode.OK) == 1
+    assert set(outcomes) <= {grpc.StatusCode.OK, grpc.StatusCode.FAILED_PRECONDITION}
+    job.cancel()
+
+
+def _resume_code(client: Client, job_id: str) -> grpc.StatusCode:
+    try:
+        client.stub.ResumeJob(pb.ResumeJobRequest(job_id=job_id))
+    except grpc.RpcError as err:
+        return err.code()
+    return grpc.StatusCode.OK
