@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-PROTO := protos/torchwire/v1/torchwire.proto
+PROTOS := protos/torchwire/v1/torchwire.proto protos/torchwire/kserve/grpc_predict_v2.proto
 
 .PHONY: venv protos test demo serve lint bench clean
 
@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml
 # Regenerates the Python stubs (with .pyi) of the contract.
 protos: $(STAMP)
 	$(BIN)/python -m grpc_tools.protoc -I protos --python_out=protos --pyi_out=protos \
-		--grpc_python_out=protos $(PROTO)
+		--grpc_python_out=protos $(PROTOS)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q

@@ -9,9 +9,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from torchwire.kserve import grpc_predict_v2_pb2 as v2
+from torchwire.kserve import grpc_predict_v2_pb2_grpc as v2_grpc
 from torchwire.service.api.auth import AuthInterceptor, load_tokens
 from torchwire.service.api.errors import ErrorInterceptor
 from torchwire.service.api.servicer import TorchWireServicer, add_to_server
+from torchwire.service.api.v2 import InferenceServicer
 from torchwire.service.config import ServerConfig
 from torchwire.service.core.batching import BatchingConfig
 from torchwire.service.jobs import JobManager
@@ -22,6 +25,7 @@ from torchwire.v1 import torchwire_pb2 as pb
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TorchWire"].full_name
+V2_SERVICE_NAME = v2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -58,10 +62,15 @@ class TorchwireServer:
         )
         servicer = TorchWireServicer(self.store, self.jobs, self.models, config.max_message_bytes)
         add_to_server(servicer, self.grpc)
+        self._stopping = False
+        v2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(self.store, self.models, lambda: not self._stopping), self.grpc
+        )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection(
             (
                 SERVICE_NAME,
+                V2_SERVICE_NAME,
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),
@@ -87,6 +96,7 @@ class TorchwireServer:
         """Shuts down in order: stop accepting, drain RPCs while jobs stop (checkpoints kept)
         and workers are joined, then release models and the store."""
         grace = self.config.grace_seconds if grace is None else grace
+        self._stopping = True
         self.health.enter_graceful_shutdown()
         drained = self.grpc.stop(grace)
         self.jobs.shutdown(timeout=grace)

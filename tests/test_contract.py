@@ -8,22 +8,31 @@ from google.protobuf import descriptor_pb2
 
 ROOT = Path(__file__).resolve().parent.parent
 PROTO = "torchwire/v1/torchwire.proto"
-GENERATED = ("torchwire_pb2.py", "torchwire_pb2.pyi", "torchwire_pb2_grpc.py")
+PROTOS = {
+    PROTO: "torchwire/v1/torchwire",
+    "torchwire/kserve/grpc_predict_v2.proto": "torchwire/kserve/grpc_predict_v2",
+}
 
 
-def _protoc(*args: str) -> None:
+def _protoc(*args: str, protos: tuple[str, ...] = (PROTO,)) -> None:
     subprocess.run(
-        [sys.executable, "-m", "grpc_tools.protoc", "-I", str(ROOT / "protos"), *args, PROTO],
+        [sys.executable, "-m", "grpc_tools.protoc", "-I", str(ROOT / "protos"), *args, *protos],
         check=True,
     )
 
 
 def test_generated_stubs_are_fresh(tmp_path: Path) -> None:
-    _protoc(f"--python_out={tmp_path}", f"--pyi_out={tmp_path}", f"--grpc_python_out={tmp_path}")
-    for name in GENERATED:
-        fresh = (tmp_path / "torchwire/v1" / name).read_text()
-        committed = (ROOT / "protos/torchwire/v1" / name).read_text()
-        assert fresh == committed, f"{name} is stale: run `make protos`"
+    _protoc(
+        f"--python_out={tmp_path}",
+        f"--pyi_out={tmp_path}",
+        f"--grpc_python_out={tmp_path}",
+        protos=tuple(PROTOS),
+    )
+    for stem in PROTOS.values():
+        for suffix in ("_pb2.py", "_pb2.pyi", "_pb2_grpc.py"):
+            fresh = (tmp_path / (stem + suffix)).read_text()
+            committed = (ROOT / "protos" / (stem + suffix)).read_text()
+            assert fresh == committed, f"{stem}{suffix} is stale: run `make protos`"
 
 
 def test_every_rpc_message_and_field_has_a_comment(tmp_path: Path) -> None:

@@ -6,12 +6,15 @@ from collections.abc import Iterator
 import grpc
 import numpy as np
 import pytest
+from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from tests.conftest import start_server
 from torchwire.client import Client
+from torchwire.kserve import grpc_predict_v2_pb2 as v2
+from torchwire.kserve import grpc_predict_v2_pb2_grpc as v2_grpc
 from torchwire.service.core.data import BUILTIN_DATASETS
 from torchwire.service.server import TorchwireServer
 from torchwire.v1 import tensors
@@ -35,9 +38,24 @@ NAMES = [
     "adam",
     "cnn",
 ]
-DTYPES = ["float32", "float64", "int64", "int32", "uint8", "bool", "float16", "", "complex64"]
+DTYPES = [
+    "float32",
+    "float64",
+    "int64",
+    "int32",
+    "uint8",
+    "bool",
+    "float16",
+    "",
+    "complex64",
+    "FP32",
+    "INT64",
+    "FP16",
+    "BYTES",
+]
 ANCHOR = "anchor"  # a model the fuzzer never names: the liveness check uses it
 SERVICE = pb.DESCRIPTOR.services_by_name["TorchWire"]
+V2_SERVICE = v2.DESCRIPTOR.services_by_name["GRPCInferenceService"]
 #: Deterministic (the same examples in every run and on CI), no example database on disk.
 FUZZ = settings(
     max_examples=EXAMPLES,
@@ -68,7 +86,8 @@ def fuzz_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TorchwireS
 def _scalar(field: FieldDescriptor) -> st.SearchStrategy:
     kind = field.type
     if kind == FieldDescriptor.TYPE_STRING:
-        return st.sampled_from(DTYPES if field.name == "dtype" else NAMES) | st.text(max_size=12)
+        names = DTYPES if field.name in ("dtype", "datatype") else NAMES
+        return st.sampled_from(names) | st.text(max_size=12)
     if kind == FieldDescriptor.TYPE_BYTES:
         return st.binary(max_size=300)
     if kind == FieldDescriptor.TYPE_BOOL:
@@ -78,6 +97,9 @@ def _scalar(field: FieldDescriptor) -> st.SearchStrategy:
         return st.floats(width=width) | st.sampled_from([0.0, 1e-4, 0.5, 1.0, 1e30])
     if kind == FieldDescriptor.TYPE_ENUM:
         return st.integers(-1, 10)
+    if kind in (FieldDescriptor.TYPE_UINT32, FieldDescriptor.TYPE_UINT64):
+        bits = 64 if kind == FieldDescriptor.TYPE_UINT64 else 32
+        return st.integers(0, 70) | st.integers(0, 2**bits - 1)
     bits = 64 if kind in (FieldDescriptor.TYPE_INT64, FieldDescriptor.TYPE_SINT64) else 32
     return st.integers(-3, 70) | st.integers(-(2 ** (bits - 1)), 2 ** (bits - 1) - 1)
 
@@ -98,13 +120,18 @@ def messages(descriptor: Descriptor, depth: int = 0) -> st.SearchStrategy:
             value = _scalar(field)
         repeated = field.is_repeated
         fields[field.name] = st.lists(value, max_size=4) if repeated else value
-    message_type = getattr(pb, descriptor.name)
+    message_type = message_factory.GetMessageClass(descriptor)
     return st.fixed_dictionaries({}, optional=fields).map(lambda kw: message_type(**kw))
 
 
 def _call(client: Client, method, request) -> None:
     """Sends one request (or stream of requests) the way the method's kind needs."""
-    stub_method = getattr(client.stub, method.name)
+    stub = (
+        client.stub
+        if method.containing_service is SERVICE
+        else v2_grpc.GRPCInferenceServiceStub(client.channel)
+    )
+    stub_method = getattr(stub, method.name)
     code, details = grpc.StatusCode.OK, ""
     try:
         result = stub_method(iter(request) if method.client_streaming else request, timeout=30)
@@ -122,7 +149,9 @@ def _still_serving(client: Client) -> None:
     assert (result.top_indices[:, 0] == y[:64]).mean() > 0.5
 
 
-@pytest.mark.parametrize("method", list(SERVICE.methods), ids=lambda m: m.name)
+@pytest.mark.parametrize(
+    "method", [*SERVICE.methods, *V2_SERVICE.methods], ids=lambda m: m.full_name
+)
 def test_random_requests_never_break_the_server(fuzz_server: TorchwireServer, method) -> None:
     request_type = messages(method.input_type)
     strategy = st.lists(request_type, max_size=4) if method.client_streaming else request_type

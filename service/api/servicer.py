@@ -24,6 +24,13 @@ _OUTPUT_NAMES = {
 }
 
 
+def time_left(context: grpc.ServicerContext) -> float | None:
+    """The call's remaining deadline in seconds, None without one."""
+    # Without a deadline gRPC reports an enormous time remaining, too large to wait on.
+    remaining = context.time_remaining()
+    return remaining if remaining is not None and remaining < NO_DEADLINE_S else None
+
+
 def _bounded(field: str, value: int, default: int, maximum: int) -> int:
     if not 0 <= value <= maximum:
         raise InvalidArgument.field(field, value, f"must be in [0, {maximum}] (0 means {default})")
@@ -149,10 +156,7 @@ class TorchWireServicer(pb_grpc.TorchWireServicer):
 
     @staticmethod
     def _answer(pending: PendingPrediction, context) -> pb.PredictResponse:
-        # Without a deadline gRPC reports an enormous time remaining, too large to wait on.
-        remaining = context.time_remaining()
-        timeout = remaining if remaining is not None and remaining < NO_DEADLINE_S else None
-        return convert.prediction(pending.record, pending.result(timeout))
+        return convert.prediction(pending.record, pending.result(time_left(context)))
 
     def Export(self, request, context):
         fmt = convert.export_format("format", request.format)

@@ -1,0 +1,1 @@
+"""The KServe / Triton v2 inference protocol: generated stubs (proto package `inference`)."""
