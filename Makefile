@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 PROTOS := protos/torchwire/v1/torchwire.proto protos/torchwire/kserve/grpc_predict_v2.proto
 
-.PHONY: venv protos test demo serve lint bench clean
+.PHONY: venv protos test demo serve lint bench wirecheck clean
 
 venv: $(STAMP)
 
@@ -30,6 +30,14 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
+# Triton's own gRPC client against a torchwire server, from a venv of its own: tritonclient
+# needs protobuf < 7, which would break this project's stubs if installed beside them.
+TRITON_VENV := .venv-triton
+wirecheck: $(STAMP)
+	test -x $(TRITON_VENV)/bin/python || ($(PYTHON) -m venv $(TRITON_VENV) && \
+		$(TRITON_VENV)/bin/pip install --quiet 'tritonclient[grpc]==2.73.0' 'protobuf>=6.30,<7' numpy)
+	TORCHWIRE_TRITON_PYTHON=$(TRITON_VENV)/bin/python $(BIN)/python -m pytest -q tests/test_v2.py
+
 serve: $(STAMP)
 	$(BIN)/torchwire serve $(ARGS)
 
@@ -39,4 +47,4 @@ lint: $(STAMP)
 	$(BIN)/mypy service client
 
 clean:
-	rm -rf $(VENV) build *.egg-info
+	rm -rf $(VENV) $(TRITON_VENV) build *.egg-info

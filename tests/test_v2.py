@@ -1,6 +1,11 @@
 """The Open Inference Protocol v2 (inference.GRPCInferenceService) on the torchwire port,
 checked against torchwire's own Predict."""
 
+import json
+import os
+import subprocess
+from pathlib import Path
+
 import grpc
 import numpy as np
 import pytest
@@ -147,3 +152,37 @@ def test_model_infer_rejects(stub, digits_model: str) -> None:
     int_model_input.inputs[0].datatype = "FP64"
     int_model_input.raw_input_contents[0] = X_TEST[:2].astype("<f8").tobytes()
     assert_rejected(lambda: stub.ModelInfer(int_model_input), INVALID, "inputs.dtype='float64'")
+
+
+TRITON_PYTHON = os.environ.get("TORCHWIRE_TRITON_PYTHON", "")
+
+
+@pytest.mark.skipif(
+    not TRITON_PYTHON,
+    reason="needs a Python with tritonclient[grpc]: `make wirecheck` makes one and runs this",
+)
+def test_tritons_own_client_calls_a_torchwire_model(
+    client: Client, digits_model: str, tmp_path: Path
+) -> None:
+    batch = X_TEST[:5]
+    np.save(tmp_path / "x.npy", batch)
+    out = subprocess.run(
+        [
+            TRITON_PYTHON,
+            str(Path(__file__).with_name("triton_check.py")),
+            client.address,
+            digits_model,
+            str(tmp_path / "x.npy"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=True,
+    )
+    got = json.loads(out.stdout)
+    assert got["live"]
+    assert got["ready"]
+    assert got["inputs"] == [{"name": "input", "datatype": "FP32", "shape": ["-1", "1", "8", "8"]}]
+    expected = client.predict(digits_model, batch, top_k=1)
+    np.testing.assert_allclose(np.array(got["output"]), expected.raw, atol=1e-6)
+    np.testing.assert_array_equal(np.array(got["class"]), expected.top_indices)
