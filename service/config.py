@@ -28,6 +28,7 @@ class ServerConfig:
         auth_tokens_file: a file of bearer tokens, one per line (# starts a comment).
         tls_cert, tls_key: PEM files of the server's certificate chain and key: serve TLS.
         tls_client_ca: PEM file of the CA that signs client certificates: require mutual TLS.
+        metrics_address: host:port for Prometheus' /metrics over HTTP; empty turns it off.
         max_upload_bytes: largest dataset an upload may store.
         rpc_threads: threads serving RPCs.
         grace_seconds: how long in-flight RPCs may run on after shutdown begins.
@@ -49,6 +50,7 @@ class ServerConfig:
     tls_cert: str = ""
     tls_key: str = ""
     tls_client_ca: str = ""
+    metrics_address: str = ""
     max_upload_bytes: int = 2 * 1024 * 1024 * 1024
     rpc_threads: int = 16
     grace_seconds: float = 10.0

@@ -65,6 +65,7 @@ class _Run:
     conn: Connection
     cancel: Any
     location: DatasetLocation
+    model_name: str
     cancel_reason: str = ""
     follower: threading.Thread | None = field(default=None)
 
@@ -76,10 +77,18 @@ class JobManager:
         store: where jobs, events, checkpoints and models are recorded.
         max_concurrent: jobs that train at once.
         max_queued: jobs that may wait for a slot; beyond it Train is RESOURCE_EXHAUSTED.
+        on_epoch: told (model name, epoch metrics) after every epoch, for metrics.
     """
 
-    def __init__(self, store: Store, max_concurrent: int, max_queued: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        max_concurrent: int,
+        max_queued: int,
+        on_epoch: Callable[[str, dict[str, Any]], None] = lambda model, metrics: None,
+    ) -> None:
         self.store = store
+        self.on_epoch = on_epoch
         self.registry = store.registry
         self.max_concurrent = max_concurrent
         self.max_queued = max_queued
@@ -307,7 +316,7 @@ class JobManager:
             )
             process.start()
             sender.close()
-            run = _Run(process, receiver, cancel, location)
+            run = _Run(process, receiver, cancel, location, job.model_name)
             self._running[job_id] = run
             self.registry.update_job(job_id, state=RUNNING, started_at=time.time())
             run.follower = threading.Thread(
@@ -328,6 +337,8 @@ class JobManager:
                 _, kind, payload = message
                 fields = {"device": payload["device"]} if kind == events.Started.kind else {}
                 self._append(job_id, kind, payload, **fields)
+                if kind == events.EpochEnd.kind:
+                    self.on_epoch(run.model_name, payload["metrics"])
             elif message[0] == "result":
                 result = message[1]
             else:

@@ -3,6 +3,7 @@ evaluated and deleted."""
 
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import asdict, dataclass
 from typing import Any
@@ -109,6 +110,7 @@ class ModelService:
         default_batching: batching for models without a setting of their own.
         ort_intra_op_threads: ONNX Runtime intra-op threads (0: its default).
         max_predict_rows: most samples one request may carry (RESOURCE_EXHAUSTED beyond).
+        observe_run: told (model, runtime, rows) of every model run, for metrics.
     """
 
     def __init__(
@@ -118,12 +120,14 @@ class ModelService:
         default_batching: BatchingConfig,
         ort_intra_op_threads: int = 0,
         max_predict_rows: int = 65536,
+        observe_run: Callable[[str, str, int], None] = lambda model, runtime, rows: None,
     ) -> None:
         self.store = store
         self.device = choose_device("auto")
         self.default_batching = default_batching
         self.ort_intra_op_threads = ort_intra_op_threads
         self.max_predict_rows = max_predict_rows
+        self.observe_run = observe_run
         self.cache: ModelCache[ServedRuntime] = ModelCache(
             max_loaded_bytes, self._load, lambda s: s.runtime.size_bytes(), ServedRuntime.close
         )
@@ -149,7 +153,12 @@ class ModelService:
         runtime.run(np.zeros((1, *meta["input_shape"]), meta["input_dtype"]))  # warm up
         batching = self.batching(name)
         batcher = (
-            Batcher(runtime.run, batching, f"{name}-{version}-{runtime_name}")
+            Batcher(
+                runtime.run,
+                batching,
+                f"{name}-{version}-{runtime_name}",
+                lambda rows: self.observe_run(name, runtime_name, rows),
+            )
             if batching.enabled
             else None
         )
@@ -246,6 +255,7 @@ class ModelService:
         if served.batcher is not None:
             futures = served.batcher.submit(inputs)
         else:
+            self.observe_run(name, served.runtime.name, len(inputs))
             futures = [_done((served.runtime.run(inputs), len(inputs)))]
         return PendingPrediction(
             served,
@@ -334,6 +344,10 @@ class ModelService:
         for number in deleted:
             self._forget(name, number)
         return deleted
+
+    def queued(self) -> int:
+        """Request pieces waiting in the batchers of the loaded runtimes."""
+        return sum(s.batcher.queued() for s in self.cache.values() if s.batcher is not None)
 
     def close(self) -> None:
         """Releases every loaded runtime."""

@@ -13,6 +13,7 @@ from torchwire.kserve import grpc_predict_v2_pb2 as v2
 from torchwire.kserve import grpc_predict_v2_pb2_grpc as v2_grpc
 from torchwire.service.api.auth import AuthInterceptor, load_tokens
 from torchwire.service.api.errors import ErrorInterceptor
+from torchwire.service.api.metrics import MetricsInterceptor, ServiceMetrics
 from torchwire.service.api.servicer import TorchWireServicer, add_to_server
 from torchwire.service.api.v2 import InferenceServicer
 from torchwire.service.config import ServerConfig
@@ -42,16 +43,32 @@ class TorchwireServer:
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
         self.store = Store(config.store_dir, config.max_upload_bytes)
-        self.jobs = JobManager(self.store, config.max_concurrent_jobs, config.max_queued_jobs)
+        self.metrics = ServiceMetrics()
+        self.jobs = JobManager(
+            self.store,
+            config.max_concurrent_jobs,
+            config.max_queued_jobs,
+            self.metrics.observe_epoch,
+        )
         self.models = ModelService(
             self.store,
             config.max_loaded_bytes,
             BatchingConfig(config.batching, config.max_batch_size, config.max_batch_delay_ms),
             config.ort_intra_op_threads,
             config.max_predict_rows,
+            self.metrics.observe_run,
+        )
+        self.metrics.watch(
+            self.models.queued,
+            lambda: len(self.models.cache.loaded()),
+            self.store.registry.count_jobs,
         )
         self.health = health.HealthServicer()
-        interceptors: list[grpc.ServerInterceptor] = [ErrorInterceptor()]
+        # Outermost first: metrics see every request, with the status errors were mapped to.
+        interceptors: list[grpc.ServerInterceptor] = [
+            MetricsInterceptor(self.metrics),
+            ErrorInterceptor(),
+        ]
         tokens = load_tokens(config.auth_tokens, config.auth_tokens_file)
         if tokens:
             interceptors.append(AuthInterceptor(tokens))  # inner: its refusals map to statuses
@@ -84,6 +101,9 @@ class TorchwireServer:
         if self.port == 0:
             raise OSError(f"cannot bind {config.address}")
         self.address = f"{config.address.rsplit(':', 1)[0]}:{self.port}"
+        self.metrics_port = (
+            self.metrics.serve(config.metrics_address) if config.metrics_address else 0
+        )
 
     def start(self) -> None:
         """Starts serving and reports SERVING to health checks."""
@@ -102,6 +122,7 @@ class TorchwireServer:
         self.jobs.shutdown(timeout=grace)
         drained.wait()
         self.models.close()
+        self.metrics.close()
         self.store.close()
         log.info("stopped")
 

@@ -7,6 +7,7 @@ from typing import Any
 
 import grpc
 
+from torchwire.service.api.errors import rewrap
 from torchwire.service.errors import Unauthenticated
 
 OPEN_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
@@ -52,17 +53,17 @@ def _refusal(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
     """The same kind of handler, answering UNAUTHENTICATED without running the method."""
     message = "a valid bearer token is required (metadata 'authorization: Bearer <token>')"
 
-    def deny(request: Any, context: grpc.ServicerContext) -> Any:
-        raise Unauthenticated(message)
+    def deny(behavior: Callable) -> Callable:
+        def refuse(request: Any, context: grpc.ServicerContext) -> Any:
+            raise Unauthenticated(message)
 
-    def deny_stream(request: Any, context: grpc.ServicerContext) -> Any:
-        raise Unauthenticated(message)
-        yield  # a generator, as streaming handlers are
+        return refuse
 
-    if handler.unary_unary:
-        return handler._replace(unary_unary=deny)
-    if handler.stream_unary:
-        return handler._replace(stream_unary=deny)
-    if handler.unary_stream:
-        return handler._replace(unary_stream=deny_stream)
-    return handler._replace(stream_stream=deny_stream)
+    def deny_stream(behavior: Callable) -> Callable:
+        def refuse(request: Any, context: grpc.ServicerContext) -> Any:
+            raise Unauthenticated(message)
+            yield  # a generator, as streaming handlers are
+
+        return refuse
+
+    return rewrap(handler, deny, deny_stream)

@@ -11,6 +11,20 @@ from torchwire.service.errors import TorchwireError
 log = logging.getLogger(__name__)
 
 
+def rewrap(
+    handler: Any, unary: Callable[[Callable], Callable], streaming: Callable[[Callable], Callable]
+) -> Any:
+    """The handler with its behaviour wrapped: `unary` for unary responses, `streaming` for
+    streamed ones (whose behaviour is a generator)."""
+    if handler.unary_unary:
+        return handler._replace(unary_unary=unary(handler.unary_unary))
+    if handler.stream_unary:
+        return handler._replace(stream_unary=unary(handler.stream_unary))
+    if handler.unary_stream:
+        return handler._replace(unary_stream=streaming(handler.unary_stream))
+    return handler._replace(stream_stream=streaming(handler.stream_stream))
+
+
 def _abort(context: grpc.ServicerContext, method: str, err: Exception) -> None:
     if isinstance(err, TorchwireError):
         context.abort(getattr(grpc.StatusCode, err.status), err.message)
@@ -26,32 +40,25 @@ class ErrorInterceptor(grpc.ServerInterceptor):
         if handler is None:
             return None
         method = handler_call_details.method
-        if handler.unary_unary:
-            return handler._replace(unary_unary=_unary(handler.unary_unary, method))
-        if handler.stream_unary:
-            return handler._replace(stream_unary=_unary(handler.stream_unary, method))
-        if handler.unary_stream:
-            return handler._replace(unary_stream=_streaming(handler.unary_stream, method))
-        return handler._replace(stream_stream=_streaming(handler.stream_stream, method))
 
+        def unary(behavior: Callable) -> Callable:
+            def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
+                try:
+                    return behavior(request, context)
+                except Exception as err:
+                    _abort(context, method, err)
+                    raise  # unreachable: abort raises
 
-def _unary(behavior: Callable, method: str) -> Callable:
-    def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
-        try:
-            return behavior(request, context)
-        except Exception as err:
-            _abort(context, method, err)
-            raise  # unreachable: abort raises
+            return wrapper
 
-    return wrapper
+        def streaming(behavior: Callable) -> Callable:
+            def wrapper(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                try:
+                    yield from behavior(request, context)
+                except Exception as err:
+                    _abort(context, method, err)
+                    raise
 
+            return wrapper
 
-def _streaming(behavior: Callable, method: str) -> Callable:
-    def wrapper(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-        try:
-            yield from behavior(request, context)
-        except Exception as err:
-            _abort(context, method, err)
-            raise
-
-    return wrapper
+        return rewrap(handler, unary, streaming)

@@ -42,9 +42,14 @@ class Batcher:
     """
 
     def __init__(
-        self, run: Callable[[np.ndarray], np.ndarray], config: BatchingConfig, name: str
+        self,
+        run: Callable[[np.ndarray], np.ndarray],
+        config: BatchingConfig,
+        name: str,
+        observe: Callable[[int], None] = lambda rows: None,
     ) -> None:
         self._run = run
+        self._observe = observe
         self.config = config
         self._queue: queue.SimpleQueue = queue.SimpleQueue()
         # Held during every model run, so that runs never overlap: what arrives during one
@@ -68,6 +73,7 @@ class Batcher:
         ):
             future: Future = Future()
             try:
+                self._observe(len(batch))
                 future.set_result((self._run(batch), len(batch)))
             except BaseException as err:
                 future.set_exception(err)
@@ -80,6 +86,10 @@ class Batcher:
             self._queue.put(_Piece(batch[start : start + self.config.max_batch_size], future))
             futures.append(future)
         return futures
+
+    def queued(self) -> int:
+        """Pieces waiting for a run."""
+        return self._queue.qsize()
 
     def close(self) -> None:
         """Finishes the queued pieces, then stops the thread."""
@@ -119,6 +129,7 @@ class Batcher:
     def _execute(self, run: list[_Piece], rows: int) -> None:
         batch = run[0].rows if len(run) == 1 else np.concatenate([p.rows for p in run])
         try:
+            self._observe(rows)
             outputs = self._run(batch)
         except BaseException as err:  # every waiter must hear about it
             for piece in run:

@@ -82,6 +82,11 @@ class ModelCache(Generic[Loaded]):
         for model in doomed:
             self._on_evict(model)
 
+    def values(self) -> list[Loaded]:
+        """The loaded models, least recently used first."""
+        with self._lock:
+            return [entry[0] for entry in self._models.values()]
+
     def loaded(self) -> list[Hashable]:
         """Keys of the loaded models, least recently used first."""
         with self._lock:

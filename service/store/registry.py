@@ -193,6 +193,10 @@ class Registry:
         )
         return [_job(row) for row in rows]
 
+    def count_jobs(self, state: str) -> int:
+        """How many jobs are in `state`."""
+        return int(self._query("SELECT COUNT(*) FROM jobs WHERE state = ?", (state,))[0][0])
+
     def active_jobs(self) -> list[JobRecord]:
         """Queued and running jobs, oldest first."""
         rows = self._query(
