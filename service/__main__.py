@@ -3,12 +3,12 @@ then serve until SIGTERM or SIGINT."""
 
 import argparse
 import dataclasses
-import logging
 import os
 import signal
 import sys
 import threading
 
+from torchwire.service import logs
 from torchwire.service.config import ServerConfig
 
 ENV_PREFIX = "TORCHWIRE_"
@@ -25,7 +25,7 @@ def _flag(text: str) -> bool:
     raise argparse.ArgumentTypeError(f"{text!r} is not a boolean (true/false)")
 
 
-def parse_config(argv: list[str]) -> tuple[ServerConfig, str]:
+def parse_config(argv: list[str]) -> tuple[ServerConfig, tuple[str, str]]:
     """Builds the config: a flag beats its TORCHWIRE_* variable, which beats the default.
 
     Every ServerConfig field has a flag (`store_dir` -> `--store-dir`) and a variable
@@ -48,8 +48,14 @@ def parse_config(argv: list[str]) -> tuple[ServerConfig, str]:
         default=os.environ.get(ENV_PREFIX + "LOG_LEVEL", "INFO"),
         choices=("DEBUG", "INFO", "WARNING", "ERROR"),
     )
+    parser.add_argument(
+        "--log-format",
+        default=os.environ.get(ENV_PREFIX + "LOG_FORMAT", "text"),
+        choices=logs.FORMATS,
+        help="text (default) or json: one object per line with request_id and job_id",
+    )
     args = vars(parser.parse_args(argv))
-    log_level = args.pop("log_level")
+    log_level = args.pop("log_level"), args.pop("log_format")
     try:
         return ServerConfig(**args), log_level
     except ValueError as err:
@@ -59,8 +65,8 @@ def parse_config(argv: list[str]) -> tuple[ServerConfig, str]:
 
 def main(argv: list[str] | None = None) -> int:
     """Serves until SIGTERM or SIGINT, then shuts down in order and returns 0."""
-    config, log_level = parse_config(sys.argv[1:] if argv is None else argv)
-    logging.basicConfig(level=log_level, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    config, (log_level, log_format) = parse_config(sys.argv[1:] if argv is None else argv)
+    logs.configure(log_level, log_format)
     from torchwire.service.server import TorchwireServer
 
     server = TorchwireServer(config)

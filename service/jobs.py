@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
+from torchwire.service import logs
 from torchwire.service.core import events
 from torchwire.service.core.checkpoint import load_checkpoint
 from torchwire.service.core.device import choose_device
@@ -49,6 +50,17 @@ CANCEL_WAIT_S = 10.0
 """How long CancelJob lets a worker stop by itself before terminating it."""
 CLIENT_CANCEL = "cancelled by client"
 SHUTDOWN = "server shutdown"
+_LOGGED = frozenset(
+    cls.kind
+    for cls in (
+        events.Queued,
+        events.Started,
+        events.Finished,
+        events.Failed,
+        events.Cancelled,
+        events.Interrupted,
+    )
+)
 _END_STATES = {
     events.Finished: SUCCEEDED,
     events.Failed: FAILED,
@@ -294,6 +306,9 @@ class JobManager:
 
     def _append(self, job_id: str, kind: str, payload: dict[str, Any], **job_fields: Any) -> None:
         self.registry.append_event(job_id, kind, payload, **job_fields)
+        if kind in _LOGGED:
+            with logs.bound(logs.job_id, job_id):
+                log.info("job %s: %s", kind, payload)
         with self._changed:
             self._generation += 1
             self._changed.notify_all()

@@ -1,5 +1,9 @@
 """Prometheus metrics: real traffic through both protocols, then a real HTTP scrape."""
 
+import json
+import signal
+import subprocess
+import sys
 import urllib.request
 from pathlib import Path
 
@@ -13,6 +17,7 @@ from torchwire.client import Client
 from torchwire.kserve import grpc_predict_v2_pb2 as v2
 from torchwire.kserve import grpc_predict_v2_pb2_grpc as v2_grpc
 from torchwire.service.core.data import BUILTIN_DATASETS
+from torchwire.v1 import torchwire_pb2 as pb
 
 X_TEST, _ = BUILTIN_DATASETS["digits"].load("test")
 
@@ -73,3 +78,49 @@ def test_metrics_cover_requests_models_and_jobs(tmp_path: Path) -> None:
     assert _value(after, "torchwire_jobs", state="running") == 0
     assert _value(after, "torchwire_training_epoch_seconds_count", model="metered") == 3
     assert _value(after, "torchwire_training_samples_per_second", model="metered") > 0
+
+
+def test_json_logs_carry_request_and_job_ids(tmp_path: Path) -> None:
+    stderr = tmp_path / "server.log"
+    with open(stderr, "w") as err:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "torchwire.service",
+                "--address",
+                "127.0.0.1:0",
+                "--store",
+                str(tmp_path / "store"),
+                "--log-format",
+                "json",
+                "--log-level",
+                "DEBUG",
+            ],
+            stdout=subprocess.PIPE,
+            stderr=err,
+            text=True,
+        )
+        try:
+            address = process.stdout.readline().split()[-1]
+            with Client(address) as client:
+                job = client.train("logged", "digits", epochs=1)
+                job.wait()
+                with pytest.raises(grpc.RpcError):
+                    client.stub.GetModel(
+                        pb.GetModelRequest(name="nope"), metadata=[("x-request-id", "req-42")]
+                    )
+        finally:
+            process.send_signal(signal.SIGTERM)
+            assert process.wait(timeout=60) == 0
+    lines = [json.loads(line) for line in stderr.read_text().splitlines() if line.startswith("{")]
+    assert lines
+    assert all(
+        {"time", "level", "logger", "message", "request_id", "job_id"} <= set(line)
+        for line in lines
+    )
+    access = [line for line in lines if line["request_id"] == "req-42"]
+    assert access
+    assert "GetModel NOT_FOUND" in access[-1]["message"]
+    job_lines = [line for line in lines if line["job_id"] == job.id]
+    assert any(line["message"].startswith("job finished") for line in job_lines)

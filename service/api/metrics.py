@@ -2,15 +2,20 @@
 protocol alike), model runs, loaded models, jobs and training, on an HTTP /metrics endpoint."""
 
 import functools
+import logging
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
+from torchwire.service import logs
 from torchwire.service.api.errors import rewrap
 from torchwire.service.store.registry import JOB_STATES
+
+log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS = (
     0.0005,
@@ -112,7 +117,9 @@ class ServiceMetrics:
 
 
 class MetricsInterceptor(grpc.ServerInterceptor):
-    """Counts every request by service, method and status code, and times it."""
+    """Counts every request by service, method and status code, and times it; binds its request
+    id (the client's `x-request-id`, or a new one) to the log records it causes, and logs it at
+    DEBUG level."""
 
     def __init__(self, metrics: ServiceMetrics) -> None:
         self.metrics = metrics
@@ -124,32 +131,38 @@ class MetricsInterceptor(grpc.ServerInterceptor):
         service, _, method = handler_call_details.method.lstrip("/").partition("/")
         latency = self.metrics.latency.labels(service, method)
         requests = self.metrics.requests
+        given = dict(handler_call_details.invocation_metadata or ()).get("x-request-id", "")
+        request_id = given[:64] or uuid.uuid4().hex[:16]
 
         def record(context: grpc.ServicerContext, started: float, failed: bool) -> None:
-            latency.observe(time.perf_counter() - started)
+            seconds = time.perf_counter() - started
+            latency.observe(seconds)
             code = context.code() or (grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK)
             requests.labels(service, method, code.name).inc()
+            log.debug("%s/%s %s in %.2f ms", service, method, code.name, 1000 * seconds)
 
         def unary(behavior: Callable) -> Callable:
             def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
                 started, failed = time.perf_counter(), True
-                try:
-                    response = behavior(request, context)
-                    failed = False
-                    return response
-                finally:
-                    record(context, started, failed)
+                with logs.bound(logs.request_id, request_id):
+                    try:
+                        response = behavior(request, context)
+                        failed = False
+                        return response
+                    finally:
+                        record(context, started, failed)
 
             return wrapper
 
         def streaming(behavior: Callable) -> Callable:
             def wrapper(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
                 started, failed = time.perf_counter(), True
-                try:
-                    yield from behavior(request, context)
-                    failed = False
-                finally:
-                    record(context, started, failed)
+                with logs.bound(logs.request_id, request_id):
+                    try:
+                        yield from behavior(request, context)
+                        failed = False
+                    finally:
+                        record(context, started, failed)
 
             return wrapper
 
