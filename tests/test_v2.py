@@ -186,3 +186,27 @@ def test_tritons_own_client_calls_a_torchwire_model(
     expected = client.predict(digits_model, batch, top_k=1)
     np.testing.assert_allclose(np.array(got["output"]), expected.raw, atol=1e-6)
     np.testing.assert_array_equal(np.array(got["class"]), expected.top_indices)
+
+
+def test_metadata_and_readiness_reject(stub, digits_model: str) -> None:
+    cases = [
+        (
+            lambda: stub.ModelMetadata(v2.ModelMetadataRequest(name="no-such-model")),
+            grpc.StatusCode.NOT_FOUND,
+            "'no-such-model'",
+        ),
+        (lambda: stub.ModelMetadata(v2.ModelMetadataRequest(name="../x")), INVALID, "name='../x'"),
+        (
+            lambda: stub.ModelMetadata(v2.ModelMetadataRequest(name=digits_model, version="v1")),
+            INVALID,
+            "version='v1'",
+        ),
+        (lambda: stub.ModelReady(v2.ModelReadyRequest(name="../x")), INVALID, "'../x'"),
+        (
+            lambda: stub.ModelReady(v2.ModelReadyRequest(name=digits_model, version="-1")),
+            INVALID,
+            "version='-1'",
+        ),
+    ]
+    for call, code, fragment in cases:
+        assert_rejected(call, code, fragment)
