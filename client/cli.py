@@ -62,6 +62,8 @@ def cmd_train(client: Client, args: argparse.Namespace) -> Any:
         )
         if getattr(args, key) is not None
     }
+    if args.tensorboard:
+        config["tensorboard"] = True
     job = client.train(
         args.model,
         args.dataset,
@@ -265,6 +267,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--patience", type=int)
     train.add_argument("--seed", type=int)
     train.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"))
+    train.add_argument(
+        "--tensorboard",
+        action="store_true",
+        help="write TensorBoard event files under the job's directory",
+    )
     train.add_argument("--wait", action="store_true", help="follow the job with a progress bar")
 
     jobs = command("jobs", cmd_jobs, "list jobs")

@@ -124,3 +124,22 @@ def test_json_logs_carry_request_and_job_ids(tmp_path: Path) -> None:
     assert "GetModel NOT_FOUND" in access[-1]["message"]
     job_lines = [line for line in lines if line["job_id"] == job.id]
     assert any(line["message"].startswith("job finished") for line in job_lines)
+
+
+def test_tensorboard_event_files_are_readable(client: Client, server) -> None:
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    job = client.train("boarded", "digits", epochs=3, tensorboard=True, batch_size=8)
+    assert job.wait().request.config.tensorboard
+    events = EventAccumulator(str(server.store.layout.job_dir(job.id) / "tensorboard"))
+    events.Reload()
+    scalars = events.Tags()["scalars"]
+    assert {"train/loss", "val/loss", "train/accuracy", "val/accuracy", "learning_rate"} <= set(
+        scalars
+    )
+    assert [e.step for e in events.Scalars("val/loss")] == [1, 2, 3]
+    history = job.history()
+    assert [e.value for e in events.Scalars("train/loss")] == pytest.approx(
+        [h["train_loss"] for h in history], rel=1e-6
+    )
+    assert events.Tags()["graph"]

@@ -26,6 +26,7 @@ from torchwire.service.core.data import (
 from torchwire.service.core.device import choose_device
 from torchwire.service.core.evaluation import align_output, evaluate
 from torchwire.service.core.models import ARCHITECTURES, ModelConfig
+from torchwire.service.core.tensorboard import TensorBoardLog
 from torchwire.service.errors import InvalidArgument
 
 #: Loss name -> (constructor, the task it trains).
@@ -62,6 +63,7 @@ class TrainConfig:
     drop_last: bool = False
     num_workers: int = 0
     device: str = "auto"
+    tensorboard: bool = False
 
     def __post_init__(self) -> None:
         _require(1 <= self.epochs <= 10_000, "config.epochs", self.epochs, "must be in [1, 10000]")
@@ -270,6 +272,9 @@ class Trainer:
         self.emit = emit
         self.should_stop = should_stop
         self.resume_from = resume_from
+        self.tensorboard = (
+            TensorBoardLog(checkpoint_dir / "tensorboard") if spec.config.tensorboard else None
+        )
         seed_everything(self.config.seed)
         loaders = split_and_load(
             dataset,
@@ -296,6 +301,13 @@ class Trainer:
         When resuming, the checkpoint's learning curve is replayed first, so that the best
         epoch and the patience count are where the interrupted run left them.
         """
+        try:
+            return self._run()
+        finally:
+            if self.tensorboard is not None:
+                self.tensorboard.close()
+
+    def _run(self) -> FitResult:
         config, result = self.config, FitResult()
         start = self._restore(result) if self.resume_from is not None else 1
         tracker = _Improvement(config.min_delta)
@@ -312,6 +324,9 @@ class Trainer:
                 start_epoch=start,
             )
         )
+        if self.tensorboard is not None:
+            example = torch.zeros(1, *self.model_config.input_shape, device=self.device)
+            self.tensorboard.graph(self.model, example)
         for epoch in range(start, config.epochs + 1):
             record = self._train_epoch(epoch)
             if record is None:
@@ -325,6 +340,8 @@ class Trainer:
             self._save("last", record, result.history)
             eta = record.seconds * (config.epochs - epoch)
             self.emit(events.EpochEnd(record, eta, config.epochs))
+            if self.tensorboard is not None:
+                self.tensorboard.epoch(record)
             patience_out = config.patience and tracker.bad_epochs >= config.patience
             if self.val_loader is not None and patience_out:
                 result.stopped_early = epoch < config.epochs
@@ -381,7 +398,10 @@ class Trainer:
             now = time.monotonic()
             if now - last_report >= PROGRESS_INTERVAL_S and step < steps:
                 last_report = now
-                self.emit(events.StepProgress(epoch, step, steps, loss.item()))
+                progress = events.StepProgress(epoch, step, steps, loss.item())
+                self.emit(progress)
+                if self.tensorboard is not None:
+                    self.tensorboard.step(progress, (epoch - 1) * steps + step)
         seconds = time.monotonic() - started
         metric_name = "accuracy" if self.config.task == CLASSIFICATION else "mae"
         record = events.EpochRecord(

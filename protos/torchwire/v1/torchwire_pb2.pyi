@@ -154,7 +154,7 @@ class ModelSpec(_message.Message):
     def __init__(self, mlp: _Optional[_Union[MLPSpec, _Mapping]] = ..., cnn: _Optional[_Union[CNNSpec, _Mapping]] = ...) -> None: ...
 
 class TrainingConfig(_message.Message):
-    __slots__ = ("epochs", "batch_size", "learning_rate", "optimizer", "momentum", "weight_decay", "loss", "val_fraction", "patience", "min_delta", "seed", "shuffle", "drop_last", "num_workers", "device")
+    __slots__ = ("epochs", "batch_size", "learning_rate", "optimizer", "momentum", "weight_decay", "loss", "val_fraction", "patience", "min_delta", "seed", "shuffle", "drop_last", "num_workers", "device", "tensorboard")
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
@@ -170,6 +170,7 @@ class TrainingConfig(_message.Message):
     DROP_LAST_FIELD_NUMBER: _ClassVar[int]
     NUM_WORKERS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
+    TENSORBOARD_FIELD_NUMBER: _ClassVar[int]
     epochs: int
     batch_size: int
     learning_rate: float
@@ -185,7 +186,8 @@ class TrainingConfig(_message.Message):
     drop_last: bool
     num_workers: int
     device: str
-    def __init__(self, epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., optimizer: _Optional[str] = ..., momentum: _Optional[float] = ..., weight_decay: _Optional[float] = ..., loss: _Optional[str] = ..., val_fraction: _Optional[float] = ..., patience: _Optional[int] = ..., min_delta: _Optional[float] = ..., seed: _Optional[int] = ..., shuffle: _Optional[bool] = ..., drop_last: _Optional[bool] = ..., num_workers: _Optional[int] = ..., device: _Optional[str] = ...) -> None: ...
+    tensorboard: bool
+    def __init__(self, epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., optimizer: _Optional[str] = ..., momentum: _Optional[float] = ..., weight_decay: _Optional[float] = ..., loss: _Optional[str] = ..., val_fraction: _Optional[float] = ..., patience: _Optional[int] = ..., min_delta: _Optional[float] = ..., seed: _Optional[int] = ..., shuffle: _Optional[bool] = ..., drop_last: _Optional[bool] = ..., num_workers: _Optional[int] = ..., device: _Optional[str] = ..., tensorboard: _Optional[bool] = ...) -> None: ...
 
 class TrainRequest(_message.Message):
     __slots__ = ("model_name", "dataset", "model", "config")
