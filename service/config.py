@@ -30,6 +30,10 @@ class ServerConfig:
         tls_client_ca: PEM file of the CA that signs client certificates: require mutual TLS.
         metrics_address: host:port for Prometheus' /metrics over HTTP; empty turns it off.
         max_upload_bytes: largest dataset an upload may store.
+        data_roots: folders that file sources (image folders, CSV, torchvision datasets) may
+            read, comma-separated; `<store_dir>/data` is always one.
+        allow_download: let torchvision datasets download into a data root when their files
+            are missing (off: the server reads only what is there).
         rpc_threads: threads serving RPCs.
         grace_seconds: how long in-flight RPCs may run on after shutdown begins.
     """
@@ -52,8 +56,15 @@ class ServerConfig:
     tls_client_ca: str = ""
     metrics_address: str = ""
     max_upload_bytes: int = 2 * 1024 * 1024 * 1024
+    data_roots: str = ""
+    allow_download: bool = False
     rpc_threads: int = 16
     grace_seconds: float = 10.0
+
+    @property
+    def data_root_paths(self) -> tuple[Path, ...]:
+        """`data_roots` as paths."""
+        return tuple(Path(p.strip()) for p in self.data_roots.split(",") if p.strip())
 
     def __post_init__(self) -> None:
         if bool(self.tls_cert) != bool(self.tls_key):

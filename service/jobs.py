@@ -13,24 +13,25 @@ import time
 import uuid
 from collections import deque
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from typing import Any
 
 from torchwire.service import logs
 from torchwire.service.core import events
 from torchwire.service.core.checkpoint import load_checkpoint
+from torchwire.service.core.data import DataPipeline, prepare
 from torchwire.service.core.device import choose_device
 from torchwire.service.core.training import TrainSpec, check_compatible
 from torchwire.service.errors import (
     FailedPrecondition,
+    InvalidArgument,
     NotFound,
     ResourceExhausted,
     TorchwireError,
     Unavailable,
 )
 from torchwire.service.store import Store
-from torchwire.service.store.datasets import DatasetLocation
 from torchwire.service.store.registry import (
     ACTIVE_STATES,
     CANCELLED,
@@ -76,7 +77,7 @@ class _Run:
     process: Any
     conn: Connection
     cancel: Any
-    location: DatasetLocation
+    pipeline: DataPipeline
     model_name: str
     cancel_reason: str = ""
     follower: threading.Thread | None = field(default=None)
@@ -113,7 +114,7 @@ class JobManager:
         self._lock = threading.Lock()
         self._changed = threading.Condition()
         self._generation = 0
-        self._queue: deque[tuple[str, DatasetLocation]] = deque()
+        self._queue: deque[tuple[str, DataPipeline]] = deque()
         self._running: dict[str, _Run] = {}
         self._stopping = False
         self._recover()
@@ -135,23 +136,49 @@ class JobManager:
 
     # --------------------------------------------------------------- requests
 
+    def _pipeline(self, spec: TrainSpec) -> DataPipeline:
+        """The job's data with its preprocessing, validated against the first sample."""
+        source = self.store.datasets.locate(spec.dataset, spec.split, spec.source)
+        return prepare(source, spec.transforms, spec.eval_transforms)
+
     def submit(self, spec: TrainSpec) -> JobRecord:
         """Validates a job against its data and queues it.
 
         Raises:
-            InvalidArgument / NotFound: the dataset, loss or device does not fit.
+            InvalidArgument / NotFound: the dataset, transforms, model, loss, device or the
+                version to start from does not fit.
             ResourceExhausted: every slot is busy and the queue is full.
             Unavailable: the server is shutting down.
         """
-        location = self.store.datasets.locate(spec.dataset, spec.split)
-        check_compatible(spec, location.info)
+        pipeline = self._pipeline(spec)
+        model_config = check_compatible(spec, pipeline.info)
         choose_device(spec.config.device)
+        if spec.init_from is not None:
+            spec = replace(spec, init_from=self._check_init(spec, model_config.to_dict()))
         with self._lock:
             self._check_capacity()
             job_id = uuid.uuid4().hex[:16]
             self.registry.create_job(job_id, spec.model_name, spec.to_dict())
-            self._enqueue(job_id, location)
+            self._enqueue(job_id, pipeline)
         return self.get(job_id)
+
+    def _check_init(self, spec: TrainSpec, built: dict[str, Any]) -> tuple[str, int]:
+        """The version to fine-tune from, resolved; it must build the same architecture."""
+        assert spec.init_from is not None
+        name, version = spec.init_from
+        record = self.store.models.get(name, version, "init_from.name")
+        self.store.models.verified_checkpoint(record)
+        trained = TrainSpec.from_dict(record.metadata["training"])
+        mine = (spec.architecture, spec.params, built["input_shape"])
+        theirs = (trained.architecture, trained.params, record.metadata["input_shape"])
+        if mine != theirs:
+            raise InvalidArgument.field(
+                "init_from",
+                f"{name} v{record.version}",
+                f"is a {theirs[0]} {theirs[1]} on inputs {theirs[2]}; this job builds a "
+                f"{mine[0]} {mine[1]} on inputs {mine[2]}",
+            )
+        return name, record.version
 
     def resume(self, job_id: str) -> JobRecord:
         """Queues an ended job again; it continues from its last checkpoint, if it has one.
@@ -162,7 +189,7 @@ class JobManager:
             ResourceExhausted / Unavailable: as for `submit`.
         """
         spec = TrainSpec.from_dict(self.get(job_id).request)
-        location = self.store.datasets.locate(spec.dataset, spec.split)
+        pipeline = self._pipeline(spec)
         with self._lock:
             # Checked under the lock: two concurrent resumes must not both queue the job.
             state = self.get(job_id).state
@@ -173,7 +200,7 @@ class JobManager:
                 )
             self._check_capacity()
             self.registry.update_job(job_id, state=QUEUED, finished_at=None, error="")
-            self._enqueue(job_id, location)
+            self._enqueue(job_id, pipeline)
         return self.get(job_id)
 
     def _check_capacity(self) -> None:
@@ -186,10 +213,10 @@ class JobManager:
                 f"max_concurrent_jobs={self.max_concurrent} busy slots"
             )
 
-    def _enqueue(self, job_id: str, location: DatasetLocation) -> None:
+    def _enqueue(self, job_id: str, pipeline: DataPipeline) -> None:
         """Called with `_lock` held."""
         self._record(job_id, events.Queued(position=len(self._queue)))
-        self._queue.append((job_id, location))
+        self._queue.append((job_id, pipeline))
         self._dispatch()
 
     def get(self, job_id: str) -> JobRecord:
@@ -316,22 +343,32 @@ class JobManager:
     def _dispatch(self) -> None:
         """Starts queued jobs while slots are free. Called with `_lock` held."""
         while self._queue and len(self._running) < self.max_concurrent and not self._stopping:
-            job_id, location = self._queue.popleft()
+            job_id, pipeline = self._queue.popleft()
             job = self.get(job_id)
             checkpoint_dir = self.store.layout.job_dir(job_id)
             checkpoint_dir.mkdir(parents=True, exist_ok=True)
             last = checkpoint_dir / "last.pt"
             resume_from = str(last) if last.exists() else None
+            init = job.request.get("init_from")
+            init_from = str(self.store.layout.model_checkpoint(*init)) if init else None
             receiver, sender = self._context.Pipe(duplex=False)
             cancel = self._context.Event()
             process = self._context.Process(
                 target=run_job,
-                args=(job.request, location, str(checkpoint_dir), resume_from, sender, cancel),
+                args=(
+                    job.request,
+                    pipeline,
+                    str(checkpoint_dir),
+                    resume_from,
+                    init_from,
+                    sender,
+                    cancel,
+                ),
                 name=f"torchwire-job-{job_id}",
             )
             process.start()
             sender.close()
-            run = _Run(process, receiver, cancel, location, job.model_name)
+            run = _Run(process, receiver, cancel, pipeline, job.model_name)
             self._running[job_id] = run
             self.registry.update_job(job_id, state=RUNNING, started_at=time.time())
             run.follower = threading.Thread(
@@ -381,13 +418,16 @@ class JobManager:
             self._end(job_id, events.Failed(reason))
             return
         job = self.get(job_id)
-        info = run.location.info
+        info = run.pipeline.info
+        spec = TrainSpec.from_dict(job.request)
         metadata = {
             "task": info.task,
             "input_shape": list(info.feature_shape),
             "input_dtype": info.feature_dtype,
-            "output_size": info.output_size,
+            "output_size": spec.config.objective.output_size(info),
             "classes": list(info.classes),
+            "eval_transforms": list(run.pipeline.eval_transforms),
+            "image_mode": run.pipeline.source.image_mode,
             "metrics": result["metrics"],
             "training": job.request,
             "best_epoch": result["best_epoch"],

@@ -14,7 +14,7 @@ import torch
 from torchwire.service.core.batching import Batcher, BatchingConfig
 from torchwire.service.core.cache import ModelCache
 from torchwire.service.core.checkpoint import load_model
-from torchwire.service.core.data import CLASSIFICATION, eval_loader
+from torchwire.service.core.data import CLASSIFICATION, eval_loader, prepare
 from torchwire.service.core.device import choose_device
 from torchwire.service.core.evaluation import EvaluationResult, evaluate
 from torchwire.service.core.export import FILE_NAMES, RUNTIME_OF, TORCHSCRIPT, export_model
@@ -29,7 +29,9 @@ from torchwire.service.core.runtimes import (
     load_torchscript,
     postprocess,
 )
-from torchwire.service.core.training import LOSSES
+from torchwire.service.core.sources import FileSource
+from torchwire.service.core.training import TrainSpec
+from torchwire.service.core.transforms import preprocess_images
 from torchwire.service.errors import (
     DeadlineExceeded,
     FailedPrecondition,
@@ -199,6 +201,30 @@ class ModelService:
 
     # -------------------------------------------------------------- inference
 
+    def decode_images(self, name: str, version: int, images: list[bytes]) -> np.ndarray:
+        """Encoded images as the batch the version takes: decoded to its image mode and put
+        through its evaluation transforms.
+
+        Raises:
+            NotFound: the model or version does not exist.
+            InvalidArgument: the version was not trained on images, or an image is bad.
+        """
+        if len(images) > self.max_predict_rows:
+            raise ResourceExhausted(
+                f"images has {len(images)} entries; max_predict_rows={self.max_predict_rows}"
+            )
+        record = self.store.models.get(name, version)
+        meta = record.metadata
+        if not meta.get("image_mode"):
+            raise InvalidArgument.field(
+                "images",
+                f"{len(images)} images",
+                f"model {name!r} v{record.version} was trained on tensors; send inputs",
+            )
+        return preprocess_images(
+            images, meta["image_mode"], meta["eval_transforms"], meta["input_shape"]
+        )
+
     def submit(
         self,
         name: str,
@@ -266,18 +292,28 @@ class ModelService:
         )
 
     def evaluate(
-        self, name: str, version: int, dataset: str, split: str, batch_size: int
+        self,
+        name: str,
+        version: int,
+        dataset: str,
+        split: str,
+        batch_size: int,
+        source: FileSource | None = None,
     ) -> tuple[ModelVersionRecord, EvaluationResult]:
-        """Evaluates a version (in eager PyTorch) on a dataset split with its training loss.
+        """Evaluates a version (in eager PyTorch) on a dataset split, or on the files of a
+        source, with its evaluation transforms and its training loss.
 
         Raises:
-            NotFound: the model, version, dataset or split does not exist.
-            InvalidArgument: the dataset does not fit the model's input or task.
+            NotFound: the model, version, dataset, split or path does not exist.
+            InvalidArgument: the data does not fit the model's input, task or classes.
         """
         served = self.served(name, version, EAGER)
         record, meta = served.record, served.record.metadata
-        location = self.store.datasets.locate(dataset, split)
-        info = location.info
+        eval_transforms = meta.get("eval_transforms", [])
+        pipeline = prepare(
+            self.store.datasets.locate(dataset, split, source), eval_transforms, eval_transforms
+        )
+        info = pipeline.info
         if list(info.feature_shape) != meta["input_shape"] or info.task != meta["task"]:
             raise InvalidArgument.field(
                 "dataset.name",
@@ -286,20 +322,24 @@ class ModelService:
                 f"{name!r} v{record.version} takes {meta['task']} inputs of shape "
                 f"{meta['input_shape']}",
             )
-        if info.task == CLASSIFICATION and len(info.classes) > meta["output_size"]:
+        if (
+            info.task == CLASSIFICATION
+            and list(info.classes) != meta["classes"][: len(info.classes)]
+        ):
             raise InvalidArgument.field(
-                "dataset.name",
-                dataset,
-                f"has {len(info.classes)} classes but the model predicts {meta['output_size']}",
+                "dataset",
+                info.name,
+                f"has the classes {list(info.classes)}, but model {name!r} "
+                f"v{record.version} was trained on {meta['classes']}",
             )
         assert isinstance(served.runtime, TorchRuntime)
-        loss_fn = LOSSES[meta["training"]["config"]["loss"]][0]()
-        loader = eval_loader(location.open(), batch_size, self.device)
+        config = TrainSpec.from_dict(meta["training"]).config
+        loader = eval_loader(pipeline.eval_set(), batch_size, self.device)
         return record, evaluate(
             served.runtime.module,
             loader,
-            loss_fn,
-            meta["task"],
+            config.objective,
+            config.objective.make(config.label_smoothing),
             tuple(meta["classes"]),
             self.device,
         )

@@ -42,7 +42,12 @@ class TorchwireServer:
 
     def __init__(self, config: ServerConfig) -> None:
         self.config = config
-        self.store = Store(config.store_dir, config.max_upload_bytes)
+        self.store = Store(
+            config.store_dir,
+            config.max_upload_bytes,
+            config.data_root_paths,
+            config.allow_download,
+        )
         self.metrics = ServiceMetrics()
         self.jobs = JobManager(
             self.store,

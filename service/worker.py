@@ -14,10 +14,10 @@ from multiprocessing.synchronize import Event as CancelFlag
 from pathlib import Path
 from typing import Any
 
+from torchwire.service.core.data import DataPipeline
 from torchwire.service.core.events import Event, to_payload
 from torchwire.service.core.training import Trainer, TrainSpec
 from torchwire.service.errors import TorchwireError
-from torchwire.service.store.datasets import DatasetLocation
 
 PARENT_POLL_S = 0.2
 
@@ -41,13 +41,15 @@ def _exit_with_parent() -> None:
 
 def run_job(
     spec_dict: dict[str, Any],
-    location: DatasetLocation,
+    pipeline: DataPipeline,
     checkpoint_dir: str,
     resume_from: str | None,
+    init_from: str | None,
     conn: Connection,
     cancel: CancelFlag,
 ) -> None:
-    """Entry point of a spawned worker process: trains (or resumes), checkpoints and reports."""
+    """Entry point of a spawned worker process: trains (resumes, or fine-tunes from
+    `init_from`), checkpoints and reports."""
     _exit_with_parent()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
 
@@ -58,12 +60,12 @@ def run_job(
         spec = TrainSpec.from_dict(spec_dict)
         trainer = Trainer(
             spec,
-            location.info,
-            location.open(),
+            pipeline,
             Path(checkpoint_dir),
             emit,
             should_stop=cancel.is_set,
             resume_from=Path(resume_from) if resume_from else None,
+            init_from=Path(init_from) if init_from else None,
         )
         result = trainer.run()
         conn.send(

@@ -1,7 +1,10 @@
 """The training core as a plain library: no gRPC, real tensors, real files."""
 
 import pickle
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -10,25 +13,51 @@ from sklearn.metrics import confusion_matrix, precision_score, recall_score
 
 from torchwire.service.core import events
 from torchwire.service.core.checkpoint import load_checkpoint, load_model, save_checkpoint, unwrap
-from torchwire.service.core.data import BUILTIN_DATASETS, ArrayDataset, TensorBatches, eval_loader
+from torchwire.service.core.data import (
+    BUILTIN_DATASETS,
+    ArrayDataset,
+    DataPipeline,
+    DatasetInfo,
+    TensorBatches,
+    eval_loader,
+)
 from torchwire.service.core.device import choose_device
 from torchwire.service.core.evaluation import evaluate
 from torchwire.service.core.models import CNNParams, MLPParams, ModelConfig
+from torchwire.service.core.objectives import OBJECTIVES
 from torchwire.service.core.training import TrainConfig, Trainer, TrainSpec
 from torchwire.service.errors import FailedPrecondition, InvalidArgument
 
 DIGITS = BUILTIN_DATASETS["digits"]
+CROSS_ENTROPY = OBJECTIVES["cross_entropy"]
+
+
+@dataclass(frozen=True)
+class Arrays:
+    """A sample source over arrays, opened with a fixed transform unless given another."""
+
+    info: DatasetInfo
+    x: np.ndarray
+    y: np.ndarray
+    transform: Callable[[Any], Any] | None = None
+    image_mode: str = ""
+
+    def open(self, transform: Callable[[Any], Any] | None = None) -> ArrayDataset:
+        return ArrayDataset(self.x, self.y, self.info.task, transform or self.transform)
+
+
+def digits(transform: Callable[[Any], Any] | None = None) -> DataPipeline:
+    """The digits' training split as a pipeline without preprocessing."""
+    x, y = DIGITS.load("train")
+    return DataPipeline(Arrays(DIGITS.info, x, y, transform), (), (), DIGITS.info)
 
 
 def _train(tmp_path: Path, architecture: str = "mlp", params=None, **config) -> tuple:
     spec = TrainSpec(
         "m", "digits", "train", architecture, params or MLPParams(), TrainConfig(**config)
     )
-    x, y = DIGITS.load("train")
     seen: list[events.Event] = []
-    trainer = Trainer(
-        spec, DIGITS.info, ArrayDataset(x, y, "classification"), tmp_path, seen.append
-    )
+    trainer = Trainer(spec, digits(), tmp_path, seen.append)
     return trainer.run(), seen, trainer
 
 
@@ -107,10 +136,10 @@ def test_evaluate_matches_sklearn_and_respects_eval_mode(tmp_path: Path) -> None
     loss_fn = torch.nn.CrossEntropyLoss()
     model.train()
     first = evaluate(
-        model, loader, loss_fn, "classification", DIGITS.info.classes, torch.device("cpu")
+        model, loader, CROSS_ENTROPY, loss_fn, DIGITS.info.classes, torch.device("cpu")
     )
     second = evaluate(
-        model, loader, loss_fn, "classification", DIGITS.info.classes, torch.device("cpu")
+        model, loader, CROSS_ENTROPY, loss_fn, DIGITS.info.classes, torch.device("cpu")
     )
     assert model.training  # evaluate restores the mode it found
     assert first.loss == second.loss  # dropout was off while evaluating
@@ -135,8 +164,8 @@ def test_regression_metrics(tmp_path: Path) -> None:
     result = evaluate(
         model,
         eval_loader(ArrayDataset(x, y, "regression"), 64, torch.device("cpu")),
+        OBJECTIVES["mse"],
         torch.nn.MSELoss(),
-        "regression",
         (),
         torch.device("cpu"),
     )
@@ -146,7 +175,6 @@ def test_regression_metrics(tmp_path: Path) -> None:
 
 def test_cancel_stops_within_a_batch(tmp_path: Path) -> None:
     spec = TrainSpec("m", "digits", "train", "mlp", MLPParams(), TrainConfig(epochs=5))
-    x, y = DIGITS.load("train")
     batches = 0
 
     def should_stop() -> bool:
@@ -154,14 +182,7 @@ def test_cancel_stops_within_a_batch(tmp_path: Path) -> None:
         batches += 1
         return batches > 3
 
-    result = Trainer(
-        spec,
-        DIGITS.info,
-        ArrayDataset(x, y, "classification"),
-        tmp_path,
-        lambda e: None,
-        should_stop,
-    ).run()
+    result = Trainer(spec, digits(), tmp_path, lambda e: None, should_stop).run()
     assert result.cancelled
     assert batches == 4
     assert not result.history
@@ -225,11 +246,9 @@ def test_checkpoint_write_is_atomic(tmp_path: Path) -> None:
 
 def test_fast_path_and_dataloader_path_train_alike(tmp_path: Path) -> None:
     spec = TrainSpec("m", "digits", "train", "mlp", MLPParams(), TrainConfig(epochs=5, seed=3))
-    x, y = DIGITS.load("train")
     runs = {}
     for name, transform in (("fast", None), ("dataloader", torch.nn.Identity())):
-        dataset = ArrayDataset(x, y, "classification", transform=transform)
-        trainer = Trainer(spec, DIGITS.info, dataset, tmp_path / name, lambda e: None)
+        trainer = Trainer(spec, digits(transform), tmp_path / name, lambda e: None)
         runs[name] = (trainer, trainer.run())
     assert isinstance(runs["fast"][0].train_loader, TensorBatches)
     assert isinstance(runs["dataloader"][0].train_loader, torch.utils.data.DataLoader)

@@ -15,9 +15,10 @@ from tests.conftest import assert_rejected
 from torchwire.client import Client
 from torchwire.client.demo import start_server
 from torchwire.service.core.checkpoint import load_checkpoint
-from torchwire.service.core.data import BUILTIN_DATASETS, ArrayDataset
+from torchwire.service.core.data import BUILTIN_DATASETS, prepare
 from torchwire.service.core.models import MLPParams
 from torchwire.service.core.training import TrainConfig, Trainer, TrainSpec
+from torchwire.service.store.datasets import DatasetLocation
 from torchwire.v1 import torchwire_pb2 as pb
 
 X_TEST, Y_TEST = BUILTIN_DATASETS["digits"].load("test")
@@ -125,8 +126,7 @@ def test_resume_job_rejects(client: Client, digits_model: str) -> None:
 
 
 def test_resume_continues_the_curve_and_the_optimizer(tmp_path: Path) -> None:
-    x, y = BUILTIN_DATASETS["digits"].load("train")
-    dataset = ArrayDataset(x, y, "classification")
+    pipeline = prepare(DatasetLocation(BUILTIN_DATASETS["digits"].info, "train", None))
 
     def trainer(epochs: int, resume: Path | None = None) -> Trainer:
         spec = TrainSpec(
@@ -139,8 +139,7 @@ def test_resume_continues_the_curve_and_the_optimizer(tmp_path: Path) -> None:
         )
         return Trainer(
             spec,
-            BUILTIN_DATASETS["digits"].info,
-            dataset,
+            pipeline,
             tmp_path,
             lambda e: None,
             resume_from=resume,

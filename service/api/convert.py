@@ -12,8 +12,9 @@ from torchwire.service.core.batching import BatchingConfig
 from torchwire.service.core.data import DatasetInfo
 from torchwire.service.core.evaluation import EvaluationResult
 from torchwire.service.core.export import ONNX, TORCHSCRIPT
-from torchwire.service.core.models import CNNParams, MLPParams
+from torchwire.service.core.models import CNNParams, MLPParams, PluginParams, TorchvisionParams
 from torchwire.service.core.runtimes import Prediction
+from torchwire.service.core.sources import FileSource
 from torchwire.service.core.training import TrainConfig, TrainSpec
 from torchwire.service.errors import InvalidArgument
 from torchwire.service.store.layout import check_name
@@ -23,7 +24,12 @@ from torchwire.v1 import torchwire_pb2 as pb
 
 JOB_STATE_TO_PB = {state: pb.JobState.Value(f"JOB_STATE_{state.upper()}") for state in JOB_STATES}
 JOB_STATE_FROM_PB = {value: state for state, value in JOB_STATE_TO_PB.items()}
-_PARAMS = {"mlp": (MLPParams, pb.MLPSpec), "cnn": (CNNParams, pb.CNNSpec)}
+_PARAMS = {
+    "mlp": (MLPParams, pb.MLPSpec),
+    "cnn": (CNNParams, pb.CNNSpec),
+    "torchvision": (TorchvisionParams, pb.TorchvisionSpec),
+    "plugin": (PluginParams, pb.PluginModelSpec),
+}
 
 
 def decode_tensor(field: str, tensor: pb.Tensor) -> np.ndarray:
@@ -56,21 +62,72 @@ def _present(message: Message) -> dict[str, Any]:
     return values
 
 
+def _whole(value: Any) -> Any:
+    """Struct numbers are doubles: whole ones become ints, recursively."""
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, dict):
+        return {k: _whole(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_whole(v) for v in value]
+    return value
+
+
+def model_params(spec: pb.ModelSpec) -> tuple[str, Any]:
+    """The architecture's name and parameters; unset means an MLP with defaults."""
+    architecture = spec.WhichOneof("architecture") or "mlp"
+    params_type, _ = _PARAMS[architecture]
+    message = getattr(spec, architecture)
+    if architecture == "plugin":
+        options = _whole(json_format.MessageToDict(message.options))
+        return architecture, PluginParams(message.name, options)
+    given = _present(message)
+    return architecture, params_type(
+        **{k: tuple(v) if not isinstance(v, float | bool | str) else v for k, v in given.items()}
+    )
+
+
+def file_source(ref: pb.DatasetRef) -> FileSource | None:
+    """The files a DatasetRef names, None when it names a dataset."""
+    if not ref.HasField("source"):
+        if not ref.name:
+            raise InvalidArgument.field(
+                "dataset.name", "", "is required (e.g. 'digits'), or give dataset.source"
+            )
+        return None
+    source = ref.source
+    return FileSource(
+        format=source.format,
+        path=source.path,
+        label_pattern=source.label_pattern,
+        target_columns=tuple(source.target_columns),
+        feature_columns=tuple(source.feature_columns),
+        task=source.task,
+    )
+
+
+def transform_specs(messages: Any) -> tuple[dict[str, Any], ...]:
+    """Transform messages as the core's one-key dicts."""
+    return tuple(json_format.MessageToDict(m, preserving_proto_field_name=True) for m in messages)
+
+
 def train_spec(request: pb.TrainRequest) -> TrainSpec:
     """Validates a TrainRequest's own fields and builds the core spec; defaults fill the gaps."""
     check_name("model_name", request.model_name)
-    if not request.dataset.name:
-        raise InvalidArgument.field("dataset.name", "", "is required (e.g. 'digits')")
-    architecture = request.model.WhichOneof("architecture") or "mlp"
-    params_type, _ = _PARAMS[architecture]
-    given = _present(getattr(request.model, architecture))
-    params = params_type(
-        **{k: tuple(v) if not isinstance(v, float) else v for k, v in given.items()}
-    )
+    source = file_source(request.dataset)
+    architecture, params = model_params(request.model)
     config_fields = {f.name for f in fields(TrainConfig)}
     config = TrainConfig(
         **{k: v for k, v in _present(request.config).items() if k in config_fields}
     )
+    init_from = None
+    if request.HasField("init_from"):
+        check_name("init_from.name", request.init_from.name)
+        if request.init_from.version < 0:
+            raise InvalidArgument.field(
+                "init_from.version", request.init_from.version, "must be >= 0 (0: the latest)"
+            )
+        init_from = (request.init_from.name, request.init_from.version)
     return TrainSpec(
         model_name=request.model_name,
         dataset=request.dataset.name,
@@ -78,19 +135,37 @@ def train_spec(request: pb.TrainRequest) -> TrainSpec:
         architecture=architecture,
         params=params,
         config=config,
+        source=source,
+        transforms=transform_specs(request.transforms),
+        eval_transforms=transform_specs(request.eval_transforms),
+        init_from=init_from,
     )
+
+
+def _transforms(specs: Any) -> list[pb.Transform]:
+    return [json_format.ParseDict(spec, pb.Transform()) for spec in specs]
 
 
 def train_request(spec_dict: dict[str, Any]) -> pb.TrainRequest:
     """The TrainRequest of a recorded spec, with every default filled in."""
     spec = TrainSpec.from_dict(spec_dict)
     _, message_type = _PARAMS[spec.architecture]
-    return pb.TrainRequest(
+    dataset = pb.DatasetRef(name=spec.dataset, split=spec.split)
+    if spec.source is not None:
+        dataset.source.CopyFrom(pb.DataSource(**asdict(spec.source)))
+    request = pb.TrainRequest(
         model_name=spec.model_name,
-        dataset=pb.DatasetRef(name=spec.dataset, split=spec.split),
-        model=pb.ModelSpec(**{spec.architecture: message_type(**asdict(spec.params))}),
+        dataset=dataset,
+        model=pb.ModelSpec(
+            **{spec.architecture: json_format.ParseDict(asdict(spec.params), message_type())}
+        ),
         config=pb.TrainingConfig(**asdict(spec.config)),
+        transforms=_transforms(spec.transforms),
+        eval_transforms=_transforms(spec.eval_transforms),
     )
+    if spec.init_from is not None:
+        request.init_from.CopyFrom(pb.ModelRef(name=spec.init_from[0], version=spec.init_from[1]))
+    return request
 
 
 def epoch_metrics(payload: dict[str, Any]) -> pb.EpochMetrics:
@@ -184,6 +259,8 @@ def model_version(
         best_epoch=meta["best_epoch"],
         history=[epoch_metrics(h) for h in meta["history"]] if with_history else [],
         artifacts=[artifact(fmt, m) for fmt, m in artifacts.items()],
+        eval_transforms=_transforms(meta.get("eval_transforms", [])),
+        image_mode=meta.get("image_mode", ""),
     )
 
 

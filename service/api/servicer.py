@@ -114,8 +114,7 @@ class TorchWireServicer(pb_grpc.TorchWireServicer):
         return convert.job(record, self.jobs.history(record.id))
 
     def Evaluate(self, request, context):
-        if not request.dataset.name:
-            raise InvalidArgument.field("dataset.name", "", "is required")
+        source = convert.file_source(request.dataset)
         batch_size = _bounded("batch_size", request.batch_size, 256, 65536)
         record, result = self.models.evaluate(
             request.model_name,
@@ -123,6 +122,7 @@ class TorchWireServicer(pb_grpc.TorchWireServicer):
             request.dataset.name,
             request.dataset.split or "test",
             batch_size,
+            source,
         )
         return convert.evaluation(record, result)
 
@@ -149,7 +149,16 @@ class TorchWireServicer(pb_grpc.TorchWireServicer):
             raise InvalidArgument.field("outputs", list(request.outputs), "unknown PredictOutput")
         if request.top_k < 0:
             raise InvalidArgument.field("top_k", request.top_k, "must be >= 0 (0 means 1)")
-        inputs = convert.decode_tensor("inputs", request.inputs)
+        if request.images:
+            if request.HasField("inputs"):
+                raise InvalidArgument.field(
+                    "images", f"{len(request.images)} images", "give inputs or images, not both"
+                )
+            inputs = self.models.decode_images(
+                request.model_name, request.version, list(request.images)
+            )
+        else:
+            inputs = convert.decode_tensor("inputs", request.inputs)
         return self.models.submit(
             request.model_name, request.version, inputs, set(names), request.top_k, request.runtime
         )

@@ -1,13 +1,15 @@
-"""Datasets and DataLoaders: array-backed Datasets, the built-in digits, the validation split."""
+"""Datasets and DataLoaders: array-backed Datasets, the built-in digits, the preprocessing
+pipeline of a request, and the validation split."""
 
-from collections.abc import Callable, Iterator
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass, replace
+from typing import Any, Protocol
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, random_split
+from torch.utils.data import DataLoader, Dataset, Subset, random_split
 
+from torchwire.service.core import transforms as tf
 from torchwire.service.errors import InvalidArgument
 
 CLASSIFICATION = "classification"
@@ -51,6 +53,7 @@ class ArrayDataset(Dataset):
         targets: np.ndarray,
         task: str,
         transform: Callable[[torch.Tensor], torch.Tensor] | None = None,
+        classes: Sequence[str] = (),
     ) -> None:
         if len(features) != len(targets):
             raise ValueError(f"{len(features)} feature rows but {len(targets)} targets")
@@ -58,6 +61,7 @@ class ArrayDataset(Dataset):
         self.targets = targets
         self.target_dtype = torch.int64 if task == CLASSIFICATION else torch.float32
         self.transform = transform
+        self.classes = list(classes)
 
     def __len__(self) -> int:
         return len(self.features)
@@ -122,6 +126,86 @@ BUILTIN_DATASETS: dict[str, BuiltinDataset] = {
         load=_load_digits_split,
     ),
 }
+
+
+class SampleSource(Protocol):
+    """One split of a dataset, picklable so that a worker process can open it."""
+
+    info: DatasetInfo
+    image_mode: str  # "L" or "RGB" when samples are images, "" when they are tensors
+
+    def open(self, transform: Callable[[Any], Any] | None = None) -> Dataset:
+        """The samples, with `transform` applied to each one's features."""
+        ...
+
+
+@dataclass(frozen=True)
+class DataPipeline:
+    """A source with its training and evaluation preprocessing, and what comes out of them.
+
+    Attributes:
+        source: where the samples come from.
+        transforms: transform specs for training samples (augmentation included).
+        eval_transforms: transform specs for validation, evaluation and Predict.
+        info: the source's description, with the feature shape after `eval_transforms`.
+    """
+
+    source: SampleSource
+    transforms: tuple[tf.Spec, ...]
+    eval_transforms: tuple[tf.Spec, ...]
+    info: DatasetInfo
+
+    def train_set(self) -> Dataset:
+        """The samples as training sees them."""
+        return self.source.open(self._compose(self.transforms, "transforms"))
+
+    def eval_set(self) -> Dataset:
+        """The samples as validation, Evaluate and Predict see them."""
+        return self.source.open(self._compose(self.eval_transforms, "eval_transforms"))
+
+    def _compose(self, specs: tuple[tf.Spec, ...], field: str) -> Callable | None:
+        if self.source.image_mode:
+            specs = tuple(tf.with_to_tensor(specs))
+        return tf.build(specs, field) if specs else None
+
+
+def prepare(
+    source: SampleSource,
+    transforms: Sequence[tf.Spec] = (),
+    eval_transforms: Sequence[tf.Spec] = (),
+) -> DataPipeline:
+    """Validates the preprocessing against the first sample and returns the pipeline.
+
+    Empty `eval_transforms` are derived from `transforms` (see `transforms.derive_eval`).
+
+    Raises:
+        InvalidArgument: a transform is malformed, fails on the data, or the training and
+            evaluation transforms produce different shapes.
+    """
+    evaluation = tuple(eval_transforms) or tuple(tf.derive_eval(transforms))
+    pipeline = DataPipeline(source, tuple(transforms), evaluation, source.info)
+    if not (transforms or evaluation or source.image_mode):
+        return pipeline  # tensors as stored: the source's shape holds
+    shapes = {}
+    for field, make in (("eval_transforms", pipeline.eval_set), ("transforms", pipeline.train_set)):
+        dataset = make()
+        if not len(dataset):  # type: ignore[arg-type]
+            raise InvalidArgument.field("dataset", source.info.name, "holds no samples")
+        try:
+            sample = dataset[0][0]
+        except Exception as err:  # a transform that does not fit the data
+            raise InvalidArgument.field(
+                field, list(getattr(pipeline, field)), f"fail on the first sample: {err}"
+            ) from err
+        shapes[field] = tuple(sample.shape)
+    if shapes["transforms"] != shapes["eval_transforms"]:
+        raise InvalidArgument.field(
+            "eval_transforms",
+            list(evaluation),
+            f"give samples of shape {list(shapes['eval_transforms'])}, but the training "
+            f"transforms give {list(shapes['transforms'])}",
+        )
+    return replace(pipeline, info=replace(source.info, feature_shape=shapes["eval_transforms"]))
 
 
 def check_split(field: str, split: str) -> str:
@@ -208,6 +292,7 @@ class Loaders:
 def split_and_load(
     dataset: Dataset,
     *,
+    val_dataset: Dataset | None = None,
     batch_size: int,
     shuffle: bool,
     drop_last: bool,
@@ -217,6 +302,9 @@ def split_and_load(
     device: torch.device,
 ) -> Loaders:
     """Holds out a validation subset with `random_split` and batches both parts.
+
+    `val_dataset` holds the same samples as `dataset` with the evaluation preprocessing; the
+    validation subset is taken from it (None: from `dataset`).
 
     In-memory array data without transforms, loaded in-process (`num_workers` 0), takes the
     fast path: both subsets move to the device once and batches are sliced from there.
@@ -229,13 +317,11 @@ def split_and_load(
     n_train, n_val = split_sizes(len(dataset), val_fraction, batch_size, drop_last)  # type: ignore[arg-type]
     generator = torch.Generator().manual_seed(seed)
     train_set, val_set = random_split(dataset, [n_train, n_val], generator=generator)
+    if val_dataset is not None:
+        val_set = Subset(val_dataset, val_set.indices)
     val_batch = max(batch_size, 256)
-    if (
-        isinstance(dataset, ArrayDataset)
-        and dataset.transform is None
-        and num_workers == 0
-        and dataset.nbytes <= FAST_PATH_MAX_BYTES
-    ):
+    if _in_memory(dataset) and _in_memory(val_dataset or dataset) and num_workers == 0:
+        assert isinstance(dataset, ArrayDataset)
         features, targets = dataset.tensors(device)
         train = TensorBatches(
             features,

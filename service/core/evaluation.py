@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from torchwire.service.core.data import CLASSIFICATION
+from torchwire.service.core.objectives import Objective
 
 
 @dataclass(frozen=True)
@@ -31,16 +32,11 @@ class EvaluationResult:
     confusion_matrix: torch.Tensor | None = None
 
 
-def align_output(output: torch.Tensor, target: torch.Tensor, task: str) -> torch.Tensor:
-    """Regression heads emit [n, k]; a scalar target per sample is [n]: view one as the other."""
-    return output if task == CLASSIFICATION else output.view_as(target)
-
-
 def evaluate(
     model: nn.Module,
     loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    objective: Objective,
     loss_fn: nn.Module,
-    task: str,
     classes: tuple[str, ...],
     device: torch.device,
 ) -> EvaluationResult:
@@ -49,37 +45,40 @@ def evaluate(
     Args:
         model: the module, already on `device`.
         loader: batches of (inputs, targets).
+        objective: how outputs meet targets (the task, binary or not).
         loss_fn: the training loss; its mean over samples is reported.
-        task: "classification" or "regression".
         classes: class names (classification), index = class id.
         device: where the model lives.
     """
     was_training = model.training
     model.eval()
-    loss_sum, count, abs_err = 0.0, 0, 0.0
+    task = objective.task
+    loss_sum, count, abs_err, sq_err = 0.0, 0, 0.0, 0.0
     num_classes = len(classes)
     confusion = torch.zeros(num_classes * num_classes, dtype=torch.int64, device=device)
     with torch.inference_mode():
         for inputs, targets in loader:
             inputs = inputs.to(device, non_blocking=True)
             targets = targets.to(device, non_blocking=True)
-            output = align_output(model(inputs), targets, task)
+            output = model(inputs).float()
             batch = len(targets)
-            loss_sum += loss_fn(output, targets).item() * batch
+            loss_sum += objective.loss(loss_fn, output, targets).item() * batch
             count += batch
             if task == CLASSIFICATION:
-                predicted = output.argmax(dim=1)
+                predicted = objective.predicted(output)
                 confusion += torch.bincount(
                     targets * num_classes + predicted, minlength=num_classes * num_classes
                 )
             else:
-                abs_err += (output - targets).abs().mean().item() * batch
+                error = output.view_as(targets) - targets
+                abs_err += error.abs().mean().item() * batch
+                sq_err += error.square().mean().item() * batch
     model.train(was_training)
     if count == 0:
         return EvaluationResult(num_samples=0, loss=float("nan"), metrics={})
     loss = loss_sum / count
     if task != CLASSIFICATION:
-        return EvaluationResult(count, loss, {"mse": loss, "mae": abs_err / count})
+        return EvaluationResult(count, loss, {"mse": sq_err / count, "mae": abs_err / count})
     matrix = confusion.view(num_classes, num_classes).cpu()
     true_positives = matrix.diag()
     predicted_totals = matrix.sum(dim=0)

@@ -44,6 +44,7 @@ class Started(Event):
     epochs: int
     steps_per_epoch: int
     start_epoch: int = 1
+    warm_started_tensors: int = 0
 
 
 @dataclass(frozen=True)

@@ -1,21 +1,33 @@
-"""Built-in architectures and the model config that rebuilds them from a checkpoint."""
+"""Architectures (the MLP, the CNN, torchvision's classifiers and plugins) and the model
+config that rebuilds them from a checkpoint."""
 
 import math
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+import torch
 from torch import nn
 
-from torchwire.service.errors import InvalidArgument
+from torchwire.service.core import plugins
+from torchwire.service.errors import InvalidArgument, TorchwireError
+
+ACTIVATIONS: dict[str, Callable[[], nn.Module]] = {
+    "relu": nn.ReLU,
+    "gelu": nn.GELU,
+    "silu": nn.SiLU,
+    "tanh": nn.Tanh,
+    "leaky_relu": nn.LeakyReLU,
+}
 
 
 @dataclass(frozen=True)
 class MLPParams:
-    """Flatten, then (Linear, ReLU, Dropout) per hidden layer, then a Linear head."""
+    """Flatten, then (Linear, activation, Dropout) per hidden layer, then a Linear head."""
 
     hidden_sizes: tuple[int, ...] = (128, 64)
     dropout: float = 0.0
+    activation: str = "relu"
 
 
 @dataclass(frozen=True)
@@ -24,6 +36,22 @@ class CNNParams:
 
     channels: tuple[int, ...] = (32, 64)
     dropout: float = 0.0
+    batch_norm: bool = True
+
+
+@dataclass(frozen=True)
+class TorchvisionParams:
+    """A torchvision classification architecture by name, with fresh weights."""
+
+    name: str = ""
+
+
+@dataclass(frozen=True)
+class PluginParams:
+    """A `torchwire.models` plugin by name, and the keyword arguments of its factory."""
+
+    name: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
 
 
 class MLP(nn.Module):
@@ -34,7 +62,8 @@ class MLP(nn.Module):
         layers: list[nn.Module] = [nn.Flatten()]
         width = math.prod(input_shape)
         for hidden in params.hidden_sizes:
-            layers += [nn.Linear(width, hidden), nn.ReLU(), nn.Dropout(params.dropout)]
+            activation = ACTIVATIONS[params.activation]()
+            layers += [nn.Linear(width, hidden), activation, nn.Dropout(params.dropout)]
             width = hidden
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(width, output_size)
@@ -53,7 +82,7 @@ class SmallCNN(nn.Module):
         for out_channels in params.channels:
             blocks += [
                 nn.Conv2d(in_channels, out_channels, kernel_size=3, padding=1),
-                nn.BatchNorm2d(out_channels),
+                nn.BatchNorm2d(out_channels) if params.batch_norm else nn.Identity(),
                 nn.ReLU(),
             ]
             # Pool only while the feature map is large enough to halve.
@@ -73,6 +102,73 @@ class SmallCNN(nn.Module):
         return self.head(self.features(x))
 
 
+def torchvision_model(
+    input_shape: tuple[int, ...], output_size: int, params: TorchvisionParams
+) -> nn.Module:
+    """A torchvision classifier with `output_size` classes whose first convolution takes
+    the data's channels."""
+    from torchvision import models
+
+    model = models.get_model(params.name, weights=None, num_classes=output_size)
+    first = next(((n, m) for n, m in model.named_modules() if isinstance(m, nn.Conv2d)), None)
+    if first is not None and first[1].in_channels != input_shape[0]:
+        parent, _, attribute = first[0].rpartition(".")
+        setattr(model.get_submodule(parent), attribute, _conv_like(first[1], input_shape[0]))
+    return model
+
+
+def _conv_like(conv: nn.Conv2d, in_channels: int) -> nn.Conv2d:
+    return nn.Conv2d(
+        in_channels,
+        conv.out_channels,
+        conv.kernel_size,  # type: ignore[arg-type]
+        conv.stride,  # type: ignore[arg-type]
+        conv.padding,  # type: ignore[arg-type]
+        conv.dilation,  # type: ignore[arg-type]
+        conv.groups,
+        conv.bias is not None,
+    )
+
+
+def plugin_model(input_shape: tuple[int, ...], output_size: int, params: PluginParams) -> nn.Module:
+    """The module a `torchwire.models` plugin's factory builds."""
+    factory = plugins.load(plugins.MODELS, params.name)
+    module = factory(input_shape, output_size, **params.options)
+    if not isinstance(module, nn.Module):
+        raise InvalidArgument.field(
+            "model.plugin.name", params.name, f"built a {type(module).__name__}, not an nn.Module"
+        )
+    return module
+
+
+def _torchvision_names() -> list[str]:
+    from torchvision import models
+
+    return models.list_models(module=models)
+
+
+def _check_torchvision(params: TorchvisionParams, input_shape: tuple[int, ...]) -> None:
+    if params.name not in _torchvision_names():
+        raise InvalidArgument.field(
+            "model.torchvision.name",
+            params.name,
+            "is not a torchvision classification model (see torchvision.models.list_models)",
+        )
+    if len(input_shape) != 3:
+        raise InvalidArgument.field(
+            "model.torchvision", list(input_shape), "needs image inputs of shape [C, H, W]"
+        )
+
+
+def _check_plugin(params: PluginParams, input_shape: tuple[int, ...]) -> None:
+    if params.name not in plugins.names(plugins.MODELS):
+        raise InvalidArgument.field(
+            "model.plugin.name",
+            params.name,
+            f"is not an installed model plugin; installed: {plugins.names(plugins.MODELS)}",
+        )
+
+
 def _check_mlp(params: MLPParams, input_shape: tuple[int, ...]) -> None:
     for size in params.hidden_sizes:
         if not 1 <= size <= 65536:
@@ -87,6 +183,10 @@ def _check_mlp(params: MLPParams, input_shape: tuple[int, ...]) -> None:
         )
     if not 0 <= params.dropout < 1:
         raise InvalidArgument.field("model.mlp.dropout", params.dropout, "must be in [0, 1)")
+    if params.activation not in ACTIVATIONS:
+        raise InvalidArgument.field(
+            "model.mlp.activation", params.activation, f"must be one of {sorted(ACTIVATIONS)}"
+        )
 
 
 def _check_cnn(params: CNNParams, input_shape: tuple[int, ...]) -> None:
@@ -119,7 +219,10 @@ class Architecture:
 ARCHITECTURES: dict[str, Architecture] = {
     "mlp": Architecture(MLPParams, _check_mlp, MLP),
     "cnn": Architecture(CNNParams, _check_cnn, SmallCNN),
+    "torchvision": Architecture(TorchvisionParams, _check_torchvision, torchvision_model),
+    "plugin": Architecture(PluginParams, _check_plugin, plugin_model),
 }
+Params = MLPParams | CNNParams | TorchvisionParams | PluginParams
 
 
 @dataclass(frozen=True)
@@ -127,7 +230,7 @@ class ModelConfig:
     """All that is needed to rebuild a module: saved in every checkpoint beside its state_dict."""
 
     architecture: str
-    params: MLPParams | CNNParams
+    params: Params
     input_shape: tuple[int, ...]
     output_size: int
 
@@ -146,6 +249,32 @@ class ModelConfig:
         return ARCHITECTURES[self.architecture].module(
             self.input_shape, self.output_size, self.params
         )
+
+    def check_forward(self) -> None:
+        """Runs a batch of 2 through the architecture on the meta device (no memory, no
+        compute), in training mode: the shapes must fit the data.
+
+        Raises:
+            InvalidArgument: the module rejects the input shape or gives the wrong output.
+        """
+        try:
+            with torch.device("meta"):
+                output = self.build().train()(torch.empty(2, *self.input_shape))
+        except TorchwireError:
+            raise
+        except Exception as err:  # whatever the module raises for a bad shape
+            raise InvalidArgument.field(
+                "model",
+                self.architecture,
+                f"does not accept inputs of shape {list(self.input_shape)}: {err}",
+            ) from err
+        if not isinstance(output, torch.Tensor) or tuple(output.shape) != (2, self.output_size):
+            shape = list(output.shape) if isinstance(output, torch.Tensor) else type(output)
+            raise InvalidArgument.field(
+                "model",
+                self.architecture,
+                f"gives {shape} for a batch of 2, not [2, {self.output_size}]",
+            )
 
     def to_dict(self) -> dict[str, Any]:
         """A plain dict of lists and numbers: safe for `torch.load(weights_only=True)` and JSON."""

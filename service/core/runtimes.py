@@ -131,11 +131,19 @@ def softmax(logits: np.ndarray) -> np.ndarray:
 def postprocess(
     raw: np.ndarray, task: str, want_raw: bool, want_probabilities: bool, top_k: int
 ) -> dict[str, np.ndarray | None]:
-    """The asked-for outputs from raw model outputs: probabilities and the top-k classes."""
+    """The asked-for outputs from raw model outputs: probabilities and the top-k classes.
+
+    A classifier with a single logit (bce_with_logits) has two classes: its probabilities
+    are [1 - sigmoid, sigmoid].
+    """
     outputs: dict[str, np.ndarray | None] = {"raw": raw if want_raw else None}
     if task != CLASSIFICATION or not (want_probabilities or top_k):
         return outputs
-    probabilities = softmax(raw)
+    if raw.shape[1] == 1:
+        positive = 1.0 / (1.0 + np.exp(-raw.astype(np.float64)))
+        probabilities = np.concatenate([1 - positive, positive], axis=1).astype(np.float32)
+    else:
+        probabilities = softmax(raw)
     if want_probabilities:
         outputs["probabilities"] = probabilities
     if top_k:

@@ -1,5 +1,6 @@
 """The training loop: zero_grad, forward, loss, backward, step over epochs, with validation,
-early stopping, best and last checkpoints, and per-epoch learning curves."""
+learning-rate schedules, gradient clipping, early stopping, best and last checkpoints, and
+per-epoch learning curves."""
 
 import math
 import random
@@ -12,29 +13,28 @@ from typing import Any
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import Dataset
 
 from torchwire.service.core import events
 from torchwire.service.core.checkpoint import load_checkpoint, save_checkpoint
 from torchwire.service.core.data import (
     CLASSIFICATION,
-    REGRESSION,
+    DataPipeline,
     DatasetInfo,
     split_and_load,
     split_sizes,
 )
 from torchwire.service.core.device import choose_device
-from torchwire.service.core.evaluation import align_output, evaluate
+from torchwire.service.core.evaluation import evaluate
 from torchwire.service.core.models import ARCHITECTURES, ModelConfig
+from torchwire.service.core.objectives import OBJECTIVES, Objective
+from torchwire.service.core.sources import FileSource
 from torchwire.service.core.tensorboard import TensorBoardLog
+from torchwire.service.core.transforms import Spec
 from torchwire.service.errors import InvalidArgument
 
-#: Loss name -> (constructor, the task it trains).
-LOSSES: dict[str, tuple[Callable[[], nn.Module], str]] = {
-    "cross_entropy": (nn.CrossEntropyLoss, CLASSIFICATION),
-    "mse": (nn.MSELoss, REGRESSION),
-}
-OPTIMIZERS = ("adam", "sgd")
+OPTIMIZERS = ("adam", "adamw", "sgd", "rmsprop")
+SCHEDULERS = ("constant", "step", "cosine", "one_cycle")
+MONITORED = ("loss", "accuracy", "mae")
 PROGRESS_INTERVAL_S = 0.5
 FUSED_DEVICES = ("cpu", "cuda")
 
@@ -53,7 +53,7 @@ class TrainConfig:
     learning_rate: float = 1e-3
     optimizer: str = "adam"
     momentum: float = 0.9
-    weight_decay: float = 0.0
+    weight_decay: float | None = None  # None: 0.01 for AdamW, 0 otherwise
     loss: str = "cross_entropy"
     val_fraction: float = 0.1
     patience: int = 5
@@ -64,8 +64,28 @@ class TrainConfig:
     num_workers: int = 0
     device: str = "auto"
     tensorboard: bool = False
+    label_smoothing: float = 0.0
+    nesterov: bool = False
+    scheduler: str = "constant"
+    step_size: int = 10
+    gamma: float = 0.1
+    grad_clip_norm: float = 0.0
+    monitor: str = ""  # "": val_loss with validation, train_loss without
+    amp: bool = True
+    channels_last: bool = False
+    compile: bool = False
 
     def __post_init__(self) -> None:
+        # Resolved defaults are stored, so a recorded request shows what really ran.
+        if self.weight_decay is None:
+            object.__setattr__(self, "weight_decay", 0.01 if self.optimizer == "adamw" else 0.0)
+        if not self.scheduler:
+            object.__setattr__(self, "scheduler", "constant")
+        if not self.monitor:
+            object.__setattr__(self, "monitor", "val_loss" if self.val_fraction else "train_loss")
+        self._validate()
+
+    def _validate(self) -> None:
         _require(1 <= self.epochs <= 10_000, "config.epochs", self.epochs, "must be in [1, 10000]")
         _require(
             1 <= self.batch_size <= 65_536,
@@ -91,13 +111,16 @@ class TrainConfig:
             self.momentum,
             "must be in [0, 1)",
         )
+        assert self.weight_decay is not None
         _require(
             math.isfinite(self.weight_decay) and self.weight_decay >= 0,
             "config.weight_decay",
             self.weight_decay,
             "must be >= 0",
         )
-        _require(self.loss in LOSSES, "config.loss", self.loss, f"must be one of {tuple(LOSSES)}")
+        _require(
+            self.loss in OBJECTIVES, "config.loss", self.loss, f"must be one of {tuple(OBJECTIVES)}"
+        )
         _require(
             math.isfinite(self.val_fraction) and 0 <= self.val_fraction <= 0.9,
             "config.val_fraction",
@@ -120,16 +143,88 @@ class TrainConfig:
             self.num_workers,
             "must be in [0, 16]",
         )
+        _require(
+            math.isfinite(self.label_smoothing) and 0 <= self.label_smoothing < 1,
+            "config.label_smoothing",
+            self.label_smoothing,
+            "must be in [0, 1)",
+        )
+        _require(
+            not self.label_smoothing or self.loss == "cross_entropy",
+            "config.label_smoothing",
+            self.label_smoothing,
+            f"applies to the cross_entropy loss, not {self.loss!r}",
+        )
+        _require(
+            not self.nesterov or (self.optimizer == "sgd" and self.momentum > 0),
+            "config.nesterov",
+            self.nesterov,
+            "needs optimizer 'sgd' with momentum > 0",
+        )
+        _require(
+            self.scheduler in SCHEDULERS,
+            "config.scheduler",
+            self.scheduler,
+            f"must be one of {SCHEDULERS}",
+        )
+        _require(
+            1 <= self.step_size <= 10_000,
+            "config.step_size",
+            self.step_size,
+            "must be in [1, 10000]",
+        )
+        _require(
+            math.isfinite(self.gamma) and 0 < self.gamma <= 1,
+            "config.gamma",
+            self.gamma,
+            "must be in (0, 1]",
+        )
+        _require(
+            math.isfinite(self.grad_clip_norm) and self.grad_clip_norm >= 0,
+            "config.grad_clip_norm",
+            self.grad_clip_norm,
+            "must be >= 0 (0 turns clipping off)",
+        )
+        prefix, _, metric = self.monitor.partition("_")
+        _require(
+            prefix in ("train", "val") and metric in MONITORED,
+            "config.monitor",
+            self.monitor,
+            f"must be val_ or train_ followed by one of {MONITORED}",
+        )
+        _require(
+            prefix == "train" or self.val_fraction > 0,
+            "config.monitor",
+            self.monitor,
+            "needs validation: val_fraction > 0",
+        )
+
+    @property
+    def objective(self) -> Objective:
+        """The loss and the task it trains."""
+        return OBJECTIVES[self.loss]
 
     @property
     def task(self) -> str:
         """The task this loss trains: "classification" or "regression"."""
-        return LOSSES[self.loss][1]
+        return self.objective.task
+
+
+def _tuples(data: dict[str, Any]) -> dict[str, Any]:
+    """JSON lists back to the tuples of the frozen dataclasses."""
+    return {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
 
 
 @dataclass(frozen=True)
 class TrainSpec:
-    """A whole training request in core terms: what to train, on what, and how."""
+    """A whole training request in core terms: what to train, on what, and how.
+
+    Attributes:
+        dataset, split: a dataset by name (empty when `source` is given).
+        source: files under a data root.
+        transforms, eval_transforms: preprocessing specs (see `transforms`).
+        init_from: (model, version) whose weights start the training (fine-tuning).
+    """
 
     model_name: str
     dataset: str
@@ -137,27 +232,32 @@ class TrainSpec:
     architecture: str
     params: Any
     config: TrainConfig
+    source: FileSource | None = None
+    transforms: tuple[Spec, ...] = ()
+    eval_transforms: tuple[Spec, ...] = ()
+    init_from: tuple[str, int] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data; `from_dict` inverts it."""
-        data = asdict(self)
-        data["params"] = {
-            k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self.params).items()
-        }
-        return data
+        return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "TrainSpec":
         """Inverse of `to_dict`."""
         params_type = ARCHITECTURES[data["architecture"]].params_type
-        params = {k: tuple(v) if isinstance(v, list) else v for k, v in data["params"].items()}
+        source = data.get("source")
+        init_from = data.get("init_from")
         return cls(
             model_name=data["model_name"],
             dataset=data["dataset"],
             split=data["split"],
             architecture=data["architecture"],
-            params=params_type(**params),
+            params=params_type(**_tuples(data["params"])),
             config=TrainConfig(**data["config"]),
+            source=FileSource(**_tuples(source)) if source else None,
+            transforms=tuple(data.get("transforms", ())),
+            eval_transforms=tuple(data.get("eval_transforms", ())),
+            init_from=(init_from[0], int(init_from[1])) if init_from else None,
         )
 
 
@@ -196,45 +296,90 @@ def _build_optimizer(
     # The fused kernels do the whole update in one pass: about a quarter less time per step
     # for small models on the CPU (BENCHMARKS.md), and the usual choice on CUDA.
     fused = device.type in FUSED_DEVICES
+    common = {"lr": config.learning_rate, "weight_decay": config.weight_decay}
     if config.optimizer == "sgd":
         return torch.optim.SGD(
             model.parameters(),
-            lr=config.learning_rate,
             momentum=config.momentum,
-            weight_decay=config.weight_decay,
+            nesterov=config.nesterov,
             fused=fused,
+            **common,
         )
-    return torch.optim.Adam(
-        model.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay, fused=fused
-    )
+    if config.optimizer == "rmsprop":
+        return torch.optim.RMSprop(model.parameters(), momentum=config.momentum, **common)
+    optimizer = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
+    return optimizer(model.parameters(), fused=fused, **common)
+
+
+def _build_scheduler(
+    optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int
+) -> torch.optim.lr_scheduler.LRScheduler | None:
+    """The schedule; one_cycle steps per batch, the others per epoch."""
+    if config.scheduler == "step":
+        return torch.optim.lr_scheduler.StepLR(optimizer, config.step_size, config.gamma)
+    if config.scheduler == "cosine":
+        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
+    if config.scheduler == "one_cycle":
+        return torch.optim.lr_scheduler.OneCycleLR(
+            optimizer, max_lr=config.learning_rate, total_steps=config.epochs * steps_per_epoch
+        )
+    return None
 
 
 def check_compatible(spec: TrainSpec, info: DatasetInfo) -> ModelConfig:
-    """Checks the loss and the batching against the data; returns the model config for it."""
+    """Checks the loss, the monitored metric, the batching and the architecture against the
+    data (after its transforms); returns the model config for it."""
     config = spec.config
-    if config.task != info.task:
+    objective = config.objective
+    if objective.task != info.task:
         raise InvalidArgument.field(
             "config.loss",
             config.loss,
-            f"trains {config.task}, but dataset {info.name!r} is {info.task}",
+            f"trains {objective.task}, but dataset {info.name!r} is {info.task}",
+        )
+    if objective.binary and len(info.classes) != 2:
+        raise InvalidArgument.field(
+            "config.loss",
+            config.loss,
+            f"needs exactly 2 classes, but dataset {info.name!r} has {len(info.classes)}",
+        )
+    metric = config.monitor.partition("_")[2]
+    if metric not in ("loss", objective.metric):
+        raise InvalidArgument.field(
+            "config.monitor", config.monitor, f"is not reported for {objective.task}"
         )
     split_sizes(info.splits[spec.split], config.val_fraction, config.batch_size, config.drop_last)
-    return ModelConfig(spec.architecture, spec.params, info.feature_shape, info.output_size)
+    model_config = ModelConfig(
+        spec.architecture, spec.params, info.feature_shape, objective.output_size(info)
+    )
+    model_config.check_forward()
+    return model_config
 
 
 class _Improvement:
-    """Early stopping's bookkeeping: the best monitored loss and the epochs since it improved."""
+    """Early stopping's bookkeeping: the best monitored value and the epochs since it improved.
 
-    def __init__(self, min_delta: float) -> None:
+    Losses and errors improve downwards, accuracy upwards.
+    """
+
+    def __init__(self, monitor: str, min_delta: float) -> None:
+        self.split, _, self.metric = monitor.partition("_")
+        self.sign = -1.0 if self.metric == "accuracy" else 1.0
         self.min_delta = min_delta
         self.best = math.inf
         self.bad_epochs = 0
 
     def improved(self, record: events.EpochRecord) -> bool:
         """Takes an epoch's record; True when it beats the best by more than `min_delta`."""
-        monitored = record.val_loss if record.val_loss is not None else record.train_loss
-        if monitored < self.best - self.min_delta:
-            self.best, self.bad_epochs = monitored, 0
+        if self.metric == "loss":
+            value = record.val_loss if self.split == "val" else record.train_loss
+        else:
+            value = (record.val_metrics if self.split == "val" else record.train_metrics)[
+                self.metric
+            ]
+        assert value is not None
+        if self.sign * value < self.best - self.min_delta:
+            self.best, self.bad_epochs = self.sign * value, 0
             return True
         self.bad_epochs += 1
         return False
@@ -245,55 +390,81 @@ class Trainer:
 
     Args:
         spec: what to train and how.
-        info: the dataset's description (shapes, classes, task).
-        dataset: the training split as a map-style Dataset.
+        pipeline: the data with its training and evaluation preprocessing.
         checkpoint_dir: where `best.pt` and `last.pt` go.
         emit: receives every event (started, progress, epoch end, checkpoint saved).
         should_stop: polled before every batch; True cancels the run after that batch.
-        resume_from: a `last.pt` to continue from (model, optimizer, learning curve).
+        resume_from: a `last.pt` to continue from (model, optimizer, scheduler, curves).
+        init_from: a checkpoint whose weights start a fresh run (fine-tuning).
     """
 
     def __init__(
         self,
         spec: TrainSpec,
-        info: DatasetInfo,
-        dataset: Dataset,
+        pipeline: DataPipeline,
         checkpoint_dir: Path,
         emit: Callable[[events.Event], None],
         should_stop: Callable[[], bool] = lambda: False,
         resume_from: Path | None = None,
+        init_from: Path | None = None,
     ) -> None:
         self.spec = spec
-        self.config = spec.config
-        self.info = info
-        self.model_config = check_compatible(spec, info)
-        self.device = choose_device(self.config.device)
+        self.config = config = spec.config
+        self.objective = config.objective
+        self.info = pipeline.info
+        self.model_config = check_compatible(spec, self.info)
+        self.device = choose_device(config.device)
         self.checkpoint_dir = checkpoint_dir
         self.emit = emit
         self.should_stop = should_stop
         self.resume_from = resume_from
         self.tensorboard = (
-            TensorBoardLog(checkpoint_dir / "tensorboard") if spec.config.tensorboard else None
+            TensorBoardLog(checkpoint_dir / "tensorboard") if config.tensorboard else None
         )
-        seed_everything(self.config.seed)
+        seed_everything(config.seed)
+        train_set = pipeline.train_set()
+        same = pipeline.transforms == pipeline.eval_transforms
         loaders = split_and_load(
-            dataset,
-            batch_size=self.config.batch_size,
-            shuffle=self.config.shuffle,
-            drop_last=self.config.drop_last,
-            num_workers=self.config.num_workers,
-            val_fraction=self.config.val_fraction,
-            seed=self.config.seed,
+            train_set,
+            val_dataset=None if same else pipeline.eval_set(),
+            batch_size=config.batch_size,
+            shuffle=config.shuffle,
+            drop_last=config.drop_last,
+            num_workers=config.num_workers,
+            val_fraction=config.val_fraction,
+            seed=config.seed,
             device=self.device,
         )
         self.train_loader, self.val_loader = loaders.train, loaders.val
         self.train_samples, self.val_samples = loaders.train_samples, loaders.val_samples
-        self.model = self.model_config.build().to(self.device)
-        self.loss_fn = LOSSES[self.config.loss][0]()
-        self.optimizer = _build_optimizer(self.model, self.config, self.device)
+        self.module = self.model_config.build().to(self.device)
+        self.warm_started = self._warm_start(init_from) if init_from and not resume_from else 0
+        # channels_last helps convolutions on tensor cores; only 4-d (image) batches have it.
+        self.memory_format = (
+            torch.channels_last
+            if config.channels_last and len(self.info.feature_shape) == 3
+            else torch.contiguous_format
+        )
+        self.module = self.module.to(memory_format=self.memory_format)
+        self.model: nn.Module = torch.compile(self.module) if config.compile else self.module  # type: ignore[assignment]
+        self.loss_fn = self.objective.make(config.label_smoothing)
+        self.optimizer = _build_optimizer(self.module, config, self.device)
+        self.scheduler = _build_scheduler(self.optimizer, config, len(self.train_loader))
+        self.per_batch_schedule = config.scheduler == "one_cycle"
         # Mixed precision where it pays: float16 autocast with loss scaling on CUDA.
-        self.amp = self.device.type == "cuda"
+        self.amp = config.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+
+    def _warm_start(self, path: Path) -> int:
+        """Loads the tensors of a checkpoint whose names and shapes match; returns how many."""
+        own = self.module.state_dict()
+        loaded = {
+            name: tensor
+            for name, tensor in load_checkpoint(path, map_location=self.device)["model"].items()
+            if name in own and own[name].shape == tensor.shape
+        }
+        self.module.load_state_dict(loaded, strict=False)
+        return len(loaded)
 
     def run(self) -> FitResult:
         """Trains for the configured epochs, or until early stopping or cancellation.
@@ -310,7 +481,7 @@ class Trainer:
     def _run(self) -> FitResult:
         config, result = self.config, FitResult()
         start = self._restore(result) if self.resume_from is not None else 1
-        tracker = _Improvement(config.min_delta)
+        tracker = _Improvement(config.monitor, config.min_delta)
         for record in result.history:
             if tracker.improved(record):
                 result.best_epoch = record.epoch
@@ -322,16 +493,19 @@ class Trainer:
                 config.epochs,
                 len(self.train_loader),
                 start_epoch=start,
+                warm_started_tensors=self.warm_started,
             )
         )
         if self.tensorboard is not None:
             example = torch.zeros(1, *self.model_config.input_shape, device=self.device)
-            self.tensorboard.graph(self.model, example)
+            self.tensorboard.graph(self.module, example)
         for epoch in range(start, config.epochs + 1):
             record = self._train_epoch(epoch)
             if record is None:
                 result.cancelled = True
                 return result
+            if self.scheduler is not None and not self.per_batch_schedule:
+                self.scheduler.step()
             result.history.append(record)
             # Checkpoints first, then the event: a logged epoch always has its checkpoint.
             if tracker.improved(record):
@@ -349,52 +523,64 @@ class Trainer:
         return result
 
     def _restore(self, result: FitResult) -> int:
-        """Loads model, optimizer and learning curve from the checkpoint; returns the next epoch."""
+        """Loads model, optimizer, scheduler and learning curve from the checkpoint; returns
+        the next epoch."""
         assert self.resume_from is not None
         state = load_checkpoint(self.resume_from, map_location=self.device)
-        self.model.load_state_dict(state["model"])
+        self.module.load_state_dict(state["model"])
         if state["optimizer"] is not None:
             self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None and state.get("scheduler") is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
         result.history = [events.EpochRecord(**record) for record in state.get("history", [])]
         return int(state["epoch"]) + 1
+
+    def _step(
+        self, inputs: torch.Tensor, targets: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """zero_grad, forward, loss, backward, (clip), step; returns the output and the loss."""
+        self.optimizer.zero_grad(set_to_none=True)
+        with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.amp):
+            output = self.model(inputs)
+            loss = self.objective.loss(self.loss_fn, output, targets)
+        self.scaler.scale(loss).backward()
+        if self.config.grad_clip_norm:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.module.parameters(), self.config.grad_clip_norm)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        if self.per_batch_schedule:
+            assert self.scheduler is not None
+            self.scheduler.step()
+        return output, loss
 
     def _train_epoch(self, epoch: int) -> events.EpochRecord | None:
         """One pass over the training data; None when cancelled."""
         self.model.train()
         steps = len(self.train_loader)
+        learning_rate = self.optimizer.param_groups[0]["lr"]
         # Sums stay on the device: no host sync per batch, only at the epoch's end and for
         # the throttled progress events.
         loss_sum = torch.zeros((), device=self.device)
         metric_sum = torch.zeros((), device=self.device)
         count = 0
-        classification = self.config.task == CLASSIFICATION
+        classification = self.objective.task == CLASSIFICATION
         started = last_report = time.monotonic()
         for step, (inputs, targets) in enumerate(self.train_loader, start=1):
             if self.should_stop():
                 return None
-            inputs = inputs.to(self.device, non_blocking=True)
+            inputs = inputs.to(self.device, non_blocking=True, memory_format=self.memory_format)
             targets = targets.to(self.device, non_blocking=True)
-            self.optimizer.zero_grad(set_to_none=True)
-            if self.amp:
-                with torch.autocast(self.device.type, dtype=torch.float16):
-                    output = align_output(self.model(inputs), targets, self.config.task)
-                    loss = self.loss_fn(output, targets)
-                self.scaler.scale(loss).backward()
-                self.scaler.step(self.optimizer)
-                self.scaler.update()
-            else:
-                output = align_output(self.model(inputs), targets, self.config.task)
-                loss = self.loss_fn(output, targets)
-                loss.backward()
-                self.optimizer.step()
+            output, loss = self._step(inputs, targets)
             batch = len(targets)
             count += batch
             with torch.no_grad():
                 loss_sum += loss.detach() * batch
                 if classification:
-                    metric_sum += (output.argmax(dim=1) == targets).sum()
+                    metric_sum += (self.objective.predicted(output) == targets).sum()
                 else:
-                    metric_sum += (output.float() - targets).abs().mean() * batch
+                    error = output.float().view_as(targets) - targets
+                    metric_sum += error.abs().mean() * batch
             now = time.monotonic()
             if now - last_report >= PROGRESS_INTERVAL_S and step < steps:
                 last_report = now
@@ -403,27 +589,27 @@ class Trainer:
                 if self.tensorboard is not None:
                     self.tensorboard.step(progress, (epoch - 1) * steps + step)
         seconds = time.monotonic() - started
-        metric_name = "accuracy" if self.config.task == CLASSIFICATION else "mae"
         record = events.EpochRecord(
             epoch=epoch,
             train_loss=loss_sum.item() / count,
-            train_metrics={metric_name: metric_sum.item() / count},
+            train_metrics={self.objective.metric: metric_sum.item() / count},
             samples_per_second=count / seconds if seconds > 0 else 0.0,
             seconds=seconds,
-            learning_rate=self.optimizer.param_groups[0]["lr"],
+            learning_rate=learning_rate,
         )
         if self.val_loader is None:
             return record
         val = evaluate(
             self.model,
             self.val_loader,
+            self.objective,
             self.loss_fn,
-            self.config.task,
             self.info.classes,
             self.device,
         )
+        val_metrics = {k: v for k, v in val.metrics.items() if k == self.objective.metric}
         return events.EpochRecord(
-            **{**asdict(record), "val_loss": val.loss, "val_metrics": val.metrics}
+            **{**asdict(record), "val_loss": val.loss, "val_metrics": val_metrics}
         )
 
     def _save(
@@ -431,11 +617,12 @@ class Trainer:
     ) -> None:
         save_checkpoint(
             self.checkpoint_dir / f"{role}.pt",
-            self.model,
+            self.module,
             self.model_config,
             record.epoch,
             headline_metrics(record),
             optimizer=self.optimizer,
+            scheduler=self.scheduler,
             history=[events.to_payload(r) for r in history],
         )
         self.emit(events.CheckpointSaved(record.epoch, role))

@@ -1,25 +1,30 @@
-"""The dataset catalog: built-in datasets and uploaded ones, stored as raw little-endian arrays."""
+"""The dataset catalog: built-in datasets, plugins, files under the data roots, and uploaded
+datasets stored as raw little-endian arrays."""
 
 import hashlib
+import logging
 import os
 import shutil
 import uuid
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 
+from torchwire.service.core import plugins
 from torchwire.service.core.data import (
     BUILTIN_DATASETS,
     CLASSIFICATION,
     REGRESSION,
     ArrayDataset,
     DatasetInfo,
+    SampleSource,
     check_split,
 )
 from torchwire.service.core.export import sha256_of
+from torchwire.service.core.sources import FileSource, locate_files
 from torchwire.service.errors import (
     FailedPrecondition,
     InvalidArgument,
@@ -28,6 +33,8 @@ from torchwire.service.errors import (
 )
 from torchwire.service.store.layout import check_name, fsync_dir
 from torchwire.service.store.registry import Registry
+
+log = logging.getLogger(__name__)
 
 FEATURES_FILE, TARGETS_FILE = "features.bin", "targets.bin"
 _FEATURE_DTYPES = {np.dtype("float32"), np.dtype("float64")}
@@ -43,8 +50,9 @@ class DatasetLocation:
     directory: Path | None  # None for built-ins
     target_dtype: str = ""
     sha256: tuple[str, str] = ("", "")  # of the features and targets files
+    image_mode: str = ""  # stored samples are tensors
 
-    def open(self) -> ArrayDataset:
+    def open(self, transform: Callable[[Any], Any] | None = None) -> ArrayDataset:
         """Loads the split as a Dataset (uploaded splits are memory-mapped, not read whole),
         after checking its files against the sha256 recorded at upload.
 
@@ -74,7 +82,7 @@ class DatasetLocation:
                 mode="r",
                 shape=(count, *self.info.target_shape),
             )
-        return ArrayDataset(features, targets, self.info.task)
+        return ArrayDataset(features, targets, self.info.task, transform, self.info.classes)
 
 
 class _SplitWriter:
@@ -181,23 +189,43 @@ class _SplitWriter:
 
 
 class DatasetCatalog:
-    """Resolves dataset names to data: built-ins first, then uploads under `root`."""
+    """Resolves dataset references to data: built-ins, plugins, then uploads under `root`;
+    or files under the data roots.
 
-    def __init__(self, root: Path, registry: Registry, max_upload_bytes: int) -> None:
+    Args:
+        root: where uploads are stored.
+        registry: where uploads are recorded.
+        max_upload_bytes: the largest upload.
+        data_roots: the folders file sources may read from.
+        allow_download: whether torchvision datasets may be downloaded into a data root.
+    """
+
+    def __init__(
+        self,
+        root: Path,
+        registry: Registry,
+        max_upload_bytes: int,
+        data_roots: Sequence[Path] = (),
+        allow_download: bool = False,
+    ) -> None:
         self.root = root
         self.registry = registry
         self.max_upload_bytes = max_upload_bytes
+        self.data_roots = tuple(data_roots)
+        self.allow_download = allow_download
         root.mkdir(parents=True, exist_ok=True)
 
     def all(self) -> list[DatasetInfo]:
-        """Every dataset: built-ins, then uploads by name."""
+        """Every named dataset: built-ins, plugins, then uploads by name."""
         uploaded = self.registry.dataset_splits()
-        return [b.info for b in BUILTIN_DATASETS.values()] + [
-            _info(name, splits) for name, splits in uploaded.items()
-        ]
+        return (
+            [b.info for b in BUILTIN_DATASETS.values()]
+            + [info for name in plugins.names(plugins.DATASETS) if (info := _plugin_info(name))]
+            + [_info(name, splits) for name, splits in uploaded.items()]
+        )
 
     def info(self, name: str, field: str = "dataset.name") -> DatasetInfo:
-        """The dataset's description.
+        """The description of an uploaded or built-in dataset.
 
         Raises:
             NotFound: no dataset has this name.
@@ -210,14 +238,25 @@ class DatasetCatalog:
             raise NotFound(f"dataset {name!r} does not exist")
         return _info(name, splits)
 
-    def locate(self, name: str, split: str, field: str = "dataset") -> DatasetLocation:
-        """Finds one split of a dataset.
+    def locate(
+        self, name: str, split: str, source: FileSource | None = None, field: str = "dataset"
+    ) -> SampleSource:
+        """Finds one split of a dataset, or the files of a source.
 
         Raises:
-            InvalidArgument: the name or split is malformed.
-            NotFound: the dataset or the split does not exist.
+            InvalidArgument: the name, split or source is malformed, or the source's path
+                leaves the data roots.
+            NotFound: the dataset, the split or the path does not exist.
         """
         check_split(f"{field}.split", split)
+        if source is not None:
+            if name:
+                raise InvalidArgument.field(
+                    f"{field}.name", name, "give a name or a source, not both"
+                )
+            return locate_files(source, split, self.data_roots, self.allow_download)
+        if name in plugins.names(plugins.DATASETS):
+            return plugins.locate(name, split)
         info = self.info(name, f"{field}.name")
         if split not in info.splits:
             raise NotFound(f"dataset {name!r} has no {split!r} split; it has {sorted(info.splits)}")
@@ -248,8 +287,10 @@ class DatasetCatalog:
             chunks: (features, targets) arrays, validated one by one as they arrive.
         """
         check_name("header.name", name)
-        if name in BUILTIN_DATASETS:
-            raise InvalidArgument.field("header.name", name, "is the name of a built-in dataset")
+        if name in BUILTIN_DATASETS or name in plugins.names(plugins.DATASETS):
+            raise InvalidArgument.field(
+                "header.name", name, "is the name of a built-in or plugin dataset"
+            )
         check_split("header.split", split)
         if len(classes) != len(set(classes)) or any(not c for c in classes):
             raise InvalidArgument.field("header.classes", classes, "must be unique and non-empty")
@@ -320,6 +361,21 @@ class DatasetCatalog:
         else:
             os.replace(scratch, target)
         fsync_dir(target.parent)
+
+
+def _plugin_info(name: str) -> DatasetInfo | None:
+    """A plugin dataset's description over the splits it has; None when it fails to load."""
+    infos = []
+    for split in ("train", "test"):
+        try:
+            infos.append(plugins.locate(name, split).info)
+        except NotFound:
+            continue
+        except Exception:
+            log.exception("dataset plugin %r fails to describe its %s split", name, split)
+    if not infos:
+        return None
+    return replace(infos[0], splits={s: n for info in infos for s, n in info.splits.items()})
 
 
 def _info(name: str, splits: dict[str, dict[str, Any]]) -> DatasetInfo:

@@ -48,6 +48,11 @@ class StoreLayout:
     def datasets(self) -> Path:
         return self.root / "datasets"
 
+    @property
+    def data(self) -> Path:
+        """The data root every server has: files that sources may read."""
+        return self.root / "data"
+
     def job_dir(self, job_id: str) -> Path:
         return self.root / "jobs" / job_id
 

@@ -1,5 +1,6 @@
 import datetime
 
+from google.protobuf import struct_pb2 as _struct_pb2
 from google.protobuf import timestamp_pb2 as _timestamp_pb2
 from google.protobuf.internal import containers as _containers
 from google.protobuf.internal import enum_type_wrapper as _enum_type_wrapper
@@ -58,12 +59,92 @@ class Tensor(_message.Message):
     def __init__(self, dtype: _Optional[str] = ..., shape: _Optional[_Iterable[int]] = ..., data: _Optional[bytes] = ...) -> None: ...
 
 class DatasetRef(_message.Message):
-    __slots__ = ("name", "split")
+    __slots__ = ("name", "split", "source")
     NAME_FIELD_NUMBER: _ClassVar[int]
     SPLIT_FIELD_NUMBER: _ClassVar[int]
+    SOURCE_FIELD_NUMBER: _ClassVar[int]
     name: str
     split: str
-    def __init__(self, name: _Optional[str] = ..., split: _Optional[str] = ...) -> None: ...
+    source: DataSource
+    def __init__(self, name: _Optional[str] = ..., split: _Optional[str] = ..., source: _Optional[_Union[DataSource, _Mapping]] = ...) -> None: ...
+
+class DataSource(_message.Message):
+    __slots__ = ("format", "path", "label_pattern", "target_columns", "feature_columns", "task")
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    PATH_FIELD_NUMBER: _ClassVar[int]
+    LABEL_PATTERN_FIELD_NUMBER: _ClassVar[int]
+    TARGET_COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    FEATURE_COLUMNS_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    format: str
+    path: str
+    label_pattern: str
+    target_columns: _containers.RepeatedScalarFieldContainer[str]
+    feature_columns: _containers.RepeatedScalarFieldContainer[str]
+    task: str
+    def __init__(self, format: _Optional[str] = ..., path: _Optional[str] = ..., label_pattern: _Optional[str] = ..., target_columns: _Optional[_Iterable[str]] = ..., feature_columns: _Optional[_Iterable[str]] = ..., task: _Optional[str] = ...) -> None: ...
+
+class Resize(_message.Message):
+    __slots__ = ("size",)
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    size: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, size: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class CenterCrop(_message.Message):
+    __slots__ = ("size",)
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    size: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, size: _Optional[_Iterable[int]] = ...) -> None: ...
+
+class RandomCrop(_message.Message):
+    __slots__ = ("size", "padding")
+    SIZE_FIELD_NUMBER: _ClassVar[int]
+    PADDING_FIELD_NUMBER: _ClassVar[int]
+    size: _containers.RepeatedScalarFieldContainer[int]
+    padding: int
+    def __init__(self, size: _Optional[_Iterable[int]] = ..., padding: _Optional[int] = ...) -> None: ...
+
+class RandomHorizontalFlip(_message.Message):
+    __slots__ = ("p",)
+    P_FIELD_NUMBER: _ClassVar[int]
+    p: float
+    def __init__(self, p: _Optional[float] = ...) -> None: ...
+
+class Grayscale(_message.Message):
+    __slots__ = ("num_output_channels",)
+    NUM_OUTPUT_CHANNELS_FIELD_NUMBER: _ClassVar[int]
+    num_output_channels: int
+    def __init__(self, num_output_channels: _Optional[int] = ...) -> None: ...
+
+class ToTensor(_message.Message):
+    __slots__ = ()
+    def __init__(self) -> None: ...
+
+class Normalize(_message.Message):
+    __slots__ = ("mean", "std")
+    MEAN_FIELD_NUMBER: _ClassVar[int]
+    STD_FIELD_NUMBER: _ClassVar[int]
+    mean: _containers.RepeatedScalarFieldContainer[float]
+    std: _containers.RepeatedScalarFieldContainer[float]
+    def __init__(self, mean: _Optional[_Iterable[float]] = ..., std: _Optional[_Iterable[float]] = ...) -> None: ...
+
+class Transform(_message.Message):
+    __slots__ = ("resize", "center_crop", "random_crop", "random_horizontal_flip", "grayscale", "to_tensor", "normalize")
+    RESIZE_FIELD_NUMBER: _ClassVar[int]
+    CENTER_CROP_FIELD_NUMBER: _ClassVar[int]
+    RANDOM_CROP_FIELD_NUMBER: _ClassVar[int]
+    RANDOM_HORIZONTAL_FLIP_FIELD_NUMBER: _ClassVar[int]
+    GRAYSCALE_FIELD_NUMBER: _ClassVar[int]
+    TO_TENSOR_FIELD_NUMBER: _ClassVar[int]
+    NORMALIZE_FIELD_NUMBER: _ClassVar[int]
+    resize: Resize
+    center_crop: CenterCrop
+    random_crop: RandomCrop
+    random_horizontal_flip: RandomHorizontalFlip
+    grayscale: Grayscale
+    to_tensor: ToTensor
+    normalize: Normalize
+    def __init__(self, resize: _Optional[_Union[Resize, _Mapping]] = ..., center_crop: _Optional[_Union[CenterCrop, _Mapping]] = ..., random_crop: _Optional[_Union[RandomCrop, _Mapping]] = ..., random_horizontal_flip: _Optional[_Union[RandomHorizontalFlip, _Mapping]] = ..., grayscale: _Optional[_Union[Grayscale, _Mapping]] = ..., to_tensor: _Optional[_Union[ToTensor, _Mapping]] = ..., normalize: _Optional[_Union[Normalize, _Mapping]] = ...) -> None: ...
 
 class UploadHeader(_message.Message):
     __slots__ = ("name", "split", "classes")
@@ -130,31 +211,61 @@ class ListDatasetsResponse(_message.Message):
     def __init__(self, datasets: _Optional[_Iterable[_Union[Dataset, _Mapping]]] = ...) -> None: ...
 
 class MLPSpec(_message.Message):
-    __slots__ = ("hidden_sizes", "dropout")
+    __slots__ = ("hidden_sizes", "dropout", "activation")
     HIDDEN_SIZES_FIELD_NUMBER: _ClassVar[int]
     DROPOUT_FIELD_NUMBER: _ClassVar[int]
+    ACTIVATION_FIELD_NUMBER: _ClassVar[int]
     hidden_sizes: _containers.RepeatedScalarFieldContainer[int]
     dropout: float
-    def __init__(self, hidden_sizes: _Optional[_Iterable[int]] = ..., dropout: _Optional[float] = ...) -> None: ...
+    activation: str
+    def __init__(self, hidden_sizes: _Optional[_Iterable[int]] = ..., dropout: _Optional[float] = ..., activation: _Optional[str] = ...) -> None: ...
 
 class CNNSpec(_message.Message):
-    __slots__ = ("channels", "dropout")
+    __slots__ = ("channels", "dropout", "batch_norm")
     CHANNELS_FIELD_NUMBER: _ClassVar[int]
     DROPOUT_FIELD_NUMBER: _ClassVar[int]
+    BATCH_NORM_FIELD_NUMBER: _ClassVar[int]
     channels: _containers.RepeatedScalarFieldContainer[int]
     dropout: float
-    def __init__(self, channels: _Optional[_Iterable[int]] = ..., dropout: _Optional[float] = ...) -> None: ...
+    batch_norm: bool
+    def __init__(self, channels: _Optional[_Iterable[int]] = ..., dropout: _Optional[float] = ..., batch_norm: _Optional[bool] = ...) -> None: ...
+
+class TorchvisionSpec(_message.Message):
+    __slots__ = ("name",)
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    def __init__(self, name: _Optional[str] = ...) -> None: ...
+
+class PluginModelSpec(_message.Message):
+    __slots__ = ("name", "options")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    OPTIONS_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    options: _struct_pb2.Struct
+    def __init__(self, name: _Optional[str] = ..., options: _Optional[_Union[_struct_pb2.Struct, _Mapping]] = ...) -> None: ...
 
 class ModelSpec(_message.Message):
-    __slots__ = ("mlp", "cnn")
+    __slots__ = ("mlp", "cnn", "torchvision", "plugin")
     MLP_FIELD_NUMBER: _ClassVar[int]
     CNN_FIELD_NUMBER: _ClassVar[int]
+    TORCHVISION_FIELD_NUMBER: _ClassVar[int]
+    PLUGIN_FIELD_NUMBER: _ClassVar[int]
     mlp: MLPSpec
     cnn: CNNSpec
-    def __init__(self, mlp: _Optional[_Union[MLPSpec, _Mapping]] = ..., cnn: _Optional[_Union[CNNSpec, _Mapping]] = ...) -> None: ...
+    torchvision: TorchvisionSpec
+    plugin: PluginModelSpec
+    def __init__(self, mlp: _Optional[_Union[MLPSpec, _Mapping]] = ..., cnn: _Optional[_Union[CNNSpec, _Mapping]] = ..., torchvision: _Optional[_Union[TorchvisionSpec, _Mapping]] = ..., plugin: _Optional[_Union[PluginModelSpec, _Mapping]] = ...) -> None: ...
+
+class ModelRef(_message.Message):
+    __slots__ = ("name", "version")
+    NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    name: str
+    version: int
+    def __init__(self, name: _Optional[str] = ..., version: _Optional[int] = ...) -> None: ...
 
 class TrainingConfig(_message.Message):
-    __slots__ = ("epochs", "batch_size", "learning_rate", "optimizer", "momentum", "weight_decay", "loss", "val_fraction", "patience", "min_delta", "seed", "shuffle", "drop_last", "num_workers", "device", "tensorboard")
+    __slots__ = ("epochs", "batch_size", "learning_rate", "optimizer", "momentum", "weight_decay", "loss", "val_fraction", "patience", "min_delta", "seed", "shuffle", "drop_last", "num_workers", "device", "tensorboard", "label_smoothing", "nesterov", "scheduler", "step_size", "gamma", "grad_clip_norm", "monitor", "amp", "channels_last", "compile")
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
     BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     LEARNING_RATE_FIELD_NUMBER: _ClassVar[int]
@@ -171,6 +282,16 @@ class TrainingConfig(_message.Message):
     NUM_WORKERS_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     TENSORBOARD_FIELD_NUMBER: _ClassVar[int]
+    LABEL_SMOOTHING_FIELD_NUMBER: _ClassVar[int]
+    NESTEROV_FIELD_NUMBER: _ClassVar[int]
+    SCHEDULER_FIELD_NUMBER: _ClassVar[int]
+    STEP_SIZE_FIELD_NUMBER: _ClassVar[int]
+    GAMMA_FIELD_NUMBER: _ClassVar[int]
+    GRAD_CLIP_NORM_FIELD_NUMBER: _ClassVar[int]
+    MONITOR_FIELD_NUMBER: _ClassVar[int]
+    AMP_FIELD_NUMBER: _ClassVar[int]
+    CHANNELS_LAST_FIELD_NUMBER: _ClassVar[int]
+    COMPILE_FIELD_NUMBER: _ClassVar[int]
     epochs: int
     batch_size: int
     learning_rate: float
@@ -187,19 +308,35 @@ class TrainingConfig(_message.Message):
     num_workers: int
     device: str
     tensorboard: bool
-    def __init__(self, epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., optimizer: _Optional[str] = ..., momentum: _Optional[float] = ..., weight_decay: _Optional[float] = ..., loss: _Optional[str] = ..., val_fraction: _Optional[float] = ..., patience: _Optional[int] = ..., min_delta: _Optional[float] = ..., seed: _Optional[int] = ..., shuffle: _Optional[bool] = ..., drop_last: _Optional[bool] = ..., num_workers: _Optional[int] = ..., device: _Optional[str] = ..., tensorboard: _Optional[bool] = ...) -> None: ...
+    label_smoothing: float
+    nesterov: bool
+    scheduler: str
+    step_size: int
+    gamma: float
+    grad_clip_norm: float
+    monitor: str
+    amp: bool
+    channels_last: bool
+    compile: bool
+    def __init__(self, epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., optimizer: _Optional[str] = ..., momentum: _Optional[float] = ..., weight_decay: _Optional[float] = ..., loss: _Optional[str] = ..., val_fraction: _Optional[float] = ..., patience: _Optional[int] = ..., min_delta: _Optional[float] = ..., seed: _Optional[int] = ..., shuffle: _Optional[bool] = ..., drop_last: _Optional[bool] = ..., num_workers: _Optional[int] = ..., device: _Optional[str] = ..., tensorboard: _Optional[bool] = ..., label_smoothing: _Optional[float] = ..., nesterov: _Optional[bool] = ..., scheduler: _Optional[str] = ..., step_size: _Optional[int] = ..., gamma: _Optional[float] = ..., grad_clip_norm: _Optional[float] = ..., monitor: _Optional[str] = ..., amp: _Optional[bool] = ..., channels_last: _Optional[bool] = ..., compile: _Optional[bool] = ...) -> None: ...
 
 class TrainRequest(_message.Message):
-    __slots__ = ("model_name", "dataset", "model", "config")
+    __slots__ = ("model_name", "dataset", "model", "config", "transforms", "eval_transforms", "init_from")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
     CONFIG_FIELD_NUMBER: _ClassVar[int]
+    TRANSFORMS_FIELD_NUMBER: _ClassVar[int]
+    EVAL_TRANSFORMS_FIELD_NUMBER: _ClassVar[int]
+    INIT_FROM_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     dataset: DatasetRef
     model: ModelSpec
     config: TrainingConfig
-    def __init__(self, model_name: _Optional[str] = ..., dataset: _Optional[_Union[DatasetRef, _Mapping]] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ..., config: _Optional[_Union[TrainingConfig, _Mapping]] = ...) -> None: ...
+    transforms: _containers.RepeatedCompositeFieldContainer[Transform]
+    eval_transforms: _containers.RepeatedCompositeFieldContainer[Transform]
+    init_from: ModelRef
+    def __init__(self, model_name: _Optional[str] = ..., dataset: _Optional[_Union[DatasetRef, _Mapping]] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ..., config: _Optional[_Union[TrainingConfig, _Mapping]] = ..., transforms: _Optional[_Iterable[_Union[Transform, _Mapping]]] = ..., eval_transforms: _Optional[_Iterable[_Union[Transform, _Mapping]]] = ..., init_from: _Optional[_Union[ModelRef, _Mapping]] = ...) -> None: ...
 
 class EpochMetrics(_message.Message):
     __slots__ = ("epoch", "train_loss", "val_loss", "train_metrics", "val_metrics", "samples_per_second", "seconds", "learning_rate")
@@ -276,20 +413,22 @@ class JobQueued(_message.Message):
     def __init__(self, position: _Optional[int] = ...) -> None: ...
 
 class JobStarted(_message.Message):
-    __slots__ = ("device", "train_samples", "val_samples", "epochs", "steps_per_epoch", "start_epoch")
+    __slots__ = ("device", "train_samples", "val_samples", "epochs", "steps_per_epoch", "start_epoch", "warm_started_tensors")
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     TRAIN_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     VAL_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     EPOCHS_FIELD_NUMBER: _ClassVar[int]
     STEPS_PER_EPOCH_FIELD_NUMBER: _ClassVar[int]
     START_EPOCH_FIELD_NUMBER: _ClassVar[int]
+    WARM_STARTED_TENSORS_FIELD_NUMBER: _ClassVar[int]
     device: str
     train_samples: int
     val_samples: int
     epochs: int
     steps_per_epoch: int
     start_epoch: int
-    def __init__(self, device: _Optional[str] = ..., train_samples: _Optional[int] = ..., val_samples: _Optional[int] = ..., epochs: _Optional[int] = ..., steps_per_epoch: _Optional[int] = ..., start_epoch: _Optional[int] = ...) -> None: ...
+    warm_started_tensors: int
+    def __init__(self, device: _Optional[str] = ..., train_samples: _Optional[int] = ..., val_samples: _Optional[int] = ..., epochs: _Optional[int] = ..., steps_per_epoch: _Optional[int] = ..., start_epoch: _Optional[int] = ..., warm_started_tensors: _Optional[int] = ...) -> None: ...
 
 class StepProgress(_message.Message):
     __slots__ = ("epoch", "step", "steps_per_epoch", "loss")
@@ -476,20 +615,22 @@ class EvaluateResponse(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., version: _Optional[int] = ..., num_samples: _Optional[int] = ..., loss: _Optional[float] = ..., metrics: _Optional[_Mapping[str, float]] = ..., per_class: _Optional[_Iterable[_Union[ClassMetrics, _Mapping]]] = ..., confusion_matrix: _Optional[_Union[Tensor, _Mapping]] = ...) -> None: ...
 
 class PredictRequest(_message.Message):
-    __slots__ = ("model_name", "version", "inputs", "outputs", "top_k", "runtime")
+    __slots__ = ("model_name", "version", "inputs", "outputs", "top_k", "runtime", "images")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     VERSION_FIELD_NUMBER: _ClassVar[int]
     INPUTS_FIELD_NUMBER: _ClassVar[int]
     OUTPUTS_FIELD_NUMBER: _ClassVar[int]
     TOP_K_FIELD_NUMBER: _ClassVar[int]
     RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    IMAGES_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     version: int
     inputs: Tensor
     outputs: _containers.RepeatedScalarFieldContainer[PredictOutput]
     top_k: int
     runtime: str
-    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[int] = ..., inputs: _Optional[_Union[Tensor, _Mapping]] = ..., outputs: _Optional[_Iterable[_Union[PredictOutput, str]]] = ..., top_k: _Optional[int] = ..., runtime: _Optional[str] = ...) -> None: ...
+    images: _containers.RepeatedScalarFieldContainer[bytes]
+    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[int] = ..., inputs: _Optional[_Union[Tensor, _Mapping]] = ..., outputs: _Optional[_Iterable[_Union[PredictOutput, str]]] = ..., top_k: _Optional[int] = ..., runtime: _Optional[str] = ..., images: _Optional[_Iterable[bytes]] = ...) -> None: ...
 
 class TopK(_message.Message):
     __slots__ = ("indices", "labels", "probabilities")
@@ -598,7 +739,7 @@ class ConfigureBatchingRequest(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., batching: _Optional[_Union[BatchingConfig, _Mapping]] = ...) -> None: ...
 
 class ModelVersion(_message.Message):
-    __slots__ = ("version", "created_at", "job_id", "task", "input_shape", "input_dtype", "output_size", "classes", "metrics", "training", "best_epoch", "history", "artifacts")
+    __slots__ = ("version", "created_at", "job_id", "task", "input_shape", "input_dtype", "output_size", "classes", "metrics", "training", "best_epoch", "history", "artifacts", "eval_transforms", "image_mode")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -619,6 +760,8 @@ class ModelVersion(_message.Message):
     BEST_EPOCH_FIELD_NUMBER: _ClassVar[int]
     HISTORY_FIELD_NUMBER: _ClassVar[int]
     ARTIFACTS_FIELD_NUMBER: _ClassVar[int]
+    EVAL_TRANSFORMS_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_MODE_FIELD_NUMBER: _ClassVar[int]
     version: int
     created_at: _timestamp_pb2.Timestamp
     job_id: str
@@ -632,7 +775,9 @@ class ModelVersion(_message.Message):
     best_epoch: int
     history: _containers.RepeatedCompositeFieldContainer[EpochMetrics]
     artifacts: _containers.RepeatedCompositeFieldContainer[Artifact]
-    def __init__(self, version: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., job_id: _Optional[str] = ..., task: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., input_dtype: _Optional[str] = ..., output_size: _Optional[int] = ..., classes: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., training: _Optional[_Union[TrainRequest, _Mapping]] = ..., best_epoch: _Optional[int] = ..., history: _Optional[_Iterable[_Union[EpochMetrics, _Mapping]]] = ..., artifacts: _Optional[_Iterable[_Union[Artifact, _Mapping]]] = ...) -> None: ...
+    eval_transforms: _containers.RepeatedCompositeFieldContainer[Transform]
+    image_mode: str
+    def __init__(self, version: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., job_id: _Optional[str] = ..., task: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., input_dtype: _Optional[str] = ..., output_size: _Optional[int] = ..., classes: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., training: _Optional[_Union[TrainRequest, _Mapping]] = ..., best_epoch: _Optional[int] = ..., history: _Optional[_Iterable[_Union[EpochMetrics, _Mapping]]] = ..., artifacts: _Optional[_Iterable[_Union[Artifact, _Mapping]]] = ..., eval_transforms: _Optional[_Iterable[_Union[Transform, _Mapping]]] = ..., image_mode: _Optional[str] = ...) -> None: ...
 
 class Model(_message.Message):
     __slots__ = ("name", "versions", "latest_version", "batching")
