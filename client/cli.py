@@ -5,6 +5,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 import grpc
@@ -12,7 +13,8 @@ import numpy as np
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from torchwire.client.client import DEFAULT_ADDRESS, Client, JobError
+from torchwire.client.client import DEFAULT_ADDRESS, Client, JobError, history_rows
+from torchwire.client.plot import plot_history
 from torchwire.v1 import torchwire_pb2 as pb
 
 SERVER_ENV = "TORCHWIRE_SERVER"
@@ -46,34 +48,66 @@ def _job_line(job: pb.Job) -> str:
     )
 
 
-def cmd_train(client: Client, args: argparse.Namespace) -> Any:
-    config = {
-        key: getattr(args, key)
-        for key in (
-            "epochs",
-            "batch_size",
-            "learning_rate",
-            "optimizer",
-            "loss",
-            "val_fraction",
-            "patience",
-            "seed",
-            "device",
-        )
-        if getattr(args, key) is not None
-    }
+def _source(text: str | None) -> dict[str, str] | None:
+    """`FORMAT:PATH` as a DataSource dict, e.g. image_folder:pets/train."""
+    if text is None:
+        return None
+    fmt, _, path = text.partition(":")
+    return {"format": fmt, "path": path}
+
+
+def _train_request(args: argparse.Namespace) -> pb.TrainRequest:
+    """The request of `--spec` (a TrainRequest in JSON), or an MLP on digits, with the
+    flags given on the command line laid over it."""
+    request = pb.TrainRequest(model=pb.ModelSpec(mlp=pb.MLPSpec()))
+    if args.spec:
+        json_format.Parse(Path(args.spec).read_text(), request)
+    request.model_name = args.model
+    if args.source:
+        request.dataset.CopyFrom(pb.DatasetRef(split=args.split, source=_source(args.source)))
+    elif args.dataset or not request.dataset.ByteSize():
+        request.dataset.CopyFrom(pb.DatasetRef(name=args.dataset or "digits", split=args.split))
+    if args.arch == "cnn":
+        request.model.CopyFrom(pb.ModelSpec(cnn=pb.CNNSpec()))
+    elif args.arch:
+        request.model.CopyFrom(pb.ModelSpec(mlp=pb.MLPSpec()))
+    if args.torchvision:
+        request.model.CopyFrom(pb.ModelSpec(torchvision=pb.TorchvisionSpec(name=args.torchvision)))
+    architecture = request.model.WhichOneof("architecture")
+    if args.hidden_sizes and architecture == "mlp":
+        request.model.mlp.hidden_sizes[:] = args.hidden_sizes
+    if args.channels and architecture == "cnn":
+        request.model.cnn.channels[:] = args.channels
+    if args.dropout is not None and architecture in ("mlp", "cnn"):
+        getattr(request.model, architecture).dropout = args.dropout
+    for key in _CONFIG_FLAGS:
+        if getattr(args, key) is not None:
+            setattr(request.config, key, getattr(args, key))
     if args.tensorboard:
-        config["tensorboard"] = True
-    job = client.train(
-        args.model,
-        args.dataset,
-        split=args.split,
-        architecture=args.arch,
-        hidden_sizes=args.hidden_sizes,
-        channels=args.channels,
-        dropout=args.dropout,
-        **config,
-    )
+        request.config.tensorboard = True
+    if args.init_from:
+        name, _, version = args.init_from.partition(":")
+        request.init_from.CopyFrom(pb.ModelRef(name=name, version=int(version or 0)))
+    return request
+
+
+_CONFIG_FLAGS = (
+    "epochs",
+    "batch_size",
+    "learning_rate",
+    "optimizer",
+    "loss",
+    "scheduler",
+    "monitor",
+    "val_fraction",
+    "patience",
+    "seed",
+    "device",
+)
+
+
+def cmd_train(client: Client, args: argparse.Namespace) -> Any:
+    job = client.submit(_train_request(args))
     if not args.wait:
         return job.info() if args.json else f"submitted job {job.id}"
     final = job.wait(progress=not args.json, raise_on_failure=False)
@@ -115,12 +149,20 @@ def cmd_resume(client: Client, args: argparse.Namespace) -> Any:
 
 
 def cmd_evaluate(client: Client, args: argparse.Namespace) -> Any:
-    result = client.evaluate(args.model, args.dataset, split=args.split, version=args.version)
+    dataset = None if args.source else args.dataset
+    result = client.evaluate(
+        args.model,
+        dataset,
+        split=args.split,
+        source=_source(args.source),
+        version=args.version,
+    )
     if args.json:
         return result
     metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted(result.metrics.items()))
     lines = [
-        f"{result.model_name} v{result.version} on {args.dataset}: {result.num_samples} "
+        f"{result.model_name} v{result.version} on {args.source or args.dataset}: "
+        f"{result.num_samples} "
         f"samples, loss={result.loss:.4f}, {metrics}"
     ]
     lines += [
@@ -132,10 +174,12 @@ def cmd_evaluate(client: Client, args: argparse.Namespace) -> Any:
 
 
 def cmd_predict(client: Client, args: argparse.Namespace) -> Any:
-    inputs = np.load(args.inputs, allow_pickle=False)
-    result = client.predict(
-        args.model, inputs, version=args.version, top_k=args.top_k, runtime=args.runtime
-    )
+    options = {"version": args.version, "top_k": args.top_k, "runtime": args.runtime}
+    if len(args.inputs) == 1 and args.inputs[0].endswith(".npy"):
+        result = client.predict(args.model, np.load(args.inputs[0], allow_pickle=False), **options)
+    else:
+        images = [Path(path).read_bytes() for path in args.inputs]
+        result = client.predict(args.model, images=images, **options)
     if args.json:
         return {k: v for k, v in vars(result).items() if v is not None}
     if result.top_labels is None:
@@ -146,6 +190,14 @@ def cmd_predict(client: Client, args: argparse.Namespace) -> Any:
             zip(result.top_labels, result.top_probabilities, strict=True)
         )
     )
+
+
+def cmd_plot(client: Client, args: argparse.Namespace) -> Any:
+    job = client.job(args.job_id).info()
+    rows = history_rows(job.history)
+    title = f"{job.request.model_name} (job {job.id})"
+    path = plot_history(rows, args.out, title, job.best_epoch)
+    return {"path": str(path), "epochs": len(rows)} if args.json else f"wrote {path}"
 
 
 def cmd_export(client: Client, args: argparse.Namespace) -> Any:
@@ -252,17 +304,25 @@ def build_parser() -> argparse.ArgumentParser:
 
     train = command("train", cmd_train, "submit a training job")
     train.add_argument("model", help="model name to register a new version of")
-    train.add_argument("--dataset", default="digits")
+    train.add_argument(
+        "--spec", help="a TrainRequest in JSON (transforms, model, config...); flags override it"
+    )
+    train.add_argument("--dataset", help="a named dataset (default digits)")
+    train.add_argument("--source", help="FORMAT:PATH under a data root, e.g. image_folder:pets")
     train.add_argument("--split", default="")
-    train.add_argument("--arch", choices=("mlp", "cnn"), default="mlp")
+    train.add_argument("--arch", choices=("mlp", "cnn"))
+    train.add_argument("--torchvision", help="a torchvision architecture, e.g. resnet18")
     train.add_argument("--hidden-sizes", type=_ints, default=[], help="e.g. 128,64")
     train.add_argument("--channels", type=_ints, default=[], help="e.g. 32,64")
-    train.add_argument("--dropout", type=float, default=0.0)
+    train.add_argument("--dropout", type=float)
+    train.add_argument("--init-from", help="MODEL[:VERSION] to fine-tune from")
     train.add_argument("--epochs", type=int)
     train.add_argument("--batch-size", type=int)
     train.add_argument("--learning-rate", "--lr", type=float)
-    train.add_argument("--optimizer", choices=("adam", "sgd"))
-    train.add_argument("--loss", choices=("cross_entropy", "mse"))
+    train.add_argument("--optimizer", choices=("adam", "adamw", "sgd", "rmsprop"))
+    train.add_argument("--loss", choices=("cross_entropy", "nll", "bce_with_logits", "mse", "l1"))
+    train.add_argument("--scheduler", choices=("constant", "step", "cosine", "one_cycle"))
+    train.add_argument("--monitor", help="val_loss (default), val_accuracy or val_mae")
     train.add_argument("--val-fraction", type=float)
     train.add_argument("--patience", type=int)
     train.add_argument("--seed", type=int)
@@ -290,12 +350,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate = command("evaluate", cmd_evaluate, "evaluate a model on a dataset")
     evaluate.add_argument("model")
     evaluate.add_argument("--dataset", default="digits")
+    evaluate.add_argument("--source", help="FORMAT:PATH under a data root, e.g. csv:test.csv")
     evaluate.add_argument("--split", default="")
     evaluate.add_argument("--version", type=int, default=0)
 
-    predict = command("predict", cmd_predict, "predict a batch stored in a .npy file")
+    predict = command("predict", cmd_predict, "predict a .npy batch, or PNG/JPEG images")
     predict.add_argument("model")
-    predict.add_argument("inputs", help=".npy file of shape [n, *input_shape]")
+    predict.add_argument(
+        "inputs", nargs="+", help="one .npy file of shape [n, *input_shape], or image files"
+    )
     predict.add_argument("--version", type=int, default=0)
     predict.add_argument("--top-k", type=int, default=1)
     predict.add_argument(
@@ -304,6 +367,10 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help="default: the fastest one exported",
     )
+
+    plot = command("plot", cmd_plot, "draw a job's learning curves with matplotlib")
+    plot.add_argument("job_id")
+    plot.add_argument("--out", required=True, help="image file to write, e.g. curve.png")
 
     export = command("export", cmd_export, "export a model to ONNX or TorchScript and download it")
     export.add_argument("model")

@@ -9,6 +9,8 @@ from typing import Any
 
 import grpc
 import numpy as np
+from google.protobuf import json_format
+from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from torchwire.client.channel import open_channel
@@ -61,17 +63,40 @@ class PredictResult:
     top_labels: list[list[str]] | None
 
 
+def _message(value: Any, cls: type) -> Any:
+    """A message as given, or built from its protobuf-JSON dict form."""
+    return value if isinstance(value, Message) else json_format.ParseDict(value, cls())
+
+
+def _dataset_ref(dataset: str | None, split: str, source: Any) -> pb.DatasetRef:
+    """A dataset by name, or (with `source`) files under the server's data roots."""
+    if source is None:
+        return pb.DatasetRef(name=dataset or "digits", split=split)
+    if dataset:
+        raise ValueError("give a dataset name or a source, not both")
+    return pb.DatasetRef(split=split, source=_message(source, pb.DataSource))
+
+
 def _predict_request(
-    model_name: str, inputs: Any, version: int, outputs: Iterable[str], top_k: int, runtime: str
+    model_name: str,
+    inputs: Any,
+    version: int,
+    outputs: Iterable[str],
+    top_k: int,
+    runtime: str,
+    images: Iterable[bytes] = (),
 ) -> pb.PredictRequest:
-    return pb.PredictRequest(
+    request = pb.PredictRequest(
         model_name=model_name,
         version=version,
-        inputs=tensors.encode(_as_array(inputs)),
         outputs=[_OUTPUTS[o] for o in outputs],
         top_k=top_k,
         runtime=runtime,
+        images=list(images),
     )
+    if inputs is not None:
+        request.inputs.CopyFrom(tensors.encode(_as_array(inputs)))
+    return request
 
 
 def _predict_result(response: pb.PredictResponse) -> PredictResult:
@@ -172,18 +197,25 @@ class Job:
 
     def history(self) -> list[dict[str, Any]]:
         """Per-epoch learning curves: one dict per epoch (train/val loss and metrics)."""
-        return [
-            {
-                "epoch": m.epoch,
-                "train_loss": m.train_loss,
-                "val_loss": m.val_loss if m.HasField("val_loss") else None,
-                **{f"train_{k}": v for k, v in m.train_metrics.items()},
-                **{f"val_{k}": v for k, v in m.val_metrics.items()},
-                "samples_per_second": m.samples_per_second,
-                "seconds": m.seconds,
-            }
-            for m in self.info().history
-        ]
+        return history_rows(self.info().history)
+
+
+def history_rows(history: Iterable[pb.EpochMetrics]) -> list[dict[str, Any]]:
+    """Learning curves as one flat dict per epoch: epoch, train_loss, val_loss,
+    train_<metric>, val_<metric>, learning_rate, samples_per_second, seconds."""
+    return [
+        {
+            "epoch": m.epoch,
+            "train_loss": m.train_loss,
+            "val_loss": m.val_loss if m.HasField("val_loss") else None,
+            **{f"train_{k}": v for k, v in m.train_metrics.items()},
+            **{f"val_{k}": v for k, v in m.val_metrics.items()},
+            "learning_rate": m.learning_rate,
+            "samples_per_second": m.samples_per_second,
+            "seconds": m.seconds,
+        }
+        for m in history
+    ]
 
 
 class _ProgressBar:
@@ -326,41 +358,68 @@ class Client:
     def train(
         self,
         model_name: str,
-        dataset: str = "digits",
+        dataset: str | None = None,
         *,
         split: str = "",
+        source: pb.DataSource | dict[str, Any] | None = None,
         architecture: str = "mlp",
         hidden_sizes: Iterable[int] = (),
         channels: Iterable[int] = (),
         dropout: float = 0.0,
+        model: pb.ModelSpec | dict[str, Any] | None = None,
+        transforms: Iterable[pb.Transform | dict[str, Any]] = (),
+        eval_transforms: Iterable[pb.Transform | dict[str, Any]] = (),
+        init_from: str | tuple[str, int] | None = None,
         **config: Any,
     ) -> Job:
         """Submits a training job and returns at once.
 
+        Messages can be given as protobuf objects or as dicts in their JSON form, e.g.
+        `source={"format": "image_folder", "path": "pets/train"}`,
+        `model={"torchvision": {"name": "resnet18"}}` or
+        `transforms=[{"resize": {"size": [32, 32]}}, {"random_horizontal_flip": {}}]`.
+
         Args:
             model_name: the model to register a new version of.
-            dataset: a built-in ("digits") or uploaded dataset.
+            dataset: a built-in ("digits"), plugin or uploaded dataset; None means "digits",
+                or no name when `source` is given.
             split: the split to train on; "" means "train".
-            architecture: "mlp" or "cnn".
+            source: files under the server's data roots (a `DataSource`).
+            architecture: "mlp" or "cnn" when `model` is not given.
             hidden_sizes: MLP layer widths (default [128, 64]).
             channels: CNN block widths (default [32, 64]).
             dropout: dropout probability.
+            model: the whole `ModelSpec` (torchvision and plugin models, activation, ...).
+            transforms: training preprocessing (`Transform`s), in order.
+            eval_transforms: evaluation preprocessing; empty derives it from `transforms`.
+            init_from: fine-tune from a model's latest version, or (name, version).
             **config: `TrainingConfig` fields: epochs, batch_size, learning_rate, optimizer,
-                momentum, weight_decay, loss, val_fraction, patience, min_delta, seed,
-                shuffle, drop_last, num_workers, device.
+                loss, scheduler, monitor, patience, seed, ... (see the protocol).
         """
-        if architecture == "mlp":
-            model = pb.ModelSpec(mlp=pb.MLPSpec(hidden_sizes=list(hidden_sizes), dropout=dropout))
-        elif architecture == "cnn":
-            model = pb.ModelSpec(cnn=pb.CNNSpec(channels=list(channels), dropout=dropout))
-        else:
-            raise ValueError(f"architecture={architecture!r}: use 'mlp' or 'cnn'")
+        if model is None:
+            if architecture == "mlp":
+                model = pb.ModelSpec(
+                    mlp=pb.MLPSpec(hidden_sizes=list(hidden_sizes), dropout=dropout)
+                )
+            elif architecture == "cnn":
+                model = pb.ModelSpec(cnn=pb.CNNSpec(channels=list(channels), dropout=dropout))
+            else:
+                raise ValueError(f"architecture={architecture!r}: use 'mlp', 'cnn' or model=")
         request = pb.TrainRequest(
             model_name=model_name,
-            dataset=pb.DatasetRef(name=dataset, split=split),
-            model=model,
+            dataset=_dataset_ref(dataset, split, source),
+            model=_message(model, pb.ModelSpec),
             config=pb.TrainingConfig(**config),
+            transforms=[_message(t, pb.Transform) for t in transforms],
+            eval_transforms=[_message(t, pb.Transform) for t in eval_transforms],
         )
+        if init_from is not None:
+            name, version = (init_from, 0) if isinstance(init_from, str) else init_from
+            request.init_from.CopyFrom(pb.ModelRef(name=name, version=version))
+        return self.submit(request)
+
+    def submit(self, request: pb.TrainRequest) -> Job:
+        """Submits a whole TrainRequest; `train` builds one from keyword arguments."""
         return Job(self, self.stub.Train(request, timeout=self.timeout).id)
 
     def job(self, job_id: str) -> Job:
@@ -381,17 +440,19 @@ class Client:
     def evaluate(
         self,
         model_name: str,
-        dataset: str = "digits",
+        dataset: str | None = None,
         *,
         split: str = "",
+        source: pb.DataSource | dict[str, Any] | None = None,
         version: int = 0,
         batch_size: int = 0,
     ) -> pb.EvaluateResponse:
-        """Evaluates a model version (0 = latest) on a dataset split ("" = "test")."""
+        """Evaluates a model version (0 = latest) on a dataset split ("" = "test"), or on
+        the files of `source`, with the model's evaluation transforms."""
         request = pb.EvaluateRequest(
             model_name=model_name,
             version=version,
-            dataset=pb.DatasetRef(name=dataset, split=split),
+            dataset=_dataset_ref(dataset, split, source),
             batch_size=batch_size,
         )
         return self.stub.Evaluate(request, timeout=self.timeout)
@@ -399,8 +460,9 @@ class Client:
     def predict(
         self,
         model_name: str,
-        inputs: Any,
+        inputs: Any = None,
         *,
+        images: Iterable[bytes] = (),
         version: int = 0,
         outputs: Iterable[str] = (),
         top_k: int = 0,
@@ -411,13 +473,15 @@ class Client:
         Args:
             model_name: the model.
             inputs: [n, *input_shape] array or tensor of the model's input dtype.
+            images: instead of `inputs`, encoded PNG or JPEG files (bytes) for a model
+                trained on images; the server applies the model's preprocessing.
             version: the version; 0 means the latest.
             outputs: any of "raw", "probabilities", "top_k"; empty means all that apply.
             top_k: classes per sample for "top_k" (0 means 1).
             runtime: "eager", "torchscript" or "onnxruntime"; "" lets the server pick the
                 fastest one the version has an export for.
         """
-        request = _predict_request(model_name, inputs, version, outputs, top_k, runtime)
+        request = _predict_request(model_name, inputs, version, outputs, top_k, runtime, images)
         return _predict_result(self.stub.Predict(request, timeout=self.timeout))
 
     def predict_many(

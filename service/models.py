@@ -310,9 +310,16 @@ class ModelService:
         served = self.served(name, version, EAGER)
         record, meta = served.record, served.record.metadata
         eval_transforms = meta.get("eval_transforms", [])
-        pipeline = prepare(
-            self.store.datasets.locate(dataset, split, source), eval_transforms, eval_transforms
-        )
+        located = self.store.datasets.locate(dataset, split, source)
+        if bool(located.image_mode) != bool(meta.get("image_mode")):
+            kinds = ("tensors", "images")
+            raise InvalidArgument.field(
+                "dataset",
+                located.info.name,
+                f"holds {kinds[bool(located.image_mode)]}, but model {name!r} "
+                f"v{record.version} was trained on {kinds[bool(meta.get('image_mode'))]}",
+            )
+        pipeline = prepare(located, eval_transforms, eval_transforms)
         info = pipeline.info
         if list(info.feature_shape) != meta["input_shape"] or info.task != meta["task"]:
             raise InvalidArgument.field(

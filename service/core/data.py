@@ -182,12 +182,14 @@ def prepare(
         InvalidArgument: a transform is malformed, fails on the data, or the training and
             evaluation transforms produce different shapes.
     """
+    tf.build(transforms, "transforms")
+    tf.build(eval_transforms, "eval_transforms")
     evaluation = tuple(eval_transforms) or tuple(tf.derive_eval(transforms))
     pipeline = DataPipeline(source, tuple(transforms), evaluation, source.info)
     if not (transforms or evaluation or source.image_mode):
         return pipeline  # tensors as stored: the source's shape holds
     shapes = {}
-    for field, make in (("eval_transforms", pipeline.eval_set), ("transforms", pipeline.train_set)):
+    for field, make in (("transforms", pipeline.train_set), ("eval_transforms", pipeline.eval_set)):
         dataset = make()
         if not len(dataset):  # type: ignore[arg-type]
             raise InvalidArgument.field("dataset", source.info.name, "holds no samples")

@@ -76,7 +76,7 @@ class PluginSplit:
     info: DatasetInfo
     image_mode: str
 
-    def open(self, transform: Callable[[Any], Any] | None = None) -> Dataset:
+    def open(self, transform: Callable[[Any], Any] | None = None) -> _Transformed:
         """The plugin's samples, with `transform` applied to the features."""
         try:
             dataset = load(DATASETS, self.name)(self.split)

@@ -296,7 +296,7 @@ def _build_optimizer(
     # The fused kernels do the whole update in one pass: about a quarter less time per step
     # for small models on the CPU (BENCHMARKS.md), and the usual choice on CUDA.
     fused = device.type in FUSED_DEVICES
-    common = {"lr": config.learning_rate, "weight_decay": config.weight_decay}
+    common: dict[str, Any] = {"lr": config.learning_rate, "weight_decay": config.weight_decay}
     if config.optimizer == "sgd":
         return torch.optim.SGD(
             model.parameters(),

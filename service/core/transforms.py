@@ -52,6 +52,24 @@ def _random_crop(field: str, params: dict[str, Any]) -> v2.Transform:
     return v2.RandomCrop(_size(field, params), padding=padding or None)
 
 
+class _Normalize(v2.Normalize):
+    """Normalize that refuses a channel count other than its own: torchvision's would
+    broadcast one channel to three without a word."""
+
+    def forward(self, *inputs: Any) -> Any:
+        image = inputs[0]
+        if (
+            isinstance(image, torch.Tensor)
+            and image.ndim >= 3
+            and image.shape[-3] != len(self.mean)
+        ):
+            raise ValueError(
+                f"normalize has {len(self.mean)} means, but the image has {image.shape[-3]} "
+                "channels"
+            )
+        return super().forward(*inputs)
+
+
 def _normalize(field: str, params: dict[str, Any]) -> v2.Transform:
     mean = [float(m) for m in params.get("mean", [])]
     std = [float(s) for s in params.get("std", [])]
@@ -61,7 +79,7 @@ def _normalize(field: str, params: dict[str, Any]) -> v2.Transform:
         )
     if not all(math.isfinite(m) for m in mean) or not all(math.isfinite(s) and s > 0 for s in std):
         raise InvalidArgument.field(f"{field}.std", std, "must be finite, and each std > 0")
-    return v2.Normalize(mean, std)
+    return _Normalize(mean, std)
 
 
 def _to_tensor(field: str, params: dict[str, Any]) -> v2.Transform:
@@ -98,13 +116,13 @@ def with_to_tensor(specs: Sequence[Spec]) -> list[Spec]:
     return [*specs[:at], {TO_TENSOR: {}}, *specs[at:]]
 
 
-def build(specs: Sequence[Spec], field: str = "transforms") -> v2.Compose:
+def build(specs: Sequence[Spec], field: str = "transforms") -> v2.Transform:
     """The torchvision pipeline of `specs`; invalid parameters raise `InvalidArgument`."""
     steps = []
     for index, spec in enumerate(specs):
         kind, params = _kind(f"{field}[{index}]", spec)
         steps.append(_BUILDERS[kind](f"{field}[{index}].{kind}", params))
-    return v2.Compose(steps)
+    return v2.Compose(steps) if steps else v2.Identity()
 
 
 def derive_eval(specs: Sequence[Spec]) -> list[Spec]:
