@@ -451,3 +451,31 @@ def _gif() -> bytes:
     buffer = io.BytesIO()
     Image.new("RGB", (8, 8)).save(buffer, format="GIF")
     return buffer.getvalue()
+
+
+def test_cli_trains_from_a_spec_file_and_predicts_image_files(
+    client: Client,
+    server: TorchwireServer,
+    colour_model: str,
+    data_root: Path,
+    colours: dict[str, str],
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    spec = tmp_path / "spec.json"
+    spec.write_text(
+        '{"model": {"cnn": {"channels": [4]}}, "transforms": [{"resize": {"size": [6, 6]}}],'
+        ' "config": {"epochs": 3, "learning_rate": 0.01}}'
+    )
+    source = f"image_files:{colours['train']}"
+    address = ["--server", server.address]
+    assert cli(["train", "cli-spec", "--spec", str(spec), "--source", source, "--epochs", "1",
+                "--wait", *address]) == 0  # fmt: skip
+    request = client.model("cli-spec").versions[-1].training
+    assert request.model.cnn.channels == [4]
+    assert request.config.epochs == 1  # the flag overrides the file
+    assert list(client.model("cli-spec").versions[-1].input_shape) == [3, 6, 6]
+    paths = sorted((data_root / colours["test"]).glob("red_*.png"))[:2]
+    capsys.readouterr()
+    assert cli(["predict", colour_model, *map(str, paths), *address]) == 0
+    assert capsys.readouterr().out.count("red (") == 2
