@@ -192,6 +192,18 @@ def cmd_predict(client: Client, args: argparse.Namespace) -> Any:
     )
 
 
+def cmd_worker(client: Client, args: argparse.Namespace) -> Any:
+    from torchwire.service.node import join  # the server side: torch, loaded only here
+
+    job = client.job(args.job_id).info()
+    roots = tuple(Path(p) for p in args.data_roots.split(",") if p)
+    try:
+        join(job.id, job.request, Path(args.store_dir), roots, args.allow_download)
+    except Exception as err:  # the service's errors carry a message for a person
+        raise SystemExit(f"error: {getattr(err, 'message', err)}") from err
+    return {"job": job.id} if args.json else f"job {job.id}: this machine's processes finished"
+
+
 def cmd_plot(client: Client, args: argparse.Namespace) -> Any:
     job = client.job(args.job_id).info()
     rows = history_rows(job.history)
@@ -367,6 +379,14 @@ def build_parser() -> argparse.ArgumentParser:
         default="",
         help="default: the fastest one exported",
     )
+
+    worker = command("worker", cmd_worker, "join a distributed job of the server from this machine")
+    worker.add_argument("job_id")
+    worker.add_argument("--store-dir", default="store", help="this machine's store (datasets)")
+    worker.add_argument(
+        "--data-roots", default="", help="this machine's data roots, comma-separated"
+    )
+    worker.add_argument("--allow-download", action="store_true")
 
     plot = command("plot", cmd_plot, "draw a job's learning curves with matplotlib")
     plot.add_argument("job_id")

@@ -370,6 +370,7 @@ class Client:
         transforms: Iterable[pb.Transform | dict[str, Any]] = (),
         eval_transforms: Iterable[pb.Transform | dict[str, Any]] = (),
         init_from: str | tuple[str, int] | None = None,
+        distributed: pb.DistributedConfig | dict[str, Any] | None = None,
         **config: Any,
     ) -> Job:
         """Submits a training job and returns at once.
@@ -393,6 +394,7 @@ class Client:
             transforms: training preprocessing (`Transform`s), in order.
             eval_transforms: evaluation preprocessing; empty derives it from `transforms`.
             init_from: fine-tune from a model's latest version, or (name, version).
+            distributed: DDP over processes and machines, e.g. `{"nproc_per_node": 2}`.
             **config: `TrainingConfig` fields: epochs, batch_size, learning_rate, optimizer,
                 loss, scheduler, monitor, patience, seed, ... (see the protocol).
         """
@@ -416,6 +418,8 @@ class Client:
         if init_from is not None:
             name, version = (init_from, 0) if isinstance(init_from, str) else init_from
             request.init_from.CopyFrom(pb.ModelRef(name=name, version=version))
+        if distributed is not None:
+            request.distributed.CopyFrom(_message(distributed, pb.DistributedConfig))
         return self.submit(request)
 
     def submit(self, request: pb.TrainRequest) -> Job:

@@ -152,7 +152,9 @@ class JobManager:
         """
         pipeline = self._pipeline(spec)
         model_config = check_compatible(spec, pipeline.info)
-        choose_device(spec.config.device)
+        device = choose_device(spec.config.device)
+        if spec.distributed is not None:
+            spec.distributed.check_device(device)
         if spec.init_from is not None:
             spec = replace(spec, init_from=self._check_init(spec, model_config.to_dict()))
         with self._lock:
@@ -356,6 +358,7 @@ class JobManager:
             process = self._context.Process(
                 target=run_job,
                 args=(
+                    job_id,
                     job.request,
                     pipeline,
                     str(checkpoint_dir),

@@ -2,6 +2,8 @@
 
 It never touches the registry; the job manager in the server records what it sends:
 `("event", kind, payload)` as training goes, then `("result", {...})` or `("error", reason)`.
+A distributed job's worker is the elastic agent of its machine: it launches the training
+processes (ranks) and the writer rank sends the events over the same pipe.
 """
 
 import logging
@@ -14,17 +16,19 @@ from multiprocessing.synchronize import Event as CancelFlag
 from pathlib import Path
 from typing import Any
 
+from torchwire.service.core import distributed
 from torchwire.service.core.data import DataPipeline
+from torchwire.service.core.device import choose_device
 from torchwire.service.core.events import Event, to_payload
-from torchwire.service.core.training import Trainer, TrainSpec
+from torchwire.service.core.training import FitResult, Trainer, TrainSpec
 from torchwire.service.errors import TorchwireError
 
 PARENT_POLL_S = 0.2
 
 
 def _exit_with_parent() -> None:
-    """Ends this process when the server that spawned it dies (kill -9 included), so that an
-    orphan never writes checkpoints beside the worker of a resumed job.
+    """Ends this process when the process that started it dies (kill -9 included), so that
+    an orphan never writes checkpoints beside the worker of a resumed job.
 
     Polling the parent pid, not PR_SET_PDEATHSIG: that signal fires when the spawning
     *thread* ends, and the server's follower threads end after each job.
@@ -39,7 +43,103 @@ def _exit_with_parent() -> None:
     threading.Thread(target=watch, name="parent-watch", daemon=True).start()
 
 
+def _outcome(result: FitResult) -> dict[str, Any]:
+    return {
+        "cancelled": result.cancelled,
+        "best_epoch": result.best_epoch,
+        "epochs_run": len(result.history),
+        "stopped_early": result.stopped_early,
+        "metrics": result.best_metrics,
+        "history": [to_payload(record) for record in result.history],
+    }
+
+
+def _sender(conn: Connection | None) -> Any:
+    def emit(event: Event) -> None:
+        if conn is not None:
+            conn.send(("event", event.kind, to_payload(event)))
+
+    return emit
+
+
+def train_rank(
+    spec_dict: dict[str, Any],
+    pipeline: DataPipeline,
+    checkpoint_dir: str,
+    init_from: str | None,
+    conn: Connection | None,
+    cancel: CancelFlag | None,
+    coordinator: bool,
+) -> dict[str, Any] | None:
+    """Entry point of one training process of a distributed job, started by the launcher.
+
+    It resumes from the job's `last.pt` when there is one, so that an elastic restart goes on
+    from the last checkpoint. Returns the outcome on the writer rank, None on the others.
+    """
+    _exit_with_parent()
+    rank = distributed.Rank.from_environment(coordinator)
+    spec = TrainSpec.from_dict(spec_dict)
+    assert spec.distributed is not None
+    backend = spec.distributed.check_device(choose_device(spec.config.device))
+    last = Path(checkpoint_dir) / "last.pt"
+    with distributed.process_group(backend):
+        trainer = Trainer(
+            spec,
+            pipeline,
+            Path(checkpoint_dir),
+            _sender(conn),
+            should_stop=cancel.is_set if cancel is not None else lambda: False,
+            resume_from=last if rank.writer and last.exists() else None,
+            init_from=Path(init_from) if init_from else None,
+            rank=rank,
+        )
+        result = trainer.run()
+    return _outcome(result) if rank.writer else None
+
+
+def launch_ranks(
+    job_id: str,
+    spec_dict: dict[str, Any],
+    pipeline: DataPipeline,
+    checkpoint_dir: str,
+    init_from: str | None,
+    conn: Connection | None,
+    cancel: CancelFlag | None,
+    coordinator: bool,
+) -> dict[str, Any] | None:
+    """Runs this machine's share of a distributed job through the elastic launcher; returns
+    the writer's outcome (None on the other machines).
+
+    Raises:
+        TorchwireError: a training process failed (more often than max_restarts allows).
+    """
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+
+    spec = TrainSpec.from_dict(spec_dict)
+    assert spec.distributed is not None
+    args = (spec_dict, pipeline, checkpoint_dir, init_from, conn, cancel, coordinator)
+    try:
+        outcomes = distributed.launch(spec.distributed, job_id, coordinator, train_rank, *args)
+    except ChildFailedError as err:
+        global_rank, failure = err.get_first_failure()
+        # The message is the rank's exception, read back from its error file as a dict.
+        message = failure.message
+        if isinstance(message, dict):
+            message = message.get("message", "")
+        why = (
+            f"killed by {failure.signal_name()}"
+            if failure.exitcode < 0
+            else (message or f"exited with code {failure.exitcode}")
+        )
+        raise TorchwireError(
+            f"distributed training failed: rank {global_rank} (local rank "
+            f"{failure.local_rank}, pid {failure.pid}) {why}"
+        ) from err
+    return next((o for o in outcomes.values() if o is not None), None)
+
+
 def run_job(
+    job_id: str,
     spec_dict: dict[str, Any],
     pipeline: DataPipeline,
     checkpoint_dir: str,
@@ -48,39 +148,28 @@ def run_job(
     conn: Connection,
     cancel: CancelFlag,
 ) -> None:
-    """Entry point of a spawned worker process: trains (resumes, or fine-tunes from
-    `init_from`), checkpoints and reports."""
+    """Entry point of a worker process: trains (resumes, or fine-tunes from `init_from`),
+    in this process or in the ranks of a distributed job, checkpoints and reports."""
     _exit_with_parent()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
-
-    def emit(event: Event) -> None:
-        conn.send(("event", event.kind, to_payload(event)))
-
     try:
         spec = TrainSpec.from_dict(spec_dict)
-        trainer = Trainer(
-            spec,
-            pipeline,
-            Path(checkpoint_dir),
-            emit,
-            should_stop=cancel.is_set,
-            resume_from=Path(resume_from) if resume_from else None,
-            init_from=Path(init_from) if init_from else None,
-        )
-        result = trainer.run()
-        conn.send(
-            (
-                "result",
-                {
-                    "cancelled": result.cancelled,
-                    "best_epoch": result.best_epoch,
-                    "epochs_run": len(result.history),
-                    "stopped_early": result.stopped_early,
-                    "metrics": result.best_metrics,
-                    "history": [to_payload(record) for record in result.history],
-                },
+        if spec.distributed is not None:
+            outcome = launch_ranks(
+                job_id, spec_dict, pipeline, checkpoint_dir, init_from, conn, cancel, True
             )
-        )
+        else:
+            trainer = Trainer(
+                spec,
+                pipeline,
+                Path(checkpoint_dir),
+                _sender(conn),
+                should_stop=cancel.is_set,
+                resume_from=Path(resume_from) if resume_from else None,
+                init_from=Path(init_from) if init_from else None,
+            )
+            outcome = _outcome(trainer.run())
+        conn.send(("result", outcome))
     except TorchwireError as err:
         conn.send(("error", err.message))
     except Exception as err:

@@ -15,11 +15,13 @@ from torchwire.service.core.objectives import OBJECTIVES
 from torchwire.service.core.training import TrainConfig, Trainer, TrainSpec
 
 
-def _trainer(tmp_path: Path, params=None, architecture: str = "mlp", **config) -> Trainer:
+def _trainer(
+    tmp_path: Path, params=None, architecture: str = "mlp", resume_from=None, **config
+) -> Trainer:
     spec = TrainSpec(
         "m", "digits", "train", architecture, params or MLPParams((64,)), TrainConfig(**config)
     )
-    return Trainer(spec, digits(), tmp_path, lambda event: None)
+    return Trainer(spec, digits(), tmp_path, lambda event: None, resume_from=resume_from)
 
 
 @pytest.mark.parametrize(
@@ -55,8 +57,7 @@ def test_schedules_step_per_epoch_or_batch_and_resume_with_their_state(tmp_path:
 
     config = {"scheduler": "step", "step_size": 1, "gamma": 0.5, "patience": 0, "seed": 0}
     assert rates(_trainer(tmp_path / "a", epochs=2, **config)) == [0.001, 0.0005]
-    resumed = _trainer(tmp_path / "b", epochs=4, **config)
-    resumed.resume_from = tmp_path / "a" / "last.pt"
+    resumed = _trainer(tmp_path / "b", epochs=4, resume_from=tmp_path / "a" / "last.pt", **config)
     assert rates(resumed) == [0.001, 0.0005, 0.00025, 0.000125]
     cosine = rates(_trainer(tmp_path / "c", epochs=4, scheduler="cosine", patience=0))
     assert cosine[0] == 0.001

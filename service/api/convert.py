@@ -10,6 +10,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from torchwire.service.core.batching import BatchingConfig
 from torchwire.service.core.data import DatasetInfo
+from torchwire.service.core.distributed import DistributedConfig
 from torchwire.service.core.evaluation import EvaluationResult
 from torchwire.service.core.export import ONNX, TORCHSCRIPT
 from torchwire.service.core.models import CNNParams, MLPParams, PluginParams, TorchvisionParams
@@ -128,6 +129,16 @@ def train_spec(request: pb.TrainRequest) -> TrainSpec:
                 "init_from.version", request.init_from.version, "must be >= 0 (0: the latest)"
             )
         init_from = (request.init_from.name, request.init_from.version)
+    parallel = None
+    if request.HasField("distributed"):
+        given = request.distributed
+        parallel = DistributedConfig(
+            given.nproc_per_node,
+            given.nnodes,
+            given.backend,
+            given.rdzv_endpoint,
+            given.max_restarts,
+        )
     return TrainSpec(
         model_name=request.model_name,
         dataset=request.dataset.name,
@@ -139,6 +150,7 @@ def train_spec(request: pb.TrainRequest) -> TrainSpec:
         transforms=transform_specs(request.transforms),
         eval_transforms=transform_specs(request.eval_transforms),
         init_from=init_from,
+        distributed=parallel,
     )
 
 
@@ -165,6 +177,8 @@ def train_request(spec_dict: dict[str, Any]) -> pb.TrainRequest:
     )
     if spec.init_from is not None:
         request.init_from.CopyFrom(pb.ModelRef(name=spec.init_from[0], version=spec.init_from[1]))
+    if spec.distributed is not None:
+        request.distributed.CopyFrom(pb.DistributedConfig(**asdict(spec.distributed)))
     return request
 
 

@@ -7,7 +7,7 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset, Subset, random_split
+from torch.utils.data import DataLoader, Dataset, DistributedSampler, Subset, random_split
 
 from torchwire.service.core import transforms as tf
 from torchwire.service.errors import InvalidArgument
@@ -240,11 +240,33 @@ def split_sizes(
     return n_train, n_val
 
 
+@dataclass(frozen=True)
+class Shard:
+    """This process's part of the training data in distributed training: every rank draws the
+    same permutation (seeded by `seed` and the epoch) and takes every `world_size`-th sample
+    from `rank` on, padded so that every rank runs the same number of batches
+    (DistributedSampler's scheme)."""
+
+    rank: int
+    world_size: int
+    seed: int
+
+    def order(self, indices: torch.Tensor, shuffle: bool, epoch: int) -> torch.Tensor:
+        """This rank's indices for `epoch`."""
+        if shuffle:
+            generator = torch.Generator().manual_seed(self.seed + epoch)
+            indices = indices[torch.randperm(len(indices), generator=generator)]
+        padded = -(-len(indices) // self.world_size) * self.world_size
+        indices = torch.cat([indices, indices[: padded - len(indices)]])
+        return indices[self.rank :: self.world_size]
+
+
 class TensorBatches:
     """Batches sliced from tensors that already live on the training device.
 
     The fast path for in-memory data: no per-sample `__getitem__`, no collate, and one copy
-    to the device for the whole run instead of one per batch.
+    to the device for the whole run instead of one per batch. With a `shard`, only this
+    rank's part of each epoch (see `set_epoch`).
     """
 
     def __init__(
@@ -256,6 +278,7 @@ class TensorBatches:
         shuffle: bool = False,
         drop_last: bool = False,
         generator: torch.Generator | None = None,
+        shard: Shard | None = None,
     ) -> None:
         self.features, self.targets = features, targets
         self.indices = indices
@@ -263,14 +286,25 @@ class TensorBatches:
         self.shuffle = shuffle
         self.drop_last = drop_last
         self.generator = generator
+        self.shard = shard
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        """Picks the epoch's permutation of a sharded run (DistributedSampler.set_epoch)."""
+        self.epoch = epoch
 
     def __len__(self) -> int:
-        full, rest = divmod(len(self.indices), self.batch_size)
+        count = len(self.indices)
+        if self.shard is not None:
+            count = -(-count // self.shard.world_size)
+        full, rest = divmod(count, self.batch_size)
         return full if self.drop_last or not rest else full + 1
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         order = self.indices
-        if self.shuffle:
+        if self.shard is not None:
+            order = self.shard.order(order, self.shuffle, self.epoch)
+        elif self.shuffle:
             order = order[torch.randperm(len(order), generator=self.generator)]
         order = order.to(self.features.device)
         for step in range(len(self)):
@@ -289,6 +323,14 @@ class Loaders:
     val: Batches | None
     train_samples: int
     val_samples: int
+    sampler: DistributedSampler | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        """Tells a sharded run which epoch begins, so that every rank shuffles alike."""
+        if isinstance(self.train, TensorBatches):
+            self.train.set_epoch(epoch)
+        elif self.sampler is not None:
+            self.sampler.set_epoch(epoch)
 
 
 def split_and_load(
@@ -302,6 +344,7 @@ def split_and_load(
     val_fraction: float,
     seed: int,
     device: torch.device,
+    shard: Shard | None = None,
 ) -> Loaders:
     """Holds out a validation subset with `random_split` and batches both parts.
 
@@ -311,7 +354,8 @@ def split_and_load(
     In-memory array data without transforms, loaded in-process (`num_workers` 0), takes the
     fast path: both subsets move to the device once and batches are sliced from there.
     Anything else goes through DataLoaders (pinned memory on CUDA). The same seed gives the
-    same split and the same shuffling order.
+    same split and the same shuffling order. With a `shard` (distributed training), every
+    rank holds out the same validation subset and trains on its own part of the rest.
 
     Raises:
         InvalidArgument: the split leaves no training sample.
@@ -333,6 +377,7 @@ def split_and_load(
             shuffle,
             drop_last,
             generator,
+            shard,
         )
         val = TensorBatches(features, targets, torch.tensor(val_set.indices), val_batch)
         return Loaders(train, val if n_val else None, n_train, n_val)
@@ -341,16 +386,22 @@ def split_and_load(
         "pin_memory": device.type == "cuda",
         "persistent_workers": num_workers > 0,
     }
+    sampler: DistributedSampler | None = (
+        DistributedSampler(train_set, shard.world_size, shard.rank, shuffle, seed=shard.seed)
+        if shard is not None
+        else None
+    )
     train_loader = DataLoader(
         train_set,
         batch_size=batch_size,
-        shuffle=shuffle,
+        shuffle=shuffle and sampler is None,
+        sampler=sampler,
         drop_last=drop_last,
         generator=generator,
         **common,
     )
     val_loader = DataLoader(val_set, batch_size=val_batch, shuffle=False, **common)
-    return Loaders(train_loader, val_loader if n_val else None, n_train, n_val)
+    return Loaders(train_loader, val_loader if n_val else None, n_train, n_val, sampler)
 
 
 def _in_memory(dataset: Dataset) -> bool:

@@ -45,6 +45,7 @@ class Started(Event):
     steps_per_epoch: int
     start_epoch: int = 1
     warm_started_tensors: int = 0
+    world_size: int = 1
 
 
 @dataclass(frozen=True)

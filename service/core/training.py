@@ -20,10 +20,18 @@ from torchwire.service.core.data import (
     CLASSIFICATION,
     DataPipeline,
     DatasetInfo,
+    Shard,
     split_and_load,
     split_sizes,
 )
 from torchwire.service.core.device import choose_device
+from torchwire.service.core.distributed import (
+    DistributedConfig,
+    Rank,
+    all_sum,
+    any_rank,
+    broadcast,
+)
 from torchwire.service.core.evaluation import evaluate
 from torchwire.service.core.models import ARCHITECTURES, ModelConfig
 from torchwire.service.core.objectives import OBJECTIVES, Objective
@@ -224,6 +232,7 @@ class TrainSpec:
         source: files under a data root.
         transforms, eval_transforms: preprocessing specs (see `transforms`).
         init_from: (model, version) whose weights start the training (fine-tuning).
+        distributed: DDP over several processes and machines; None trains in one process.
     """
 
     model_name: str
@@ -236,6 +245,7 @@ class TrainSpec:
     transforms: tuple[Spec, ...] = ()
     eval_transforms: tuple[Spec, ...] = ()
     init_from: tuple[str, int] | None = None
+    distributed: DistributedConfig | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready data; `from_dict` inverts it."""
@@ -247,6 +257,7 @@ class TrainSpec:
         params_type = ARCHITECTURES[data["architecture"]].params_type
         source = data.get("source")
         init_from = data.get("init_from")
+        parallel = data.get("distributed")
         return cls(
             model_name=data["model_name"],
             dataset=data["dataset"],
@@ -258,6 +269,7 @@ class TrainSpec:
             transforms=tuple(data.get("transforms", ())),
             eval_transforms=tuple(data.get("eval_transforms", ())),
             init_from=(init_from[0], int(init_from[1])) if init_from else None,
+            distributed=DistributedConfig(**parallel) if parallel else None,
         )
 
 
@@ -396,6 +408,10 @@ class Trainer:
         should_stop: polled before every batch; True cancels the run after that batch.
         resume_from: a `last.pt` to continue from (model, optimizer, scheduler, curves).
         init_from: a checkpoint whose weights start a fresh run (fine-tuning).
+        rank: this process's place in a distributed job (None: a single process). Every
+            rank trains its shard of the data under DistributedDataParallel, with the sums of
+            the metrics over all ranks; only the writer reads `resume_from`/`init_from` (its
+            state is then broadcast), writes checkpoints and sends events.
     """
 
     def __init__(
@@ -407,19 +423,26 @@ class Trainer:
         should_stop: Callable[[], bool] = lambda: False,
         resume_from: Path | None = None,
         init_from: Path | None = None,
+        rank: Rank | None = None,
     ) -> None:
         self.spec = spec
         self.config = config = spec.config
         self.objective = config.objective
         self.info = pipeline.info
         self.model_config = check_compatible(spec, self.info)
+        self.rank = rank
+        self.writer = rank is None or rank.writer
         self.device = choose_device(config.device)
+        if rank is not None and self.device.type == "cuda":
+            self.device = torch.device("cuda", rank.local_rank)
+            torch.cuda.set_device(self.device)
         self.checkpoint_dir = checkpoint_dir
-        self.emit = emit
+        self.emit = emit if self.writer else lambda event: None
         self.should_stop = should_stop
-        self.resume_from = resume_from
         self.tensorboard = (
-            TensorBoardLog(checkpoint_dir / "tensorboard") if config.tensorboard else None
+            TensorBoardLog(checkpoint_dir / "tensorboard")
+            if config.tensorboard and self.writer
+            else None
         )
         seed_everything(config.seed)
         train_set = pipeline.train_set()
@@ -434,23 +457,37 @@ class Trainer:
             val_fraction=config.val_fraction,
             seed=config.seed,
             device=self.device,
+            shard=Shard(rank.rank, rank.world_size, config.seed) if rank else None,
         )
+        self.loaders = loaders
         self.train_loader, self.val_loader = loaders.train, loaders.val
         self.train_samples, self.val_samples = loaders.train_samples, loaders.val_samples
-        self.module = self.model_config.build().to(self.device)
-        self.warm_started = self._warm_start(init_from) if init_from and not resume_from else 0
         # channels_last helps convolutions on tensor cores; only 4-d (image) batches have it.
         self.memory_format = (
             torch.channels_last
             if config.channels_last and len(self.info.feature_shape) == 3
             else torch.contiguous_format
         )
-        self.module = self.module.to(memory_format=self.memory_format)
-        self.model: nn.Module = torch.compile(self.module) if config.compile else self.module  # type: ignore[assignment]
+        self.module = self.model_config.build().to(self.device, memory_format=self.memory_format)
         self.loss_fn = self.objective.make(config.label_smoothing)
         self.optimizer = _build_optimizer(self.module, config, self.device)
         self.scheduler = _build_scheduler(self.optimizer, config, len(self.train_loader))
         self.per_batch_schedule = config.scheduler == "one_cycle"
+        self.start_epoch = 1
+        self.history: list[events.EpochRecord] = []
+        self.warm_started = 0
+        if self.writer and resume_from is not None:
+            self._restore(resume_from)
+        elif self.writer and init_from is not None:
+            self.warm_started = self._warm_start(init_from)
+        self.model: nn.Module = self.module
+        if rank is not None:
+            self._synchronise(rank)
+            self.model = nn.parallel.DistributedDataParallel(
+                self.module, device_ids=[self.device.index] if self.device.type == "cuda" else None
+            )
+        if config.compile:
+            self.model = torch.compile(self.model)  # type: ignore[assignment]
         # Mixed precision where it pays: float16 autocast with loss scaling on CUDA.
         self.amp = config.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
@@ -479,8 +516,8 @@ class Trainer:
                 self.tensorboard.close()
 
     def _run(self) -> FitResult:
-        config, result = self.config, FitResult()
-        start = self._restore(result) if self.resume_from is not None else 1
+        config, result = self.config, FitResult(history=list(self.history))
+        start = self.start_epoch
         tracker = _Improvement(config.monitor, config.min_delta)
         for record in result.history:
             if tracker.improved(record):
@@ -494,6 +531,7 @@ class Trainer:
                 len(self.train_loader),
                 start_epoch=start,
                 warm_started_tensors=self.warm_started,
+                world_size=self.rank.world_size if self.rank else 1,
             )
         )
         if self.tensorboard is not None:
@@ -522,18 +560,42 @@ class Trainer:
                 break
         return result
 
-    def _restore(self, result: FitResult) -> int:
-        """Loads model, optimizer, scheduler and learning curve from the checkpoint; returns
-        the next epoch."""
-        assert self.resume_from is not None
-        state = load_checkpoint(self.resume_from, map_location=self.device)
+    def _restore(self, path: Path) -> None:
+        """Loads model, optimizer, scheduler and learning curve from a checkpoint, and
+        continues after its epoch."""
+        state = load_checkpoint(path, map_location=self.device)
         self.module.load_state_dict(state["model"])
         if state["optimizer"] is not None:
             self.optimizer.load_state_dict(state["optimizer"])
         if self.scheduler is not None and state.get("scheduler") is not None:
             self.scheduler.load_state_dict(state["scheduler"])
-        result.history = [events.EpochRecord(**record) for record in state.get("history", [])]
-        return int(state["epoch"]) + 1
+        self.history = [events.EpochRecord(**record) for record in state.get("history", [])]
+        self.start_epoch = int(state["epoch"]) + 1
+
+    def _synchronise(self, rank: Rank) -> None:
+        """Gives every rank the writer's starting state: weights (fresh, fine-tuned or
+        resumed), optimizer and scheduler state, learning curve and first epoch."""
+        state = broadcast(
+            {
+                "model": self.module.state_dict(),
+                "optimizer": self.optimizer.state_dict(),
+                "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+                "history": self.history,
+                "start_epoch": self.start_epoch,
+                "warm_started": self.warm_started,
+            }
+            if rank.writer
+            else None,
+            rank.writer_rank(),
+        )
+        if rank.writer:
+            return
+        self.module.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        if self.scheduler is not None:
+            self.scheduler.load_state_dict(state["scheduler"])
+        self.history, self.start_epoch = state["history"], state["start_epoch"]
+        self.warm_started = state["warm_started"]
 
     def _step(
         self, inputs: torch.Tensor, targets: torch.Tensor
@@ -557,6 +619,7 @@ class Trainer:
     def _train_epoch(self, epoch: int) -> events.EpochRecord | None:
         """One pass over the training data; None when cancelled."""
         self.model.train()
+        self.loaders.set_epoch(epoch)
         steps = len(self.train_loader)
         learning_rate = self.optimizer.param_groups[0]["lr"]
         # Sums stay on the device: no host sync per batch, only at the epoch's end and for
@@ -567,7 +630,11 @@ class Trainer:
         classification = self.objective.task == CLASSIFICATION
         started = last_report = time.monotonic()
         for step, (inputs, targets) in enumerate(self.train_loader, start=1):
-            if self.should_stop():
+            stop = self.should_stop()
+            # Every rank stops at the same batch, or the others would wait in the all-reduce.
+            if self.rank is not None:
+                stop = any_rank(stop, self.device)
+            if stop:
                 return None
             inputs = inputs.to(self.device, non_blocking=True, memory_format=self.memory_format)
             targets = targets.to(self.device, non_blocking=True)
@@ -589,32 +656,45 @@ class Trainer:
                 if self.tensorboard is not None:
                     self.tensorboard.step(progress, (epoch - 1) * steps + step)
         seconds = time.monotonic() - started
+        sums = [loss_sum.item(), metric_sum.item(), float(count)]
+        if self.rank is not None:
+            sums = all_sum(sums, self.device)
+        count = int(sums[2])
         record = events.EpochRecord(
             epoch=epoch,
-            train_loss=loss_sum.item() / count,
-            train_metrics={self.objective.metric: metric_sum.item() / count},
+            train_loss=sums[0] / count,
+            train_metrics={self.objective.metric: sums[1] / count},
             samples_per_second=count / seconds if seconds > 0 else 0.0,
             seconds=seconds,
             learning_rate=learning_rate,
         )
         if self.val_loader is None:
             return record
+        # Each rank validates on the whole held-out subset with its own replica (no
+        # collectives inside); the mean over ranks evens out BatchNorm statistics that
+        # differ slightly, so that every rank takes the same early-stopping decision.
         val = evaluate(
-            self.model,
+            self.module if self.rank is not None else self.model,
             self.val_loader,
             self.objective,
             self.loss_fn,
             self.info.classes,
             self.device,
         )
-        val_metrics = {k: v for k, v in val.metrics.items() if k == self.objective.metric}
+        metric = self.objective.metric
+        val_loss, val_metric = val.loss, val.metrics[metric]
+        if self.rank is not None:
+            total = all_sum([val_loss, val_metric], self.device)
+            val_loss, val_metric = (value / self.rank.world_size for value in total)
         return events.EpochRecord(
-            **{**asdict(record), "val_loss": val.loss, "val_metrics": val_metrics}
+            **{**asdict(record), "val_loss": val_loss, "val_metrics": {metric: val_metric}}
         )
 
     def _save(
         self, role: str, record: events.EpochRecord, history: list[events.EpochRecord]
     ) -> None:
+        if not self.writer:
+            return
         save_checkpoint(
             self.checkpoint_dir / f"{role}.pt",
             self.module,

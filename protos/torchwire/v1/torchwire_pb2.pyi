@@ -321,7 +321,7 @@ class TrainingConfig(_message.Message):
     def __init__(self, epochs: _Optional[int] = ..., batch_size: _Optional[int] = ..., learning_rate: _Optional[float] = ..., optimizer: _Optional[str] = ..., momentum: _Optional[float] = ..., weight_decay: _Optional[float] = ..., loss: _Optional[str] = ..., val_fraction: _Optional[float] = ..., patience: _Optional[int] = ..., min_delta: _Optional[float] = ..., seed: _Optional[int] = ..., shuffle: _Optional[bool] = ..., drop_last: _Optional[bool] = ..., num_workers: _Optional[int] = ..., device: _Optional[str] = ..., tensorboard: _Optional[bool] = ..., label_smoothing: _Optional[float] = ..., nesterov: _Optional[bool] = ..., scheduler: _Optional[str] = ..., step_size: _Optional[int] = ..., gamma: _Optional[float] = ..., grad_clip_norm: _Optional[float] = ..., monitor: _Optional[str] = ..., amp: _Optional[bool] = ..., channels_last: _Optional[bool] = ..., compile: _Optional[bool] = ...) -> None: ...
 
 class TrainRequest(_message.Message):
-    __slots__ = ("model_name", "dataset", "model", "config", "transforms", "eval_transforms", "init_from")
+    __slots__ = ("model_name", "dataset", "model", "config", "transforms", "eval_transforms", "init_from", "distributed")
     MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
     DATASET_FIELD_NUMBER: _ClassVar[int]
     MODEL_FIELD_NUMBER: _ClassVar[int]
@@ -329,6 +329,7 @@ class TrainRequest(_message.Message):
     TRANSFORMS_FIELD_NUMBER: _ClassVar[int]
     EVAL_TRANSFORMS_FIELD_NUMBER: _ClassVar[int]
     INIT_FROM_FIELD_NUMBER: _ClassVar[int]
+    DISTRIBUTED_FIELD_NUMBER: _ClassVar[int]
     model_name: str
     dataset: DatasetRef
     model: ModelSpec
@@ -336,7 +337,22 @@ class TrainRequest(_message.Message):
     transforms: _containers.RepeatedCompositeFieldContainer[Transform]
     eval_transforms: _containers.RepeatedCompositeFieldContainer[Transform]
     init_from: ModelRef
-    def __init__(self, model_name: _Optional[str] = ..., dataset: _Optional[_Union[DatasetRef, _Mapping]] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ..., config: _Optional[_Union[TrainingConfig, _Mapping]] = ..., transforms: _Optional[_Iterable[_Union[Transform, _Mapping]]] = ..., eval_transforms: _Optional[_Iterable[_Union[Transform, _Mapping]]] = ..., init_from: _Optional[_Union[ModelRef, _Mapping]] = ...) -> None: ...
+    distributed: DistributedConfig
+    def __init__(self, model_name: _Optional[str] = ..., dataset: _Optional[_Union[DatasetRef, _Mapping]] = ..., model: _Optional[_Union[ModelSpec, _Mapping]] = ..., config: _Optional[_Union[TrainingConfig, _Mapping]] = ..., transforms: _Optional[_Iterable[_Union[Transform, _Mapping]]] = ..., eval_transforms: _Optional[_Iterable[_Union[Transform, _Mapping]]] = ..., init_from: _Optional[_Union[ModelRef, _Mapping]] = ..., distributed: _Optional[_Union[DistributedConfig, _Mapping]] = ...) -> None: ...
+
+class DistributedConfig(_message.Message):
+    __slots__ = ("nproc_per_node", "nnodes", "backend", "rdzv_endpoint", "max_restarts")
+    NPROC_PER_NODE_FIELD_NUMBER: _ClassVar[int]
+    NNODES_FIELD_NUMBER: _ClassVar[int]
+    BACKEND_FIELD_NUMBER: _ClassVar[int]
+    RDZV_ENDPOINT_FIELD_NUMBER: _ClassVar[int]
+    MAX_RESTARTS_FIELD_NUMBER: _ClassVar[int]
+    nproc_per_node: int
+    nnodes: int
+    backend: str
+    rdzv_endpoint: str
+    max_restarts: int
+    def __init__(self, nproc_per_node: _Optional[int] = ..., nnodes: _Optional[int] = ..., backend: _Optional[str] = ..., rdzv_endpoint: _Optional[str] = ..., max_restarts: _Optional[int] = ...) -> None: ...
 
 class EpochMetrics(_message.Message):
     __slots__ = ("epoch", "train_loss", "val_loss", "train_metrics", "val_metrics", "samples_per_second", "seconds", "learning_rate")
@@ -413,7 +429,7 @@ class JobQueued(_message.Message):
     def __init__(self, position: _Optional[int] = ...) -> None: ...
 
 class JobStarted(_message.Message):
-    __slots__ = ("device", "train_samples", "val_samples", "epochs", "steps_per_epoch", "start_epoch", "warm_started_tensors")
+    __slots__ = ("device", "train_samples", "val_samples", "epochs", "steps_per_epoch", "start_epoch", "warm_started_tensors", "world_size")
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     TRAIN_SAMPLES_FIELD_NUMBER: _ClassVar[int]
     VAL_SAMPLES_FIELD_NUMBER: _ClassVar[int]
@@ -421,6 +437,7 @@ class JobStarted(_message.Message):
     STEPS_PER_EPOCH_FIELD_NUMBER: _ClassVar[int]
     START_EPOCH_FIELD_NUMBER: _ClassVar[int]
     WARM_STARTED_TENSORS_FIELD_NUMBER: _ClassVar[int]
+    WORLD_SIZE_FIELD_NUMBER: _ClassVar[int]
     device: str
     train_samples: int
     val_samples: int
@@ -428,7 +445,8 @@ class JobStarted(_message.Message):
     steps_per_epoch: int
     start_epoch: int
     warm_started_tensors: int
-    def __init__(self, device: _Optional[str] = ..., train_samples: _Optional[int] = ..., val_samples: _Optional[int] = ..., epochs: _Optional[int] = ..., steps_per_epoch: _Optional[int] = ..., start_epoch: _Optional[int] = ..., warm_started_tensors: _Optional[int] = ...) -> None: ...
+    world_size: int
+    def __init__(self, device: _Optional[str] = ..., train_samples: _Optional[int] = ..., val_samples: _Optional[int] = ..., epochs: _Optional[int] = ..., steps_per_epoch: _Optional[int] = ..., start_epoch: _Optional[int] = ..., warm_started_tensors: _Optional[int] = ..., world_size: _Optional[int] = ...) -> None: ...
 
 class StepProgress(_message.Message):
     __slots__ = ("epoch", "step", "steps_per_epoch", "loss")

@@ -1,0 +1,44 @@
+"""Another machine's share of a distributed job: `torchwire worker` joins the rendezvous of a
+job that a torchwire server runs, with this machine's data and processes."""
+
+import tempfile
+from pathlib import Path
+
+from torchwire.service.api import convert
+from torchwire.service.core.data import prepare
+from torchwire.service.errors import FailedPrecondition
+from torchwire.service.store import Store
+from torchwire.service.worker import launch_ranks
+from torchwire.v1 import torchwire_pb2 as pb
+
+
+def join(
+    job_id: str,
+    request: pb.TrainRequest,
+    store_dir: Path,
+    data_roots: tuple[Path, ...] = (),
+    allow_download: bool = False,
+) -> None:
+    """Trains this machine's ranks of a running distributed job until it ends.
+
+    The data is resolved here, as the server resolved it there: a named dataset from this
+    machine's store, a source under this machine's data roots. The server's machine writes the
+    checkpoints and records the events; this one only computes.
+
+    Raises:
+        FailedPrecondition: the job is not a multi-machine distributed job.
+        TorchwireError: the data does not resolve here, or a training process failed.
+    """
+    spec = convert.train_spec(request)
+    if spec.distributed is None or spec.distributed.nnodes < 2:
+        raise FailedPrecondition(f"job {job_id!r} does not train on several machines")
+    store = Store(
+        store_dir, max_upload_bytes=1, data_roots=data_roots, allow_download=allow_download
+    )
+    try:
+        source = store.datasets.locate(spec.dataset, spec.split, spec.source)
+        pipeline = prepare(source, spec.transforms, spec.eval_transforms)
+    finally:
+        store.close()
+    with tempfile.TemporaryDirectory(prefix=f"torchwire-{job_id}-") as scratch:
+        launch_ranks(job_id, spec.to_dict(), pipeline, scratch, None, None, None, False)

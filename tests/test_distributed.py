@@ -1,0 +1,201 @@
+"""Distributed data-parallel training through the real server: processes launched by
+torch.distributed's elastic launcher on gloo, a second machine joining through `torchwire
+worker`, cancellation and a killed rank, with nothing left running."""
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from tests.conftest import assert_rejected
+from torchwire.client import Client
+from torchwire.service.server import TorchwireServer
+from torchwire.v1 import torchwire_pb2 as pb
+
+pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+
+
+def _ranks(parent: int) -> list[int]:
+    """The training processes the elastic agent `parent` spawned."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
+            command = (entry / "cmdline").read_bytes()
+        except (OSError, IndexError):
+            continue
+        if ppid == parent and b"spawn_main" in command:
+            found.append(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = (Path("/proc") / str(pid) / "stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"
+
+
+def _running_ranks(server: TorchwireServer, job_id: str, count: int) -> tuple[int, list[int]]:
+    """The job's agent pid and its `count` rank pids, once training has begun."""
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        run = server.jobs._running.get(job_id)
+        if run is not None and len(ranks := _ranks(run.process.pid)) == count:
+            return run.process.pid, ranks
+        time.sleep(0.1)
+    raise AssertionError("the ranks did not start")
+
+
+def _wait_gone(pids: list[int], timeout: float = 30) -> None:
+    deadline = time.monotonic() + timeout
+    while any(_alive(p) for p in pids) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not [p for p in pids if _alive(p)], "processes were left running"
+
+
+def test_two_processes_on_gloo_train_as_well_as_one(client: Client) -> None:
+    # Per-process batch 32 on 2 ranks is the single process's batch 64: the same updates.
+    job = client.train(
+        "ddp-digits", "digits", epochs=12, batch_size=32, seed=0, distributed={"nproc_per_node": 2}
+    )
+    final = job.wait()
+    started = next(e.started for e in job.events() if e.WhichOneof("kind") == "started")
+    assert started.world_size == 2
+    assert started.train_samples == 1293
+    assert started.steps_per_epoch == 21  # ceil(ceil(1293 / 2) / 32)
+    client.train("ddp-baseline", "digits", epochs=12, batch_size=64, seed=0).wait()
+    ddp_accuracy = client.evaluate("ddp-digits", "digits").metrics["accuracy"]
+    single_accuracy = client.evaluate("ddp-baseline", "digits").metrics["accuracy"]
+    assert ddp_accuracy > 0.93
+    assert abs(ddp_accuracy - single_accuracy) < 0.03
+    assert len(final.history) == 12
+    # The checkpoint holds the unwrapped state_dict: one process serves it, and exports it.
+    x = np.zeros((3, 1, 8, 8), np.float32)
+    assert client.predict("ddp-digits", x, runtime="eager").raw.shape == (3, 10)
+    assert client.export("ddp-digits", "onnx").max_abs_diff < 1e-4
+    recorded = client.model("ddp-digits").versions[-1].training.distributed
+    assert recorded.nproc_per_node == 2
+
+
+def test_cancelling_a_distributed_job_stops_every_rank(
+    client: Client, server: TorchwireServer
+) -> None:
+    job = client.train(
+        "ddp-cancel", "digits", epochs=10000, patience=0, distributed={"nproc_per_node": 2}
+    )
+    agent, ranks = _running_ranks(server, job.id, 2)
+    next(e for e in job.events() if e.WhichOneof("kind") == "epoch_end")
+    assert job.cancel().state == pb.JOB_STATE_CANCELLED
+    _wait_gone([agent, *ranks])
+
+
+def test_a_killed_rank_fails_the_job_with_a_clear_reason(
+    client: Client, server: TorchwireServer
+) -> None:
+    job = client.train(
+        "ddp-killed", "digits", epochs=10000, patience=0, distributed={"nproc_per_node": 2}
+    )
+    agent, ranks = _running_ranks(server, job.id, 2)
+    next(e for e in job.events() if e.WhichOneof("kind") == "epoch_end")
+    os.kill(ranks[-1], signal.SIGKILL)
+    final = job.wait(raise_on_failure=False)
+    assert final.state == pb.JOB_STATE_FAILED
+    assert "distributed training failed: rank" in final.error
+    assert "SIGKILL" in final.error
+    _wait_gone([agent, *ranks])
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def test_a_second_machine_joins_through_torchwire_worker(
+    client: Client, server: TorchwireServer, tmp_path: Path
+) -> None:
+    endpoint = f"127.0.0.1:{_free_port()}"
+    job = client.train(
+        "ddp-two-nodes",
+        "digits",
+        epochs=4,
+        learning_rate=0.004,
+        seed=0,
+        distributed={"nproc_per_node": 1, "nnodes": 2, "rdzv_endpoint": endpoint},
+    )
+    worker = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torchwire.client.cli",
+            "worker",
+            job.id,
+            "--server",
+            server.address,
+            "--store-dir",
+            str(tmp_path / "node2"),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=180,
+    )
+    assert worker.returncode == 0, worker.stderr[-2000:]
+    final = job.wait()
+    started = next(e.started for e in job.events() if e.WhichOneof("kind") == "started")
+    assert started.world_size == 2
+    assert final.history[-1].val_metrics["accuracy"] > 0.8
+    assert not list((tmp_path / "node2").glob("jobs/*"))  # only the server's machine writes
+
+
+def test_bad_distributed_options_are_refused(client: Client) -> None:
+    def train(**distributed):
+        return lambda: client.train("bad", "digits", distributed=distributed)
+
+    invalid = grpc.StatusCode.INVALID_ARGUMENT
+    assert_rejected(train(nproc_per_node=0), invalid, "distributed.nproc_per_node=0")
+    assert_rejected(train(nproc_per_node=2, backend="mpi"), invalid, "distributed.backend='mpi'")
+    assert_rejected(train(nproc_per_node=2, nnodes=2), invalid, "distributed.rdzv_endpoint")
+    assert_rejected(
+        train(nproc_per_node=2, rdzv_endpoint="nohost"), invalid, "distributed.rdzv_endpoint"
+    )
+    assert_rejected(train(nproc_per_node=1, max_restarts=99), invalid, "distributed.max_restarts")
+    assert_rejected(
+        lambda: client.train(
+            "bad", "digits", device="cpu", distributed={"nproc_per_node": 2, "backend": "nccl"}
+        ),
+        invalid,
+        "needs CUDA",
+    )
+
+
+def test_a_killed_rank_restarts_within_max_restarts_from_the_last_checkpoint(
+    client: Client, server: TorchwireServer
+) -> None:
+    job = client.train(
+        "ddp-restarted",
+        "digits",
+        epochs=12,
+        batch_size=16,
+        patience=0,
+        distributed={"nproc_per_node": 2, "max_restarts": 1},
+    )
+    _, ranks = _running_ranks(server, job.id, 2)
+    next(e for e in job.events() if e.checkpoint_saved.role == "last")
+    os.kill(ranks[0], signal.SIGKILL)
+    final = job.wait()
+    starts = [e.started.start_epoch for e in job.events() if e.WhichOneof("kind") == "started"]
+    assert len(starts) == 2
+    assert starts[1] > 1  # the restart went on from last.pt
+    assert [m.epoch for m in final.history] == list(range(1, 13))
+    _wait_gone(ranks)
