@@ -2,6 +2,7 @@
 hyperparameters and epochs."""
 
 import time
+from typing import Any
 
 import numpy as np
 import torch
@@ -52,27 +53,44 @@ def classic_loop() -> dict:
     return {"samples_per_s": EPOCHS * len(y) / seconds, "seconds": seconds, "accuracy": accuracy}
 
 
-def service(client: Client) -> dict:
-    """The same training as a torchwire job (no validation split, no early stopping)."""
+def service(client: Client, name: str = "bench-train", **options: Any) -> dict:
+    """The same training as a torchwire job (no validation split, no early stopping);
+    `options` override the job's settings."""
     begin = time.perf_counter()
-    job = client.train(
-        "bench-train",
-        "digits",
-        epochs=EPOCHS,
-        batch_size=BATCH,
-        learning_rate=LR,
-        val_fraction=0,
-        patience=0,
-        seed=0,
-    )
-    final = job.wait()
+    settings = {
+        "epochs": EPOCHS,
+        "batch_size": BATCH,
+        "learning_rate": LR,
+        "val_fraction": 0,
+        "patience": 0,
+        "seed": 0,
+        **options,
+    }
+    final = client.train(name, "digits", **settings).wait()
     wall = time.perf_counter() - begin
     seconds = sum(m.seconds for m in final.history)
     samples = sum(m.samples_per_second * m.seconds for m in final.history)
-    accuracy = client.evaluate("bench-train", "digits").metrics["accuracy"]
+    accuracy = client.evaluate(name, "digits").metrics["accuracy"]
     return {
         "samples_per_s": samples / seconds,
         "seconds": seconds,
         "job_wall_s": wall,
         "accuracy": accuracy,
     }
+
+
+DDP_PROCESSES = 2
+
+
+def distributed(client: Client) -> dict:
+    """The small CNN on the digits in one process, then in DDP_PROCESSES DDP processes on
+    gloo with the per-process batch divided alike, so both make the same updates."""
+    common = {"architecture": "cnn", "channels": [32, 64], "epochs": 5}
+    single = service(client, "bench-single", **common)
+    ddp = service(
+        client,
+        "bench-ddp",
+        **{**common, "batch_size": BATCH // DDP_PROCESSES},
+        distributed={"nproc_per_node": DDP_PROCESSES},
+    )
+    return {"single": single, "ddp": ddp}

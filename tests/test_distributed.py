@@ -13,6 +13,7 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+import torch
 
 from tests.conftest import assert_rejected
 from torchwire.client import Client
@@ -199,3 +200,23 @@ def test_a_killed_rank_restarts_within_max_restarts_from_the_last_checkpoint(
     assert starts[1] > 1  # the restart went on from last.pt
     assert [m.epoch for m in final.history] == list(range(1, 13))
     _wait_gone(ranks)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_nccl_on_cuda_with_mixed_precision_and_channels_last(client: Client) -> None:
+    gpus = min(2, torch.cuda.device_count())
+    job = client.train(
+        "ddp-cuda",
+        "digits",
+        architecture="cnn",
+        channels=[16],
+        epochs=3,
+        device="cuda",
+        channels_last=True,
+        distributed={"nproc_per_node": gpus},
+    )
+    job.wait()
+    started = next(e.started for e in job.events() if e.WhichOneof("kind") == "started")
+    assert started.device.startswith("cuda")
+    assert started.world_size == gpus
+    assert client.evaluate("ddp-cuda", "digits").metrics["accuracy"] > 0.8
