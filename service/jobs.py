@@ -22,7 +22,8 @@ from torchwire.service.core import events
 from torchwire.service.core.checkpoint import load_checkpoint
 from torchwire.service.core.data import DataPipeline, prepare
 from torchwire.service.core.device import choose_device
-from torchwire.service.core.training import TrainSpec, check_compatible
+from torchwire.service.core.spec import TrainSpec
+from torchwire.service.core.training import check_compatible
 from torchwire.service.errors import (
     FailedPrecondition,
     InvalidArgument,

@@ -30,7 +30,7 @@ from torchwire.service.core.runtimes import (
     postprocess,
 )
 from torchwire.service.core.sources import FileSource
-from torchwire.service.core.training import TrainSpec
+from torchwire.service.core.spec import TrainSpec
 from torchwire.service.core.transforms import preprocess_images
 from torchwire.service.errors import (
     DeadlineExceeded,

@@ -16,11 +16,14 @@ from multiprocessing.synchronize import Event as CancelFlag
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from torchwire.service.core import distributed
 from torchwire.service.core.data import DataPipeline
 from torchwire.service.core.device import choose_device
 from torchwire.service.core.events import Event, to_payload
-from torchwire.service.core.training import FitResult, Trainer, TrainSpec
+from torchwire.service.core.spec import TrainSpec
+from torchwire.service.core.training import FitResult, Trainer
 from torchwire.service.errors import TorchwireError
 
 PARENT_POLL_S = 0.2
@@ -80,7 +83,12 @@ def train_rank(
     rank = distributed.Rank.from_environment(coordinator)
     spec = TrainSpec.from_dict(spec_dict)
     assert spec.distributed is not None
-    backend = spec.distributed.check_device(choose_device(spec.config.device))
+    device = choose_device(spec.config.device)
+    backend = spec.distributed.check_device(device)
+    if device.type == "cpu":
+        # Share the cores, as torchrun's OMP_NUM_THREADS does: each rank's own pool of
+        # all the cores would oversubscribe them nproc_per_node times.
+        torch.set_num_threads(max(1, (os.cpu_count() or 1) // spec.distributed.nproc_per_node))
     last = Path(checkpoint_dir) / "last.pt"
     with distributed.process_group(backend):
         trainer = Trainer(

@@ -25,7 +25,8 @@ from torchwire.service.core.device import choose_device
 from torchwire.service.core.evaluation import evaluate
 from torchwire.service.core.models import CNNParams, MLPParams, ModelConfig
 from torchwire.service.core.objectives import OBJECTIVES
-from torchwire.service.core.training import TrainConfig, Trainer, TrainSpec
+from torchwire.service.core.spec import TrainConfig, TrainSpec
+from torchwire.service.core.training import Trainer
 from torchwire.service.errors import FailedPrecondition, InvalidArgument
 
 DIGITS = BUILTIN_DATASETS["digits"]

@@ -14,7 +14,7 @@ from torchwire.client import Client, JobError
 from torchwire.service.core.checkpoint import load_model
 from torchwire.service.core.data import BUILTIN_DATASETS
 from torchwire.service.core.models import MLPParams
-from torchwire.service.core.training import TrainConfig, TrainSpec
+from torchwire.service.core.spec import TrainConfig, TrainSpec
 from torchwire.v1 import torchwire_pb2 as pb
 
 

@@ -17,7 +17,8 @@ from torchwire.client.demo import start_server
 from torchwire.service.core.checkpoint import load_checkpoint
 from torchwire.service.core.data import BUILTIN_DATASETS, prepare
 from torchwire.service.core.models import MLPParams
-from torchwire.service.core.training import TrainConfig, Trainer, TrainSpec
+from torchwire.service.core.spec import TrainConfig, TrainSpec
+from torchwire.service.core.training import Trainer
 from torchwire.service.store.datasets import DatasetLocation
 from torchwire.v1 import torchwire_pb2 as pb
 

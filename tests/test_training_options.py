@@ -12,7 +12,8 @@ from torchwire.service.core.checkpoint import load_checkpoint, load_model
 from torchwire.service.core.evaluation import evaluate
 from torchwire.service.core.models import CNNParams, MLPParams, ModelConfig
 from torchwire.service.core.objectives import OBJECTIVES
-from torchwire.service.core.training import TrainConfig, Trainer, TrainSpec
+from torchwire.service.core.spec import TrainConfig, TrainSpec
+from torchwire.service.core.training import Trainer
 
 
 def _trainer(

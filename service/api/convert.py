@@ -16,7 +16,7 @@ from torchwire.service.core.export import ONNX, TORCHSCRIPT
 from torchwire.service.core.models import CNNParams, MLPParams, PluginParams, TorchvisionParams
 from torchwire.service.core.runtimes import Prediction
 from torchwire.service.core.sources import FileSource
-from torchwire.service.core.training import TrainConfig, TrainSpec
+from torchwire.service.core.spec import TrainConfig, TrainSpec
 from torchwire.service.errors import InvalidArgument
 from torchwire.service.store.layout import check_name
 from torchwire.service.store.registry import JOB_STATES, EventRecord, JobRecord, ModelVersionRecord
