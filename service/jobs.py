@@ -111,7 +111,11 @@ class JobManager:
         # forkserver is single-threaded and never touches CUDA, so forking from it is safe
         # (unlike forking this threaded gRPC server).
         self._context = multiprocessing.get_context("forkserver")
-        self._context.set_forkserver_preload(["torchwire.service.worker"])
+        # torchvision's transforms too: importing it costs about 1.5 s (it loads torch._dynamo),
+        # paid once here rather than by every job with transforms.
+        self._context.set_forkserver_preload(
+            ["torchwire.service.worker", "torchvision.transforms.v2"]
+        )
         self._lock = threading.Lock()
         self._changed = threading.Condition()
         self._generation = 0

@@ -5,15 +5,16 @@ A spec is a one-key dict in the protobuf JSON form, e.g. `{"resize": {"size": [3
 so it travels in job requests and model metadata as plain JSON.
 """
 
+import functools
 import io
 import math
 from collections.abc import Callable, Sequence
+from types import ModuleType
 from typing import Any
 
 import numpy as np
 import torch
 from PIL import Image
-from torchvision.transforms import v2
 
 from torchwire.service.errors import InvalidArgument
 
@@ -22,6 +23,15 @@ TO_TENSOR = "to_tensor"
 IMAGE_FORMATS = ("PNG", "JPEG")
 MAX_IMAGE_PIXELS = 64 * 1024 * 1024
 """Images larger than this are refused before they are decoded (decompression bombs)."""
+Transform = Callable[[Any], Any]
+
+
+def _v2() -> ModuleType:
+    """torchvision.transforms.v2, imported on first use: importing torchvision also loads
+    torch._dynamo, a second and a half that a server without transforms need not pay."""
+    from torchvision.transforms import v2
+
+    return v2
 
 
 def _size(field: str, params: dict[str, Any]) -> list[int]:
@@ -38,39 +48,39 @@ def _probability(field: str, params: dict[str, Any]) -> float:
     return p
 
 
-def _grayscale(field: str, params: dict[str, Any]) -> v2.Transform:
+def _grayscale(field: str, params: dict[str, Any]) -> Transform:
     channels = int(params.get("num_output_channels", 0)) or 1
     if channels not in (1, 3):
         raise InvalidArgument.field(f"{field}.num_output_channels", channels, "must be 1 or 3")
-    return v2.Grayscale(channels)
+    return _v2().Grayscale(channels)
 
 
-def _random_crop(field: str, params: dict[str, Any]) -> v2.Transform:
+def _random_crop(field: str, params: dict[str, Any]) -> Transform:
     padding = int(params.get("padding", 0))
     if not 0 <= padding <= 1024:
         raise InvalidArgument.field(f"{field}.padding", padding, "must be in [0, 1024]")
-    return v2.RandomCrop(_size(field, params), padding=padding or None)
+    return _v2().RandomCrop(_size(field, params), padding=padding or None)
 
 
-class _Normalize(v2.Normalize):
+@functools.cache
+def _normalize_type() -> type:
     """Normalize that refuses a channel count other than its own: torchvision's would
     broadcast one channel to three without a word."""
 
-    def forward(self, *inputs: Any) -> Any:
-        image = inputs[0]
-        if (
-            isinstance(image, torch.Tensor)
-            and image.ndim >= 3
-            and image.shape[-3] != len(self.mean)
-        ):
-            raise ValueError(
-                f"normalize has {len(self.mean)} means, but the image has {image.shape[-3]} "
-                "channels"
-            )
-        return super().forward(*inputs)
+    class CheckedNormalize(_v2().Normalize):  # type: ignore[misc]
+        def forward(self, *inputs: Any) -> Any:
+            image = inputs[0]
+            channels = image.shape[-3] if isinstance(image, torch.Tensor) and image.ndim >= 3 else 0
+            if channels and channels != len(self.mean):
+                raise ValueError(
+                    f"normalize has {len(self.mean)} means, but the image has {channels} channels"
+                )
+            return super().forward(*inputs)
+
+    return CheckedNormalize
 
 
-def _normalize(field: str, params: dict[str, Any]) -> v2.Transform:
+def _normalize(field: str, params: dict[str, Any]) -> Transform:
     mean = [float(m) for m in params.get("mean", [])]
     std = [float(s) for s in params.get("std", [])]
     if not mean or len(mean) != len(std):
@@ -79,19 +89,19 @@ def _normalize(field: str, params: dict[str, Any]) -> v2.Transform:
         )
     if not all(math.isfinite(m) for m in mean) or not all(math.isfinite(s) and s > 0 for s in std):
         raise InvalidArgument.field(f"{field}.std", std, "must be finite, and each std > 0")
-    return _Normalize(mean, std)
+    return _normalize_type()(mean, std)
 
 
-def _to_tensor(field: str, params: dict[str, Any]) -> v2.Transform:
+def _to_tensor(field: str, params: dict[str, Any]) -> Transform:
     # v2's spelling of the classic ToTensor: an image tensor, float32 scaled to [0, 1].
-    return v2.Compose([v2.ToImage(), v2.ToDtype(torch.float32, scale=True)])
+    return _v2().Compose([_v2().ToImage(), _v2().ToDtype(torch.float32, scale=True)])
 
 
-_BUILDERS: dict[str, Callable[[str, dict[str, Any]], v2.Transform]] = {
-    "resize": lambda field, params: v2.Resize(_size(field, params)),
-    "center_crop": lambda field, params: v2.CenterCrop(_size(field, params)),
+_BUILDERS: dict[str, Callable[[str, dict[str, Any]], Transform]] = {
+    "resize": lambda field, params: _v2().Resize(_size(field, params)),
+    "center_crop": lambda field, params: _v2().CenterCrop(_size(field, params)),
     "random_crop": _random_crop,
-    "random_horizontal_flip": lambda field, params: v2.RandomHorizontalFlip(
+    "random_horizontal_flip": lambda field, params: _v2().RandomHorizontalFlip(
         _probability(field, params)
     ),
     "grayscale": _grayscale,
@@ -116,13 +126,17 @@ def with_to_tensor(specs: Sequence[Spec]) -> list[Spec]:
     return [*specs[:at], {TO_TENSOR: {}}, *specs[at:]]
 
 
-def build(specs: Sequence[Spec], field: str = "transforms") -> v2.Transform:
+def _unchanged(sample: Any) -> Any:
+    return sample
+
+
+def build(specs: Sequence[Spec], field: str = "transforms") -> Transform:
     """The torchvision pipeline of `specs`; invalid parameters raise `InvalidArgument`."""
     steps = []
     for index, spec in enumerate(specs):
         kind, params = _kind(f"{field}[{index}]", spec)
         steps.append(_BUILDERS[kind](f"{field}[{index}].{kind}", params))
-    return v2.Compose(steps) if steps else v2.Identity()
+    return _v2().Compose(steps) if steps else _unchanged
 
 
 def derive_eval(specs: Sequence[Spec]) -> list[Spec]:
