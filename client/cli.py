@@ -13,7 +13,8 @@ import numpy as np
 from google.protobuf import json_format
 from google.protobuf.message import Message
 
-from torchwire.client.client import DEFAULT_ADDRESS, Client, JobError, history_rows
+from torchwire.client.client import DEFAULT_ADDRESS, Client, JobError
+from torchwire.client.messages import history_rows
 from torchwire.client.plot import plot_history
 from torchwire.v1 import torchwire_pb2 as pb
 

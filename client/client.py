@@ -3,17 +3,22 @@
 import hashlib
 import time
 from collections.abc import Iterable, Iterator
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import grpc
-import numpy as np
-from google.protobuf import json_format
-from google.protobuf.message import Message
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from torchwire.client.channel import open_channel
+from torchwire.client.messages import (
+    PredictResult,
+    as_array,
+    dataset_ref,
+    history_rows,
+    message,
+    predict_request,
+    predict_result,
+)
 from torchwire.v1 import tensors
 from torchwire.v1 import torchwire_pb2 as pb
 from torchwire.v1 import torchwire_pb2_grpc as pb_grpc
@@ -22,11 +27,6 @@ DEFAULT_ADDRESS = "127.0.0.1:50051"
 DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 TERMINAL_STATES = (pb.JOB_STATE_SUCCEEDED, pb.JOB_STATE_FAILED, pb.JOB_STATE_CANCELLED)
 _FORMATS = {"onnx": pb.EXPORT_FORMAT_ONNX, "torchscript": pb.EXPORT_FORMAT_TORCHSCRIPT}
-_OUTPUTS = {
-    "raw": pb.PREDICT_OUTPUT_RAW,
-    "probabilities": pb.PREDICT_OUTPUT_PROBABILITIES,
-    "top_k": pb.PREDICT_OUTPUT_TOP_K,
-}
 
 
 class JobError(RuntimeError):
@@ -35,95 +35,6 @@ class JobError(RuntimeError):
     def __init__(self, job: pb.Job) -> None:
         super().__init__(f"job {job.id} {pb.JobState.Name(job.state)[10:].lower()}: {job.error}")
         self.job = job
-
-
-@dataclass(frozen=True)
-class PredictResult:
-    """Predict's answer as arrays; fields are None when not asked for.
-
-    Attributes:
-        model_name, version, runtime: who answered.
-        device: the ONNX Runtime provider or torch device that ran it.
-        batch_sizes: sizes of the model runs that served the request (dynamic batching).
-        raw: [n, out] raw outputs (logits or regression values).
-        probabilities: [n, classes] softmax probabilities.
-        top_indices, top_probabilities: [n, k], best class first.
-        top_labels: the class names of `top_indices`.
-    """
-
-    model_name: str
-    version: int
-    runtime: str
-    device: str
-    batch_sizes: list[int]
-    raw: np.ndarray | None
-    probabilities: np.ndarray | None
-    top_indices: np.ndarray | None
-    top_probabilities: np.ndarray | None
-    top_labels: list[list[str]] | None
-
-
-def _message(value: Any, cls: type) -> Any:
-    """A message as given, or built from its protobuf-JSON dict form."""
-    return value if isinstance(value, Message) else json_format.ParseDict(value, cls())
-
-
-def _dataset_ref(dataset: str | None, split: str, source: Any) -> pb.DatasetRef:
-    """A dataset by name, or (with `source`) files under the server's data roots."""
-    if source is None:
-        return pb.DatasetRef(name=dataset or "digits", split=split)
-    if dataset:
-        raise ValueError("give a dataset name or a source, not both")
-    return pb.DatasetRef(split=split, source=_message(source, pb.DataSource))
-
-
-def _predict_request(
-    model_name: str,
-    inputs: Any,
-    version: int,
-    outputs: Iterable[str],
-    top_k: int,
-    runtime: str,
-    images: Iterable[bytes] = (),
-) -> pb.PredictRequest:
-    request = pb.PredictRequest(
-        model_name=model_name,
-        version=version,
-        outputs=[_OUTPUTS[o] for o in outputs],
-        top_k=top_k,
-        runtime=runtime,
-        images=list(images),
-    )
-    if inputs is not None:
-        request.inputs.CopyFrom(tensors.encode(_as_array(inputs)))
-    return request
-
-
-def _predict_result(response: pb.PredictResponse) -> PredictResult:
-    has_top = len(response.top_k) > 0
-    return PredictResult(
-        model_name=response.model_name,
-        version=response.version,
-        runtime=response.runtime,
-        device=response.device,
-        batch_sizes=list(response.batch_sizes),
-        raw=tensors.decode(response.raw) if response.HasField("raw") else None,
-        probabilities=(
-            tensors.decode(response.probabilities) if response.HasField("probabilities") else None
-        ),
-        top_indices=np.array([list(t.indices) for t in response.top_k]) if has_top else None,
-        top_probabilities=(
-            np.array([list(t.probabilities) for t in response.top_k]) if has_top else None
-        ),
-        top_labels=[list(t.labels) for t in response.top_k] if has_top else None,
-    )
-
-
-def _as_array(data: Any) -> np.ndarray:
-    """NumPy arrays pass through; torch tensors (or anything array-like) are converted."""
-    if hasattr(data, "detach"):
-        data = data.detach().cpu().numpy()
-    return np.asarray(data)
 
 
 class Job:
@@ -198,24 +109,6 @@ class Job:
     def history(self) -> list[dict[str, Any]]:
         """Per-epoch learning curves: one dict per epoch (train/val loss and metrics)."""
         return history_rows(self.info().history)
-
-
-def history_rows(history: Iterable[pb.EpochMetrics]) -> list[dict[str, Any]]:
-    """Learning curves as one flat dict per epoch: epoch, train_loss, val_loss,
-    train_<metric>, val_<metric>, learning_rate, samples_per_second, seconds."""
-    return [
-        {
-            "epoch": m.epoch,
-            "train_loss": m.train_loss,
-            "val_loss": m.val_loss if m.HasField("val_loss") else None,
-            **{f"train_{k}": v for k, v in m.train_metrics.items()},
-            **{f"val_{k}": v for k, v in m.val_metrics.items()},
-            "learning_rate": m.learning_rate,
-            "samples_per_second": m.samples_per_second,
-            "seconds": m.seconds,
-        }
-        for m in history
-    ]
 
 
 class _ProgressBar:
@@ -331,7 +224,7 @@ class Client:
             classes: optional class names, index = class id.
             chunk_bytes: about how many bytes each streamed chunk carries.
         """
-        features, targets = _as_array(features), _as_array(targets)
+        features, targets = as_array(features), as_array(targets)
         row_bytes = max(1, features[:1].nbytes + targets[:1].nbytes)
         rows = max(1, min(chunk_bytes, self.max_message_bytes // 2) // row_bytes)
 
@@ -409,17 +302,17 @@ class Client:
                 raise ValueError(f"architecture={architecture!r}: use 'mlp', 'cnn' or model=")
         request = pb.TrainRequest(
             model_name=model_name,
-            dataset=_dataset_ref(dataset, split, source),
-            model=_message(model, pb.ModelSpec),
+            dataset=dataset_ref(dataset, split, source),
+            model=message(model, pb.ModelSpec),
             config=pb.TrainingConfig(**config),
-            transforms=[_message(t, pb.Transform) for t in transforms],
-            eval_transforms=[_message(t, pb.Transform) for t in eval_transforms],
+            transforms=[message(t, pb.Transform) for t in transforms],
+            eval_transforms=[message(t, pb.Transform) for t in eval_transforms],
         )
         if init_from is not None:
             name, version = (init_from, 0) if isinstance(init_from, str) else init_from
             request.init_from.CopyFrom(pb.ModelRef(name=name, version=version))
         if distributed is not None:
-            request.distributed.CopyFrom(_message(distributed, pb.DistributedConfig))
+            request.distributed.CopyFrom(message(distributed, pb.DistributedConfig))
         return self.submit(request)
 
     def submit(self, request: pb.TrainRequest) -> Job:
@@ -456,7 +349,7 @@ class Client:
         request = pb.EvaluateRequest(
             model_name=model_name,
             version=version,
-            dataset=_dataset_ref(dataset, split, source),
+            dataset=dataset_ref(dataset, split, source),
             batch_size=batch_size,
         )
         return self.stub.Evaluate(request, timeout=self.timeout)
@@ -485,8 +378,8 @@ class Client:
             runtime: "eager", "torchscript" or "onnxruntime"; "" lets the server pick the
                 fastest one the version has an export for.
         """
-        request = _predict_request(model_name, inputs, version, outputs, top_k, runtime, images)
-        return _predict_result(self.stub.Predict(request, timeout=self.timeout))
+        request = predict_request(model_name, inputs, version, outputs, top_k, runtime, images)
+        return predict_result(self.stub.Predict(request, timeout=self.timeout))
 
     def predict_many(
         self,
@@ -505,11 +398,11 @@ class Client:
         """
         outputs = tuple(outputs)
         requests = (
-            _predict_request(model_name, batch, version, outputs, top_k, runtime)
+            predict_request(model_name, batch, version, outputs, top_k, runtime)
             for batch in batches
         )
         for response in self.stub.PredictStream(requests):
-            yield _predict_result(response)
+            yield predict_result(response)
 
     # ----------------------------------------------------------------- export
 

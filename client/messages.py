@@ -1,0 +1,126 @@
+"""Messages the client builds and reads: requests from Python values (protobuf objects or
+their JSON dicts, arrays or tensors), and Predict's and a job's answers as Python values."""
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from torchwire.v1 import tensors
+from torchwire.v1 import torchwire_pb2 as pb
+
+OUTPUTS = {
+    "raw": pb.PREDICT_OUTPUT_RAW,
+    "probabilities": pb.PREDICT_OUTPUT_PROBABILITIES,
+    "top_k": pb.PREDICT_OUTPUT_TOP_K,
+}
+
+
+@dataclass(frozen=True)
+class PredictResult:
+    """Predict's answer as arrays; fields are None when not asked for.
+
+    Attributes:
+        model_name, version, runtime: who answered.
+        device: the ONNX Runtime provider or torch device that ran it.
+        batch_sizes: sizes of the model runs that served the request (dynamic batching).
+        raw: [n, out] raw outputs (logits or regression values).
+        probabilities: [n, classes] softmax probabilities.
+        top_indices, top_probabilities: [n, k], best class first.
+        top_labels: the class names of `top_indices`.
+    """
+
+    model_name: str
+    version: int
+    runtime: str
+    device: str
+    batch_sizes: list[int]
+    raw: np.ndarray | None
+    probabilities: np.ndarray | None
+    top_indices: np.ndarray | None
+    top_probabilities: np.ndarray | None
+    top_labels: list[list[str]] | None
+
+
+def message(value: Any, cls: type) -> Any:
+    """A message as given, or built from its protobuf-JSON dict form."""
+    return value if isinstance(value, Message) else json_format.ParseDict(value, cls())
+
+
+def dataset_ref(dataset: str | None, split: str, source: Any) -> pb.DatasetRef:
+    """A dataset by name, or (with `source`) files under the server's data roots."""
+    if source is None:
+        return pb.DatasetRef(name=dataset or "digits", split=split)
+    if dataset:
+        raise ValueError("give a dataset name or a source, not both")
+    return pb.DatasetRef(split=split, source=message(source, pb.DataSource))
+
+
+def predict_request(
+    model_name: str,
+    inputs: Any,
+    version: int,
+    outputs: Iterable[str],
+    top_k: int,
+    runtime: str,
+    images: Iterable[bytes] = (),
+) -> pb.PredictRequest:
+    request = pb.PredictRequest(
+        model_name=model_name,
+        version=version,
+        outputs=[OUTPUTS[o] for o in outputs],
+        top_k=top_k,
+        runtime=runtime,
+        images=list(images),
+    )
+    if inputs is not None:
+        request.inputs.CopyFrom(tensors.encode(as_array(inputs)))
+    return request
+
+
+def predict_result(response: pb.PredictResponse) -> PredictResult:
+    has_top = len(response.top_k) > 0
+    return PredictResult(
+        model_name=response.model_name,
+        version=response.version,
+        runtime=response.runtime,
+        device=response.device,
+        batch_sizes=list(response.batch_sizes),
+        raw=tensors.decode(response.raw) if response.HasField("raw") else None,
+        probabilities=(
+            tensors.decode(response.probabilities) if response.HasField("probabilities") else None
+        ),
+        top_indices=np.array([list(t.indices) for t in response.top_k]) if has_top else None,
+        top_probabilities=(
+            np.array([list(t.probabilities) for t in response.top_k]) if has_top else None
+        ),
+        top_labels=[list(t.labels) for t in response.top_k] if has_top else None,
+    )
+
+
+def as_array(data: Any) -> np.ndarray:
+    """NumPy arrays pass through; torch tensors (or anything array-like) are converted."""
+    if hasattr(data, "detach"):
+        data = data.detach().cpu().numpy()
+    return np.asarray(data)
+
+
+def history_rows(history: Iterable[pb.EpochMetrics]) -> list[dict[str, Any]]:
+    """Learning curves as one flat dict per epoch: epoch, train_loss, val_loss,
+    train_<metric>, val_<metric>, learning_rate, samples_per_second, seconds."""
+    return [
+        {
+            "epoch": m.epoch,
+            "train_loss": m.train_loss,
+            "val_loss": m.val_loss if m.HasField("val_loss") else None,
+            **{f"train_{k}": v for k, v in m.train_metrics.items()},
+            **{f"val_{k}": v for k, v in m.val_metrics.items()},
+            "learning_rate": m.learning_rate,
+            "samples_per_second": m.samples_per_second,
+            "seconds": m.seconds,
+        }
+        for m in history
+    ]
