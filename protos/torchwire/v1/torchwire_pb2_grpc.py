@@ -135,8 +135,9 @@ class TorchWireServicer:
         raise NotImplementedError('Method not implemented!')
 
     def ListDatasets(self, request, context):
-        """Lists the datasets that can be named in Train and Evaluate: built-in and
-        uploaded ones.
+        """Lists the datasets that can be named in Train and Evaluate: built-in,
+        plugin and uploaded ones. (Files under the data roots are named by
+        DatasetRef.source instead, and are not listed.)
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
