@@ -348,6 +348,8 @@ def test_bad_catalog_requests_get_clear_statuses(
         (train(source={"format": "image_files", "path": str(outside)}), INVALID, "outside"),
         (train(source={"format": "image_files", "path": "escape"}), INVALID, "escape"),
         (train(source={"format": "parquet", "path": "x"}), INVALID, "dataset.source.format"),
+        (train(source={"format": "csv", "path": "a\x00b.csv"}), INVALID, "not a usable path"),
+        (train(source={"format": "csv", "path": "x" * 300}), INVALID, "not a usable path"),
         (train(source={"format": "image_folder", "path": "nowhere"}), NOT_FOUND, "nowhere"),
         (train(dataset="no-such-data"), NOT_FOUND, "no-such-data"),
         (

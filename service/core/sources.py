@@ -46,10 +46,18 @@ def resolve_path(path: str, roots: Sequence[Path], field: str) -> Path:
     """
     if not path:
         raise InvalidArgument.field(field, path, "is required")
+    if "\0" in path or len(path) > 4096:
+        raise InvalidArgument.field(field, path, "is not a usable path (a NUL byte, or too long)")
     candidates = [Path(path)] if Path(path).is_absolute() else [root / path for root in roots]
     inside = []
     for candidate in candidates:
-        real = candidate.resolve()
+        try:
+            real = candidate.resolve()
+            real.exists()
+        except OSError as err:  # a name too long for the file system
+            raise InvalidArgument.field(
+                field, path, f"is not a usable path: {err.strerror}"
+            ) from err
         if any(real.is_relative_to(root.resolve()) for root in roots):
             inside.append(real)
     if not inside:
