@@ -322,7 +322,7 @@ def test_same_seed_gives_identical_curves_with_random_augmentation(
 
 
 def test_plot_draws_a_valid_png(client: Client, server: TorchwireServer, tmp_path: Path) -> None:
-    job = client.jobs(model_name="scheduled")[0]
+    job = client.train("plotted", "digits", epochs=3, seed=0).wait()
     out = tmp_path / "curve.png"
     assert cli(["plot", job.id, "--out", str(out), "--server", server.address]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
@@ -335,6 +335,8 @@ def test_plot_draws_a_valid_png(client: Client, server: TorchwireServer, tmp_pat
 def test_bad_catalog_requests_get_clear_statuses(
     client: Client, digits_model: str, colour_model: str, data_root: Path, tmp_path: Path
 ) -> None:
+    write_regression_csv(data_root / "tables" / "train.csv", rows=400, seed=6)
+    write_binary_csv(data_root / "tables" / "binary.csv", rows=400, seed=8)
     outside = tmp_path / "outside"
     write_image_files(outside, per_class=1, seed=0)
     (data_root / "escape").symlink_to(outside)
