@@ -8,7 +8,7 @@ from torchwire.service.api import convert
 from torchwire.service.core.data import prepare
 from torchwire.service.errors import FailedPrecondition
 from torchwire.service.store import Store
-from torchwire.service.worker import launch_ranks
+from torchwire.service.worker import RankTask, launch_ranks
 from torchwire.v1 import torchwire_pb2 as pb
 
 
@@ -41,4 +41,4 @@ def join(
     finally:
         store.close()
     with tempfile.TemporaryDirectory(prefix=f"torchwire-{job_id}-") as scratch:
-        launch_ranks(job_id, spec.to_dict(), pipeline, scratch, None, None, None, False)
+        launch_ranks(RankTask(job_id, spec.to_dict(), pipeline, scratch, None, None, None, False))

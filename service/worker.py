@@ -11,6 +11,7 @@ import os
 import threading
 import time
 import traceback
+from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event as CancelFlag
 from pathlib import Path
@@ -65,23 +66,40 @@ def _sender(conn: Connection | None) -> Any:
     return emit
 
 
-def train_rank(
-    spec_dict: dict[str, Any],
-    pipeline: DataPipeline,
-    checkpoint_dir: str,
-    init_from: str | None,
-    conn: Connection | None,
-    cancel: CancelFlag | None,
-    coordinator: bool,
-) -> dict[str, Any] | None:
+@dataclass(frozen=True)
+class RankTask:
+    """What every training process of a distributed job on one machine gets (picklable).
+
+    Attributes:
+        job_id: the job, and the rendezvous' run id.
+        spec_dict: the job's TrainSpec as recorded.
+        pipeline: the data, resolved on this machine.
+        checkpoint_dir: where the writer keeps `best.pt` and `last.pt`.
+        init_from: a checkpoint to fine-tune from, read by the writer.
+        conn: the pipe to the server (None on other machines).
+        cancel: the server's cancel flag (None on other machines).
+        coordinator: True on the server's machine, whose local rank 0 is the writer.
+    """
+
+    job_id: str
+    spec_dict: dict[str, Any]
+    pipeline: DataPipeline
+    checkpoint_dir: str
+    init_from: str | None
+    conn: Connection | None
+    cancel: CancelFlag | None
+    coordinator: bool
+
+
+def train_rank(task: RankTask) -> dict[str, Any] | None:
     """Entry point of one training process of a distributed job, started by the launcher.
 
     It resumes from the job's `last.pt` when there is one, so that an elastic restart goes on
     from the last checkpoint. Returns the outcome on the writer rank, None on the others.
     """
     _exit_with_parent()
-    rank = distributed.Rank.from_environment(coordinator)
-    spec = TrainSpec.from_dict(spec_dict)
+    rank = distributed.Rank.from_environment(task.coordinator)
+    spec = TrainSpec.from_dict(task.spec_dict)
     assert spec.distributed is not None
     device = choose_device(spec.config.device)
     backend = spec.distributed.check_device(device)
@@ -89,32 +107,24 @@ def train_rank(
         # Share the cores, as torchrun's OMP_NUM_THREADS does: each rank's own pool of
         # all the cores would oversubscribe them nproc_per_node times.
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // spec.distributed.nproc_per_node))
-    last = Path(checkpoint_dir) / "last.pt"
+    last = Path(task.checkpoint_dir) / "last.pt"
+    cancel = task.cancel
     with distributed.process_group(backend):
         trainer = Trainer(
             spec,
-            pipeline,
-            Path(checkpoint_dir),
-            _sender(conn),
+            task.pipeline,
+            Path(task.checkpoint_dir),
+            _sender(task.conn),
             should_stop=cancel.is_set if cancel is not None else lambda: False,
             resume_from=last if rank.writer and last.exists() else None,
-            init_from=Path(init_from) if init_from else None,
+            init_from=Path(task.init_from) if task.init_from else None,
             rank=rank,
         )
         result = trainer.run()
     return _outcome(result) if rank.writer else None
 
 
-def launch_ranks(
-    job_id: str,
-    spec_dict: dict[str, Any],
-    pipeline: DataPipeline,
-    checkpoint_dir: str,
-    init_from: str | None,
-    conn: Connection | None,
-    cancel: CancelFlag | None,
-    coordinator: bool,
-) -> dict[str, Any] | None:
+def launch_ranks(task: RankTask) -> dict[str, Any] | None:
     """Runs this machine's share of a distributed job through the elastic launcher; returns
     the writer's outcome (None on the other machines).
 
@@ -123,11 +133,12 @@ def launch_ranks(
     """
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-    spec = TrainSpec.from_dict(spec_dict)
+    spec = TrainSpec.from_dict(task.spec_dict)
     assert spec.distributed is not None
-    args = (spec_dict, pipeline, checkpoint_dir, init_from, conn, cancel, coordinator)
     try:
-        outcomes = distributed.launch(spec.distributed, job_id, coordinator, train_rank, *args)
+        outcomes = distributed.launch(
+            spec.distributed, task.job_id, task.coordinator, train_rank, task
+        )
     except ChildFailedError as err:
         global_rank, failure = err.get_first_failure()
         # The message is the rank's exception, read back from its error file as a dict.
@@ -163,9 +174,10 @@ def run_job(
     try:
         spec = TrainSpec.from_dict(spec_dict)
         if spec.distributed is not None:
-            outcome = launch_ranks(
+            task = RankTask(
                 job_id, spec_dict, pipeline, checkpoint_dir, init_from, conn, cancel, True
             )
+            outcome = launch_ranks(task)
         else:
             trainer = Trainer(
                 spec,
