@@ -68,10 +68,10 @@ def _train_request(args: argparse.Namespace) -> pb.TrainRequest:
         request.dataset.CopyFrom(pb.DatasetRef(split=args.split, source=_source(args.source)))
     elif args.dataset or not request.dataset.ByteSize():
         request.dataset.CopyFrom(pb.DatasetRef(name=args.dataset or "digits", split=args.split))
-    if args.arch == "cnn":
-        request.model.CopyFrom(pb.ModelSpec(cnn=pb.CNNSpec()))
-    elif args.arch:
-        request.model.CopyFrom(pb.ModelSpec(mlp=pb.MLPSpec()))
+    elif args.split:
+        request.dataset.split = args.split
+    if args.arch and request.model.WhichOneof("architecture") != args.arch:
+        request.model.CopyFrom(pb.ModelSpec(**{args.arch: {}}))
     if args.torchvision:
         request.model.CopyFrom(pb.ModelSpec(torchvision=pb.TorchvisionSpec(name=args.torchvision)))
     architecture = request.model.WhichOneof("architecture")
@@ -87,8 +87,7 @@ def _train_request(args: argparse.Namespace) -> pb.TrainRequest:
     if args.tensorboard:
         request.config.tensorboard = True
     if args.init_from:
-        name, _, version = args.init_from.partition(":")
-        request.init_from.CopyFrom(pb.ModelRef(name=name, version=int(version or 0)))
+        request.init_from.CopyFrom(args.init_from)
     return request
 
 
@@ -282,6 +281,14 @@ def _ints(text: str) -> list[int]:
     return [int(part) for part in text.split(",") if part]
 
 
+def _model_ref(text: str) -> pb.ModelRef:
+    """MODEL or MODEL:VERSION."""
+    name, _, version = text.partition(":")
+    if version and not version.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r}: the version after ':' must be a number")
+    return pb.ModelRef(name=name, version=int(version or 0))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="torchwire", description="Train, evaluate and serve PyTorch models."
@@ -328,7 +335,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--hidden-sizes", type=_ints, default=[], help="e.g. 128,64")
     train.add_argument("--channels", type=_ints, default=[], help="e.g. 32,64")
     train.add_argument("--dropout", type=float)
-    train.add_argument("--init-from", help="MODEL[:VERSION] to fine-tune from")
+    train.add_argument("--init-from", type=_model_ref, help="MODEL[:VERSION] to fine-tune from")
     train.add_argument("--epochs", type=int)
     train.add_argument("--batch-size", type=int)
     train.add_argument("--learning-rate", "--lr", type=float)

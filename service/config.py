@@ -32,6 +32,9 @@ class ServerConfig:
         max_upload_bytes: largest dataset an upload may store.
         data_roots: folders that file sources (image folders, CSV, torchvision datasets) may
             read, comma-separated; `<store_dir>/data` is always one.
+        multi_node: accept distributed jobs that span machines (nnodes > 1). Their c10d
+            rendezvous, like torchrun's, has no authentication: keep its port on a trusted
+            network.
         allow_download: let torchvision datasets download into a data root when their files
             are missing (off: the server reads only what is there).
         rpc_threads: threads serving RPCs.
@@ -58,6 +61,7 @@ class ServerConfig:
     max_upload_bytes: int = 2 * 1024 * 1024 * 1024
     data_roots: str = ""
     allow_download: bool = False
+    multi_node: bool = False
     rpc_threads: int = 16
     grace_seconds: float = 10.0
 

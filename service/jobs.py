@@ -92,6 +92,7 @@ class JobManager:
         max_concurrent: jobs that train at once.
         max_queued: jobs that may wait for a slot; beyond it Train is RESOURCE_EXHAUSTED.
         on_epoch: told (model name, epoch metrics) after every epoch, for metrics.
+        multi_node: whether distributed jobs may span machines.
     """
 
     def __init__(
@@ -100,7 +101,9 @@ class JobManager:
         max_concurrent: int,
         max_queued: int,
         on_epoch: Callable[[str, dict[str, Any]], None] = lambda model, metrics: None,
+        multi_node: bool = False,
     ) -> None:
+        self.multi_node = multi_node
         self.store = store
         self.on_epoch = on_epoch
         self.registry = store.registry
@@ -160,6 +163,13 @@ class JobManager:
         device = choose_device(spec.config.device)
         if spec.distributed is not None:
             spec.distributed.check_device(device)
+            if spec.distributed.nnodes > 1 and not self.multi_node:
+                raise InvalidArgument.field(
+                    "distributed.nnodes",
+                    spec.distributed.nnodes,
+                    "this server trains on its own machine only; start it with --multi-node "
+                    "to accept jobs that span machines",
+                )
         if spec.init_from is not None:
             spec = replace(spec, init_from=self._check_init(spec, model_config.to_dict()))
         with self._lock:

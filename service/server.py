@@ -54,6 +54,7 @@ class TorchwireServer:
             config.max_concurrent_jobs,
             config.max_queued_jobs,
             self.metrics.observe_epoch,
+            config.multi_node,
         )
         self.models = ModelService(
             self.store,

@@ -337,6 +337,8 @@ def test_bad_catalog_requests_get_clear_statuses(
 ) -> None:
     write_regression_csv(data_root / "tables" / "train.csv", rows=400, seed=6)
     write_binary_csv(data_root / "tables" / "binary.csv", rows=400, seed=8)
+    (data_root / "tables" / "latin1.csv").write_bytes(b"a,b\n1,\xff\n")
+    (data_root / "tables" / "nan.csv").write_text("a,y\n1,2\n2,nan\n")
     outside = tmp_path / "outside"
     write_image_files(outside, per_class=1, seed=0)
     (data_root / "escape").symlink_to(outside)
@@ -351,6 +353,9 @@ def test_bad_catalog_requests_get_clear_statuses(
         (train(source={"format": "image_files", "path": "escape"}), INVALID, "escape"),
         (train(source={"format": "parquet", "path": "x"}), INVALID, "dataset.source.format"),
         (train(source={"format": "csv", "path": "a\x00b.csv"}), INVALID, "not a usable path"),
+        (train(source={"format": "csv", "path": "tables/latin1.csv"}), INVALID, "cannot be read"),
+        (train(source={"format": "csv", "path": "tables/nan.csv"}), INVALID, "must be finite"),
+        (train(source={**image_files, "label_pattern": "(x)" * 100}), INVALID, "longer than"),
         (train(source={"format": "csv", "path": "x" * 300}), INVALID, "not a usable path"),
         (train(source={"format": "image_folder", "path": "nowhere"}), NOT_FOUND, "nowhere"),
         (train(dataset="no-such-data"), NOT_FOUND, "no-such-data"),

@@ -18,6 +18,7 @@ from torchwire.service.core.data import (
     ArrayDataset,
     DataPipeline,
     DatasetInfo,
+    Shard,
     TensorBatches,
     eval_loader,
 )
@@ -277,3 +278,15 @@ def test_tensor_batches_cover_every_index_once() -> None:
     assert [len(t) for _, t in batches] == [4, 4, 2]
     dropped = TensorBatches(features, targets, torch.arange(10), 4, drop_last=True)
     assert [len(t) for _, t in dropped] == [4, 4]
+
+
+def test_shards_cover_every_sample_with_equal_counts_even_with_more_ranks_than_samples() -> None:
+    indices = torch.arange(10, 15)
+    for world in (2, 3, 12):
+        parts = [Shard(r, world, seed=1).order(indices, True, epoch=2) for r in range(world)]
+        assert len({len(p) for p in parts}) == 1  # every rank runs as many batches
+        assert set(torch.cat(parts).tolist()) == set(indices.tolist())
+    first = Shard(0, 2, seed=1).order(indices, True, epoch=2)
+    assert torch.equal(first, Shard(0, 2, seed=1).order(indices, True, epoch=2))
+    epochs = {tuple(Shard(0, 2, seed=1).order(indices, True, epoch=e).tolist()) for e in range(6)}
+    assert len(epochs) > 1  # set_epoch reshuffles

@@ -8,14 +8,17 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
 import pytest
 import torch
 
-from tests.conftest import assert_rejected
+from tests.conftest import assert_rejected, start_server
+from tests.imagedata import write_regression_csv
 from torchwire.client import Client
 from torchwire.service.server import TorchwireServer
 from torchwire.v1 import torchwire_pb2 as pb
@@ -123,40 +126,59 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def test_a_second_machine_joins_through_torchwire_worker(
-    client: Client, server: TorchwireServer, tmp_path: Path
-) -> None:
+@pytest.fixture(scope="module")
+def multi_node(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TorchwireServer]:
+    """A server that accepts jobs spanning machines (--multi-node)."""
+    server = start_server(tmp_path_factory.mktemp("multi-node"), multi_node=True)
+    yield server
+    server.stop(grace=5)
+
+
+def _join(server: TorchwireServer, job_id: str, node: Path) -> subprocess.CompletedProcess:
+    """`torchwire worker` as a second machine would run it, with a store of its own."""
+    command = [sys.executable, "-m", "torchwire.client.cli", "worker", job_id]
+    command += ["--server", server.address, "--store-dir", str(node / "store")]
+    command += ["--data-roots", str(node / "data")]
+    return subprocess.run(command, capture_output=True, text=True, timeout=180)
+
+
+def _two_nodes(client: Client, name: str, **options) -> Any:
     endpoint = f"127.0.0.1:{_free_port()}"
-    job = client.train(
-        "ddp-two-nodes",
-        "digits",
-        epochs=4,
-        learning_rate=0.004,
-        seed=0,
-        distributed={"nproc_per_node": 1, "nnodes": 2, "rdzv_endpoint": endpoint},
-    )
-    worker = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "torchwire.client.cli",
-            "worker",
-            job.id,
-            "--server",
-            server.address,
-            "--store-dir",
-            str(tmp_path / "node2"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert worker.returncode == 0, worker.stderr[-2000:]
-    final = job.wait()
-    started = next(e.started for e in job.events() if e.WhichOneof("kind") == "started")
+    parallel = {"nproc_per_node": 1, "nnodes": 2, "rdzv_endpoint": endpoint}
+    return client.train(name, distributed=parallel, seed=0, **options)
+
+
+def test_a_second_machine_joins_through_torchwire_worker(
+    multi_node: TorchwireServer, tmp_path: Path
+) -> None:
+    with Client(multi_node.address, timeout=60) as client:
+        job = _two_nodes(client, "two-nodes", dataset="digits", epochs=4, learning_rate=0.004)
+        worker = _join(multi_node, job.id, tmp_path)
+        assert worker.returncode == 0, worker.stderr[-2000:]
+        final = job.wait()
+        started = next(e.started for e in job.events() if e.WhichOneof("kind") == "started")
     assert started.world_size == 2
     assert final.history[-1].val_metrics["accuracy"] > 0.8
-    assert not list((tmp_path / "node2").glob("jobs/*"))  # only the server's machine writes
+    assert not list((tmp_path / "store").glob("jobs/*"))  # only the server's machine writes
+
+
+def test_machines_with_different_data_fail_the_job_instead_of_hanging(
+    multi_node: TorchwireServer, tmp_path: Path
+) -> None:
+    write_regression_csv(multi_node.config.store_dir / "data" / "shared.csv", rows=200, seed=0)
+    write_regression_csv(tmp_path / "data" / "shared.csv", rows=210, seed=0)
+    with Client(multi_node.address, timeout=60) as client:
+        job = _two_nodes(
+            client,
+            "diverging",
+            source={"format": "csv", "path": "shared.csv", "feature_columns": ["x1", "x2"]},
+            loss="mse",
+        )
+        worker = _join(multi_node, job.id, tmp_path)
+        final = job.wait(raise_on_failure=False)
+    assert worker.returncode == 1
+    assert final.state == pb.JOB_STATE_FAILED
+    assert "the machines' data differ" in final.error
 
 
 def test_bad_distributed_options_are_refused(client: Client) -> None:
@@ -168,9 +190,22 @@ def test_bad_distributed_options_are_refused(client: Client) -> None:
     assert_rejected(train(nproc_per_node=2, backend="mpi"), invalid, "distributed.backend='mpi'")
     assert_rejected(train(nproc_per_node=2, nnodes=2), invalid, "distributed.rdzv_endpoint")
     assert_rejected(
+        train(nproc_per_node=1, nnodes=2, rdzv_endpoint="127.0.0.1:29400"),
+        invalid,
+        "distributed.nnodes=2",
+        "--multi-node",
+    )
+    assert_rejected(
         train(nproc_per_node=2, rdzv_endpoint="nohost"), invalid, "distributed.rdzv_endpoint"
     )
     assert_rejected(train(nproc_per_node=1, max_restarts=99), invalid, "distributed.max_restarts")
+    assert_rejected(
+        lambda: client.train(
+            "bad", "digits", batch_size=700, drop_last=True, distributed={"nproc_per_node": 2}
+        ),
+        invalid,
+        "config.drop_last",
+    )
     assert_rejected(
         lambda: client.train(
             "bad", "digits", device="cpu", distributed={"nproc_per_node": 2, "backend": "nccl"}

@@ -37,7 +37,7 @@ class Stripes(Dataset):
             image[0, :, ::2] += 1.0
         else:
             image[0, ::2, :] += 1.0
-        return image, label
+        return image, torch.tensor(label)  # a 0-d tensor is a class id too
 
 
 def load(split):

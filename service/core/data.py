@@ -218,9 +218,10 @@ def check_split(field: str, split: str) -> str:
 
 
 def split_sizes(
-    total: int, val_fraction: float, batch_size: int, drop_last: bool
+    total: int, val_fraction: float, batch_size: int, drop_last: bool, world_size: int = 1
 ) -> tuple[int, int]:
-    """Sizes of the training and validation subsets of `total` samples.
+    """Sizes of the training and validation subsets of `total` samples; with `world_size`
+    processes, each trains on its share of the training subset.
 
     Raises:
         InvalidArgument: no training sample would be left, or `drop_last` would drop them all.
@@ -231,11 +232,13 @@ def split_sizes(
         raise InvalidArgument.field(
             "config.val_fraction", val_fraction, f"leaves no training sample out of {total}"
         )
-    if drop_last and n_train < batch_size:
+    share = -(-n_train // world_size)
+    if drop_last and share < batch_size:
         raise InvalidArgument.field(
             "config.drop_last",
             True,
-            f"with batch_size {batch_size} it drops all {n_train} training samples",
+            f"with batch_size {batch_size} it drops all {share} training samples of each of "
+            f"the {world_size} processes",
         )
     return n_train, n_val
 
@@ -257,8 +260,8 @@ class Shard:
             generator = torch.Generator().manual_seed(self.seed + epoch)
             indices = indices[torch.randperm(len(indices), generator=generator)]
         padded = -(-len(indices) // self.world_size) * self.world_size
-        indices = torch.cat([indices, indices[: padded - len(indices)]])
-        return indices[self.rank :: self.world_size]
+        repeats = -(-padded // len(indices))  # more ranks than samples: repeat them all
+        return indices.repeat(repeats)[:padded][self.rank :: self.world_size]
 
 
 class TensorBatches:

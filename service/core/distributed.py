@@ -163,11 +163,16 @@ class Rank:
             writer=coordinator and local_rank == 0,
         )
 
-    def writer_rank(self) -> int:
-        """The global rank of the writer (collective: every rank must call it)."""
-        flags: list[Any] = [None] * self.world_size
-        dist.all_gather_object(flags, self.writer)
-        return flags.index(True)
+    def writer_rank(self, device: torch.device) -> int:
+        """The global rank of the writer (collective: every rank must call it).
+
+        A tensor all-reduce, not an object gather: the server's processes never unpickle
+        what another machine sends.
+        """
+        flags = torch.zeros(self.world_size, dtype=torch.int64, device=device)
+        flags[self.rank] = int(self.writer)
+        dist.all_reduce(flags)
+        return int(flags.argmax().item())
 
 
 @contextmanager
@@ -209,7 +214,8 @@ def any_rank(flag: bool, device: torch.device) -> bool:
 
 
 def broadcast(value: Any, source: int) -> Any:
-    """`value` of rank `source`, on every rank."""
+    """`value` of rank `source`, on every rank (pickled: `source` must be the trusted
+    writer, whose processes unpickle nothing from the others)."""
     box = [value]
     dist.broadcast_object_list(box, src=source)
     return box[0]

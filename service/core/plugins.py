@@ -62,9 +62,10 @@ class _Transformed(Dataset):
             features = torch.as_tensor(np.asarray(features), dtype=torch.float32)
         if self.transform is not None:
             features = self.transform(features)
-        if isinstance(target, int | np.integer):
-            return features, torch.tensor(int(target))
-        return features, torch.as_tensor(np.asarray(target), dtype=torch.float32)
+        target = torch.as_tensor(np.asarray(target))
+        if target.ndim == 0 and not (target.is_floating_point() or target.dtype == torch.bool):
+            return features, target.to(torch.int64)  # a class id: int, NumPy or torch
+        return features, target.to(torch.float32)
 
 
 @dataclass(frozen=True)

@@ -18,6 +18,7 @@ from torchwire.service.errors import FailedPrecondition, InvalidArgument, NotFou
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DEFAULT_LABEL_PATTERN = r"^(.+)_[^_]*$"
+MAX_PATTERN_LENGTH = 256
 TORCHVISION_FORMATS = {"mnist": "MNIST", "fashion_mnist": "FashionMNIST", "cifar10": "CIFAR10"}
 FORMATS = (*TORCHVISION_FORMATS, "image_folder", "image_files", "csv")
 Transform = Callable[[Any], Any] | None
@@ -116,6 +117,10 @@ def _image_files(
     directory: Path, pattern: str, field: str
 ) -> tuple[list[tuple[Path, int]], list[str]]:
     """Images in one folder, labelled by the first group of `pattern` in their stem."""
+    if len(pattern) > MAX_PATTERN_LENGTH:
+        raise InvalidArgument.field(
+            "dataset.source.label_pattern", pattern, f"is longer than {MAX_PATTERN_LENGTH}"
+        )
     try:
         regex = re.compile(pattern or DEFAULT_LABEL_PATTERN)
     except re.error as err:
@@ -198,6 +203,10 @@ def _read_csv(path: Path, source: FileSource) -> tuple[np.ndarray, np.ndarray, l
                 "dataset.source.task", task, f"needs numeric targets in {targets}"
             )
         y = np.array(raw_targets, dtype=np.float32)
+        if not np.isfinite(y).all():
+            raise InvalidArgument.field(
+                f"dataset.source.target_columns{targets}", "nan/inf", "must be finite"
+            )
         return x, (y[:, 0] if len(targets) == 1 else y), [], task
     if len(targets) != 1:
         raise InvalidArgument.field(
@@ -275,7 +284,10 @@ def locate_files(
     if source.format == "csv":
         image_mode = ""
     draft = FileSplit(source, path, split, allow_download, _placeholder(source), image_mode)
-    dataset = draft.open()
+    try:
+        dataset = draft.open()
+    except (OSError, UnicodeDecodeError, csv.Error) as err:  # unreadable, not UTF-8, not CSV
+        raise InvalidArgument.field(field, source.path, f"cannot be read: {err}") from err
     classes = list(getattr(dataset, "classes", []))
     if isinstance(dataset, ArrayDataset):
         task = CLASSIFICATION if dataset.target_dtype == torch.int64 else REGRESSION

@@ -35,7 +35,7 @@ from torchwire.service.core.evaluation import evaluate
 from torchwire.service.core.models import ModelConfig
 from torchwire.service.core.spec import TrainConfig, TrainSpec
 from torchwire.service.core.tensorboard import TensorBoardLog
-from torchwire.service.errors import InvalidArgument
+from torchwire.service.errors import FailedPrecondition, InvalidArgument
 
 PROGRESS_INTERVAL_S = 0.5
 FUSED_DEVICES = ("cpu", "cuda")
@@ -128,7 +128,15 @@ def check_compatible(spec: TrainSpec, info: DatasetInfo) -> ModelConfig:
         raise InvalidArgument.field(
             "config.monitor", config.monitor, f"is not reported for {objective.task}"
         )
-    split_sizes(info.splits[spec.split], config.val_fraction, config.batch_size, config.drop_last)
+    parallel = spec.distributed
+    world_size = parallel.nproc_per_node * parallel.nnodes if parallel else 1
+    split_sizes(
+        info.splits[spec.split],
+        config.val_fraction,
+        config.batch_size,
+        config.drop_last,
+        world_size,
+    )
     model_config = ModelConfig(
         spec.architecture, spec.params, info.feature_shape, objective.output_size(info)
     )
@@ -341,8 +349,28 @@ class Trainer:
         self.start_epoch = int(state["epoch"]) + 1
 
     def _synchronise(self, rank: Rank) -> None:
-        """Gives every rank the writer's starting state: weights (fresh, fine-tuned or
-        resumed), optimizer and scheduler state, learning curve and first epoch."""
+        """Checks that every rank sees the writer's data, then gives every rank the writer's
+        starting state: weights (fresh, fine-tuned or resumed), optimizer and scheduler
+        state, learning curve and first epoch.
+
+        Raises:
+            FailedPrecondition: another machine resolved different data (sample count,
+                classes, shape): its ranks would run other batches and the collectives
+                would no longer match.
+        """
+        writer = rank.writer_rank(self.device)
+        mine = {
+            "samples": self.train_samples + self.val_samples,
+            "classes": list(self.info.classes),
+            "shape": list(self.info.feature_shape),
+            "steps_per_epoch": len(self.train_loader),
+        }
+        theirs = broadcast(mine if rank.writer else None, writer)
+        if any_rank(mine != theirs, self.device):
+            raise FailedPrecondition(
+                f"the machines' data differ: the server's machine has {theirs}"
+                + ("" if mine == theirs else f", this one has {mine}")
+            )
         state = broadcast(
             {
                 "model": self.module.state_dict(),
@@ -354,7 +382,7 @@ class Trainer:
             }
             if rank.writer
             else None,
-            rank.writer_rank(),
+            writer,
         )
         if rank.writer:
             return
