@@ -201,9 +201,12 @@ class ModelService:
 
     # -------------------------------------------------------------- inference
 
-    def decode_images(self, name: str, version: int, images: list[bytes]) -> np.ndarray:
+    def decode_images(
+        self, name: str, version: int, images: list[bytes], runtime: str = ""
+    ) -> np.ndarray:
         """Encoded images as the batch the version takes: decoded to its image mode and put
-        through its evaluation transforms.
+        through its evaluation transforms. The version's metadata comes from the loaded
+        runtime that will run the batch: no registry read per request.
 
         Raises:
             NotFound: the model or version does not exist.
@@ -213,7 +216,7 @@ class ModelService:
             raise ResourceExhausted(
                 f"images has {len(images)} entries; max_predict_rows={self.max_predict_rows}"
             )
-        record = self.store.models.get(name, version)
+        record = self.served(name, version, runtime).record
         meta = record.metadata
         if not meta.get("image_mode"):
             raise InvalidArgument.field(

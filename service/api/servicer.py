@@ -155,7 +155,7 @@ class TorchWireServicer(pb_grpc.TorchWireServicer):
                     "images", f"{len(request.images)} images", "give inputs or images, not both"
                 )
             inputs = self.models.decode_images(
-                request.model_name, request.version, list(request.images)
+                request.model_name, request.version, list(request.images), request.runtime
             )
         else:
             inputs = convert.decode_tensor("inputs", request.inputs)
