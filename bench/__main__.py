@@ -6,7 +6,7 @@ import datetime
 import tempfile
 from pathlib import Path
 
-from bench import serving, startup, training
+from bench import fuzz_memory, serving, startup, training
 from bench.harness import PeakMemory, bare_torch, machine, server_process
 from torchwire.client import Client
 
@@ -51,6 +51,7 @@ def measure(seconds: float) -> dict:
         results["training_classic"] = training.classic_loop()
         results["cold"] = startup.cold_start(store, "mlp")
         results["memory"] = startup.idle_memory(store, "mlp")
+    results["hostile"] = fuzz_memory.run(fuzz_memory.parse_args([]))
     return results
 
 
@@ -314,6 +315,17 @@ def report(r: dict, seconds: float) -> str:
         f"2,000 Predicts of batch 16: {rounds} MiB (growth {growth:+.1f} MiB from the "
         f"first round to the last). Target: idle <= 1.5x: {_met(idle_ratio <= 1.5)}; "
         f"no growth across rounds: {_met(growth <= 2)}.",
+        "",
+    ]
+    hostile = r["hostile"]
+    codes = ", ".join(f"{code} {n}" for code, n in hostile["codes"].most_common())
+    lines += [
+        f"Under {sum(hostile['codes'].values()):,} hostile requests to every RPC "
+        f"(`python -m bench.fuzz_memory`: raw random bytes, random messages, 10% large "
+        f"tensors; answers: {codes}; {hostile['tracebacks']} tracebacks logged), the server's "
+        f"RSS went from {hostile['warm_mb']:.0f} MiB after the warm-up to "
+        f"{hostile['end_mb']:.0f} MiB: **{hostile['ratio']:.3f}x**. "
+        f"Target <= 1.10x: {_met(hostile['ratio'] <= 1.10)}.",
         "",
     ]
     return "\n".join(lines)

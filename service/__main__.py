@@ -2,14 +2,17 @@
 then serve until SIGTERM or SIGINT."""
 
 import argparse
+import ctypes
 import dataclasses
+import logging
 import os
 import signal
 import sys
-import threading
+from collections.abc import Callable
 
 from torchwire.service import logs
 from torchwire.service.config import ServerConfig
+from torchwire.service.errors import StartupError
 
 ENV_PREFIX = "TORCHWIRE_"
 ALIASES = {"store_dir": ("--store",)}
@@ -63,20 +66,72 @@ def parse_config(argv: list[str]) -> tuple[ServerConfig, tuple[str, str]]:
         raise
 
 
+M_MMAP_THRESHOLD = -3
+"""glibc's `mallopt` parameter for the size from which blocks get their own mmap."""
+MMAP_THRESHOLD_BYTES = 128 * 1024
+
+
+def _bound_malloc() -> None:
+    """Large blocks (request bytes, decoded tensors) get their own mmap, given back to the
+    system when freed.
+
+    Left alone, glibc raises that threshold to the largest block freed so far (up to 32 MiB),
+    and later large requests are carved from the RPC threads' arenas, which keep their pages:
+    under large or hostile Predicts the server's memory ratchets up (+20-29% over 5,000 fuzz
+    requests) and never comes back down. A fixed threshold also turns that adjustment off.
+    """
+    if "MALLOC_MMAP_THRESHOLD_" in os.environ:  # the operator chose
+        return
+    try:
+        mallopt = ctypes.CDLL(None).mallopt
+    except (OSError, AttributeError):  # not glibc (macOS, musl): nothing to tune
+        return
+    mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+
+
+def _stop_signals() -> Callable[[], None]:
+    """Catches SIGTERM and SIGINT from now on; returns the call that blocks until one came.
+
+    The signal's number reaches a pipe (`set_wakeup_fd`), so one that comes before the wait
+    is not lost, and the handler takes no lock: setting a threading.Event from a handler can
+    deadlock when the signal lands while the main thread holds that Event's lock.
+    """
+    read, write = os.pipe()
+    os.set_blocking(write, False)
+    signal.set_wakeup_fd(write)
+    stops = {signal.SIGTERM, signal.SIGINT}
+    for sig in stops:
+        signal.signal(sig, lambda *_: None)
+
+    def wait() -> None:
+        while os.read(read, 1)[0] not in stops:
+            pass
+
+    return wait
+
+
 def main(argv: list[str] | None = None) -> int:
     """Serves until SIGTERM or SIGINT, then shuts down in order and returns 0."""
     config, (log_level, log_format) = parse_config(sys.argv[1:] if argv is None else argv)
     logs.configure(log_level, log_format)
+    _bound_malloc()
     from torchwire.service.server import TorchwireServer
 
-    server = TorchwireServer(config)
-    stop = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: stop.set())
+    try:
+        server = TorchwireServer(config)
+    except StartupError as err:
+        print(f"torchwire serve: {err}", file=sys.stderr, flush=True)
+        return 2
+    stop = _stop_signals()
     server.start()
     print(f"torchwire serving on {server.address}", flush=True)
-    stop.wait()
-    server.stop()
+    stop()
+    if not server.stop():
+        # An RPC thread stuck past the bound would keep the interpreter from exiting:
+        # everything that matters (jobs, checkpoints, the store) is closed, so leave now.
+        logging.shutdown()
+        sys.stdout.flush()
+        os._exit(0)
     return 0
 
 

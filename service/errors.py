@@ -1,5 +1,29 @@
 """Domain errors: one small hierarchy, each class carrying the status it maps to."""
 
+import re
+
+MAX_MESSAGE_CHARS = 1024
+"""Longest message an error carries: it travels in the status' trailing metadata, whose size
+gRPC bounds (8 KiB by default), and a client must receive the real error, not a metadata one."""
+MAX_SHOWN_CHARS = 80
+"""Longest rendering of one echoed value (a field's value, an id, a name) in a message."""
+_ESCAPES = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|[\x00-\x08\x0b-\x1f\x7f]")
+
+
+def shown(value: object) -> str:
+    """`repr(value)`, shortened to MAX_SHOWN_CHARS: how an error echoes what a caller sent."""
+    text = repr(value)
+    return text if len(text) <= MAX_SHOWN_CHARS else text[: MAX_SHOWN_CHARS - 3] + "..."
+
+
+def clean_message(message: str) -> str:
+    """The message without terminal escapes or control characters (torch's messages carry
+    ANSI colours), cut to MAX_MESSAGE_CHARS."""
+    text = _ESCAPES.sub("", message)
+    if len(text) > MAX_MESSAGE_CHARS:
+        text = text[: MAX_MESSAGE_CHARS - 20] + f"... ({len(text)} chars)"
+    return text
+
 
 class TorchwireError(Exception):
     """Base of every error the service reports to its callers.
@@ -11,6 +35,7 @@ class TorchwireError(Exception):
     status = "INTERNAL"
 
     def __init__(self, message: str) -> None:
+        message = clean_message(message)
         super().__init__(message)
         self.message = message
 
@@ -22,11 +47,8 @@ class InvalidArgument(TorchwireError):
 
     @classmethod
     def field(cls, name: str, value: object, why: str) -> "InvalidArgument":
-        """Builds the standard message: `<field>=<value!r>: <why>`."""
-        shown = repr(value)
-        if len(shown) > 80:
-            shown = shown[:77] + "..."
-        return cls(f"{name}={shown}: {why}")
+        """Builds the standard message: `<field>=<value!r>: <why>`, the value shortened."""
+        return cls(f"{name}={shown(value)}: {why}")
 
 
 class NotFound(TorchwireError):
@@ -63,3 +85,8 @@ class Unavailable(TorchwireError):
     """The server is shutting down."""
 
     status = "UNAVAILABLE"
+
+
+class StartupError(Exception):
+    """The server cannot start as configured (its port or store is taken, a path is missing);
+    the message is one line for the operator."""

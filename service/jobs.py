@@ -8,6 +8,7 @@ registry's event log and wakes the watchers.
 
 import logging
 import multiprocessing
+import os
 import threading
 import time
 import uuid
@@ -31,6 +32,7 @@ from torchwire.service.errors import (
     ResourceExhausted,
     TorchwireError,
     Unavailable,
+    shown,
 )
 from torchwire.service.store import Store
 from torchwire.service.store.registry import (
@@ -50,6 +52,8 @@ log = logging.getLogger(__name__)
 
 CANCEL_WAIT_S = 10.0
 """How long CancelJob lets a worker stop by itself before terminating it."""
+FOLLOWER_JOIN_S = 2.0
+"""How long shutdown waits for a killed worker's follower to record the job's end."""
 CLIENT_CANCEL = "cancelled by client"
 SHUTDOWN = "server shutdown"
 _LOGGED = frozenset(
@@ -132,15 +136,40 @@ class JobManager:
         interrupted, and ResumeJob continues them from their last checkpoint."""
         for job in self.registry.active_jobs():
             reason = f"the server stopped while the job was {job.state}"
-            self._end(job.id, events.Interrupted(reason, self._checkpoint_epoch(job.id)))
+            epoch = self._backfill(job.id)
+            self._end(job.id, events.Interrupted(reason, epoch))
 
-    def _checkpoint_epoch(self, job_id: str) -> int:
-        """The epoch of the job's last checkpoint, 0 when it has none (or none readable)."""
+    def _last_checkpoint(self, job_id: str) -> dict[str, Any] | None:
+        """The job's `last.pt`, None when it has none (or none readable)."""
         last = self.store.layout.job_dir(job_id) / "last.pt"
         try:
-            return int(load_checkpoint(last)["epoch"]) if last.exists() else 0
+            return load_checkpoint(last) if last.exists() else None
         except TorchwireError:
+            return None
+
+    def _checkpoint_epoch(self, job_id: str) -> int:
+        """The epoch of the job's last checkpoint, 0 when it has none."""
+        state = self._last_checkpoint(job_id)
+        return int(state["epoch"]) if state is not None else 0
+
+    def _backfill(self, job_id: str) -> int:
+        """Records the epochs that the last checkpoint holds and the event log lacks, so that
+        the learning curve has no holes; returns the checkpoint's epoch (0: none).
+
+        A worker writes an epoch's checkpoint before it reports the epoch: a server (or
+        worker) that dies in between leaves a checkpointed epoch that was never logged, and a
+        resumed job goes on after it.
+        """
+        state = self._last_checkpoint(job_id)
+        if state is None:
             return 0
+        logged = {metrics["epoch"] for metrics in self.history(job_id)}
+        epochs = TrainSpec.from_dict(self.get(job_id).request).config.epochs
+        for record in state.get("history", []):
+            if record["epoch"] not in logged:
+                missing = events.EpochEnd(events.EpochRecord(**record), 0.0, epochs)
+                self._record(job_id, missing)
+        return int(state["epoch"])
 
     # --------------------------------------------------------------- requests
 
@@ -212,10 +241,11 @@ class JobManager:
             state = self.get(job_id).state
             if state in (*ACTIVE_STATES, SUCCEEDED):
                 raise FailedPrecondition(
-                    f"job {job_id!r} is {state}; only interrupted, cancelled or failed jobs "
+                    f"job {shown(job_id)} is {state}; only interrupted, cancelled or failed jobs "
                     "can be resumed"
                 )
             self._check_capacity()
+            self._backfill(job_id)
             self.registry.update_job(job_id, state=QUEUED, finished_at=None, error="")
             self._enqueue(job_id, pipeline)
         return self.get(job_id)
@@ -244,7 +274,7 @@ class JobManager:
         """
         job = self.registry.get_job(job_id)
         if job is None:
-            raise NotFound(f"job {job_id!r} does not exist")
+            raise NotFound(f"job {shown(job_id)} does not exist")
         return job
 
     def history(self, job_id: str) -> list[dict[str, Any]]:
@@ -267,10 +297,10 @@ class JobManager:
                 return self.get(job_id)
             run = self._running.get(job_id)
             if run is None:
-                raise FailedPrecondition(f"job {job_id!r} has already ended: {job.state}")
+                raise FailedPrecondition(f"job {shown(job_id)} has already ended: {job.state}")
             run.cancel_reason = run.cancel_reason or reason
             run.cancel.set()
-        if not self.wait(job_id, CANCEL_WAIT_S):
+        if not self.wait(job_id, CANCEL_WAIT_S) and run.process.pid is not None:
             log.warning("job %s did not stop within %.0f s; terminating it", job_id, CANCEL_WAIT_S)
             run.process.terminate()
             self.wait(job_id, CANCEL_WAIT_S)
@@ -326,11 +356,12 @@ class JobManager:
             self._end(job_id, events.Interrupted(SHUTDOWN))
         deadline = time.monotonic() + timeout
         for run in runs:
-            run.process.join(max(0.0, deadline - time.monotonic()))
-            if run.process.is_alive():
-                run.process.kill()
-            if run.follower is not None:
-                run.follower.join()
+            # The follower ends once the worker has exited and the job's end is recorded.
+            assert run.follower is not None
+            run.follower.join(max(0.0, deadline - time.monotonic()))
+            if run.follower.is_alive() and run.process.pid is not None:
+                run.process.kill()  # closes the pipe, which ends the follower
+                run.follower.join(FOLLOWER_JOIN_S)
 
     # --------------------------------------------------------------- internals
 
@@ -381,28 +412,58 @@ class JobManager:
                     init_from,
                     sender,
                     cancel,
+                    os.getpid(),
                 ),
                 name=f"torchwire-job-{job_id}",
             )
-            process.start()
-            sender.close()
             run = _Run(process, receiver, cancel, pipeline, job.model_name)
             self._running[job_id] = run
             self.registry.update_job(job_id, state=RUNNING, started_at=time.time())
             run.follower = threading.Thread(
-                target=self._follow, args=(job_id, run), name=f"follow-{job_id}", daemon=True
+                target=self._follow,
+                args=(job_id, run, sender),
+                name=f"follow-{job_id}",
+                daemon=True,
             )
             run.follower.start()
 
-    def _follow(self, job_id: str, run: _Run) -> None:
-        """Records what a worker sends until its pipe closes, then ends the job."""
+    def _follow(self, job_id: str, run: _Run, sender: Connection) -> None:
+        """Starts the worker, records what it sends until its pipe closes, then ends the job.
+
+        The start is here, not on the request's thread: Train returns once the job is
+        recorded, even while the forkserver is still importing torch for its first job.
+        """
+        result: dict[str, Any] | None = None
+        try:
+            run.process.start()
+        except Exception as err:
+            log.exception("job %s: its worker process could not start", job_id)
+            error = f"the worker process could not start: {err}"
+        else:
+            sender.close()  # the worker holds the only write end: its exit is our EOF
+            result, error = self._receive(job_id, run)
+            run.process.join()
+        finally:
+            sender.close()
+            run.conn.close()
+        try:
+            self._conclude(job_id, run, result, error)
+        except Exception:
+            log.exception("job %s: recording its end failed", job_id)
+            self._end(job_id, events.Failed("internal error while finishing the job"))
+        with self._lock:
+            del self._running[job_id]
+            self._dispatch()
+
+    def _receive(self, job_id: str, run: _Run) -> tuple[dict[str, Any] | None, str]:
+        """Records the worker's events until its pipe closes; its result, or its error."""
         result: dict[str, Any] | None = None
         error = ""
         while True:
             try:
                 message = run.conn.recv()
             except (EOFError, OSError):
-                break
+                return result, error
             if message[0] == "event":
                 _, kind, payload = message
                 fields = {"device": payload["device"]} if kind == events.Started.kind else {}
@@ -413,16 +474,6 @@ class JobManager:
                 result = message[1]
             else:
                 error = message[1]
-        run.process.join()
-        run.conn.close()
-        try:
-            self._conclude(job_id, run, result, error)
-        except Exception:
-            log.exception("job %s: recording its end failed", job_id)
-            self._end(job_id, events.Failed("internal error while finishing the job"))
-        with self._lock:
-            del self._running[job_id]
-            self._dispatch()
 
     def _conclude(self, job_id: str, run: _Run, result: dict[str, Any] | None, error: str) -> None:
         if run.cancel_reason == SHUTDOWN and (result is None or result["cancelled"]):

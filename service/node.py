@@ -6,7 +6,7 @@ from pathlib import Path
 
 from torchwire.service.api import convert
 from torchwire.service.core.data import prepare
-from torchwire.service.errors import FailedPrecondition
+from torchwire.service.errors import FailedPrecondition, shown
 from torchwire.service.store import Store
 from torchwire.service.worker import RankTask, launch_ranks
 from torchwire.v1 import torchwire_pb2 as pb
@@ -31,7 +31,7 @@ def join(
     """
     spec = convert.train_spec(request)
     if spec.distributed is None or spec.distributed.nnodes < 2:
-        raise FailedPrecondition(f"job {job_id!r} does not train on several machines")
+        raise FailedPrecondition(f"job {shown(job_id)} does not train on several machines")
     store = Store(
         store_dir, max_upload_bytes=1, data_roots=data_roots, allow_download=allow_download
     )

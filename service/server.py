@@ -2,6 +2,8 @@
 explicit message limits, and an orderly shutdown."""
 
 import logging
+import socket
+import time
 from concurrent import futures
 from pathlib import Path
 
@@ -12,21 +14,26 @@ from grpc_reflection.v1alpha import reflection
 from torchwire.kserve import grpc_predict_v2_pb2 as v2
 from torchwire.kserve import grpc_predict_v2_pb2_grpc as v2_grpc
 from torchwire.service.api.auth import AuthInterceptor, load_tokens
+from torchwire.service.api.decoding import DecodeInterceptor
 from torchwire.service.api.errors import ErrorInterceptor
 from torchwire.service.api.metrics import MetricsInterceptor, ServiceMetrics
 from torchwire.service.api.servicer import TorchWireServicer, add_to_server
 from torchwire.service.api.v2 import InferenceServicer
 from torchwire.service.config import ServerConfig
 from torchwire.service.core.batching import BatchingConfig
+from torchwire.service.errors import StartupError
 from torchwire.service.jobs import JobManager
 from torchwire.service.models import ModelService
 from torchwire.service.store import Store
+from torchwire.service.store.lock import StoreLock
 from torchwire.v1 import torchwire_pb2 as pb
 
 log = logging.getLogger(__name__)
 
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TorchWire"].full_name
 V2_SERVICE_NAME = v2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
+SHUTDOWN_MARGIN_S = 3.0
+"""How long shutdown waits for cancelled RPCs to end after the grace period."""
 
 
 def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
@@ -37,18 +44,83 @@ def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
     ]
 
 
+def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
+    """The message limits, and no SO_REUSEPORT: gRPC sets it by default, which lets a second
+    server bind a port in use and the kernel split the clients between the two."""
+    return [*channel_options(max_message_bytes), ("grpc.so_reuseport", 0)]
+
+
 class TorchwireServer:
     """The running service: store, job manager, model cache and the gRPC server around them."""
 
     def __init__(self, config: ServerConfig) -> None:
+        """Binds the port, then takes the store: a server refused either touches nothing.
+
+        Raises:
+            StartupError: the address is in use or cannot be bound, another server holds the
+                store, or a data root is missing.
+        """
         self.config = config
+        self.metrics = ServiceMetrics()
+        self.health = health.HealthServicer()
+        self.grpc = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=config.rpc_threads, thread_name_prefix="rpc"),
+            interceptors=self._interceptors(),
+            options=server_options(config.max_message_bytes),
+        )
+        self.port = self._bind()
+        self.address = f"{config.address.rsplit(':', 1)[0]}:{self.port}"
+        self.lock = StoreLock(config.store_dir, self.address)
+        try:
+            self._open(config)
+        except BaseException:
+            self.lock.release()
+            raise
+
+    def _interceptors(self) -> list[grpc.ServerInterceptor]:
+        """Outermost first: metrics see every request with the status its error mapped to;
+        authentication runs before the request is parsed, so garbage without a token is
+        UNAUTHENTICATED, and garbage with one INVALID_ARGUMENT."""
+        interceptors: list[grpc.ServerInterceptor] = [
+            MetricsInterceptor(self.metrics),
+            ErrorInterceptor(),
+        ]
+        tokens = load_tokens(self.config.auth_tokens, self.config.auth_tokens_file)
+        if tokens:
+            interceptors.append(AuthInterceptor(tokens))
+        interceptors.append(DecodeInterceptor())
+        return interceptors
+
+    def _bind(self) -> int:
+        """Binds the configured address (without SO_REUSEPORT: a port in use is refused)."""
+        config = self.config
+        _check_free(config.address)
+        try:
+            port = (
+                self.grpc.add_secure_port(config.address, _tls_credentials(config))
+                if config.tls_cert
+                else self.grpc.add_insecure_port(config.address)
+            )
+        except RuntimeError:
+            port = 0
+        if port == 0:
+            raise StartupError(
+                f"cannot listen on {config.address}: the address is in use (another torchwire "
+                "server?) or not an address of this machine"
+            )
+        return port
+
+    def _open(self, config: ServerConfig) -> None:
+        """The store, the jobs and the models, and the services over them."""
+        for root in config.data_root_paths:
+            if not root.is_dir():
+                raise StartupError(f"data root {str(root)!r} is not a directory")
         self.store = Store(
             config.store_dir,
             config.max_upload_bytes,
             config.data_root_paths,
             config.allow_download,
         )
-        self.metrics = ServiceMetrics()
         self.jobs = JobManager(
             self.store,
             config.max_concurrent_jobs,
@@ -69,20 +141,6 @@ class TorchwireServer:
             lambda: len(self.models.cache.loaded()),
             self.store.registry.count_jobs,
         )
-        self.health = health.HealthServicer()
-        # Outermost first: metrics see every request, with the status errors were mapped to.
-        interceptors: list[grpc.ServerInterceptor] = [
-            MetricsInterceptor(self.metrics),
-            ErrorInterceptor(),
-        ]
-        tokens = load_tokens(config.auth_tokens, config.auth_tokens_file)
-        if tokens:
-            interceptors.append(AuthInterceptor(tokens))  # inner: its refusals map to statuses
-        self.grpc = grpc.server(
-            futures.ThreadPoolExecutor(max_workers=config.rpc_threads, thread_name_prefix="rpc"),
-            interceptors=interceptors,
-            options=channel_options(config.max_message_bytes),
-        )
         servicer = TorchWireServicer(self.store, self.jobs, self.models, config.max_message_bytes)
         add_to_server(servicer, self.grpc)
         self._stopping = False
@@ -99,14 +157,6 @@ class TorchwireServer:
             ),
             self.grpc,
         )
-        self.port = (
-            self.grpc.add_secure_port(config.address, _tls_credentials(config))
-            if config.tls_cert
-            else self.grpc.add_insecure_port(config.address)
-        )
-        if self.port == 0:
-            raise OSError(f"cannot bind {config.address}")
-        self.address = f"{config.address.rsplit(':', 1)[0]}:{self.port}"
         self.metrics_port = (
             self.metrics.serve(config.metrics_address) if config.metrics_address else 0
         )
@@ -118,23 +168,54 @@ class TorchwireServer:
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving on %s (store %s)", self.address, self.config.store_dir)
 
-    def stop(self, grace: float | None = None) -> None:
-        """Shuts down in order: stop accepting, drain RPCs while jobs stop (checkpoints kept)
-        and workers are joined, then release models and the store."""
+    def stop(self, grace: float | None = None) -> bool:
+        """Shuts down in order, within `grace` plus SHUTDOWN_MARGIN_S whatever happens: stop
+        accepting, drain RPCs while jobs stop (checkpoints kept) and workers are joined,
+        cancel the RPCs still running at the end of the grace period, then release models,
+        the store and its lock. Returns False when RPCs were still running at the bound."""
         grace = self.config.grace_seconds if grace is None else grace
+        bound = time.monotonic() + grace + SHUTDOWN_MARGIN_S
         self._stopping = True
         self.health.enter_graceful_shutdown()
         drained = self.grpc.stop(grace)
         self.jobs.shutdown(timeout=grace)
-        drained.wait()
+        clean = drained.wait(max(0.0, bound - time.monotonic()))
+        if not clean:
+            log.warning("RPCs still running %.0f s after the grace period", SHUTDOWN_MARGIN_S)
         self.models.close()
         self.metrics.close()
         self.store.close()
+        self.lock.release()
         log.info("stopped")
+        return clean
 
     def wait(self) -> None:
         """Blocks until the gRPC server stops."""
         self.grpc.wait_for_termination()
+
+
+def _check_free(address: str) -> None:
+    """Refuses, with one clear line, an address whose port another process listens on; gRPC
+    would refuse it too (without SO_REUSEPORT), but only after logging a C-core error."""
+    host, _, port = address.rpartition(":")
+    if not port.isdigit() or int(port) == 0:
+        return
+    try:
+        resolved = socket.getaddrinfo(
+            host.strip("[]") or None, int(port), type=socket.SOCK_STREAM, flags=socket.AI_PASSIVE
+        )
+    except OSError:
+        return  # gRPC reports an address it cannot resolve
+    for family, kind, proto, _, where in resolved:
+        with socket.socket(family, kind, proto) as probe:
+            probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            try:
+                probe.bind(where)
+            except OSError as err:
+                why = (err.strerror or str(err)).lower()
+                raise StartupError(
+                    f"cannot listen on {address}: {why} (another torchwire server?)"
+                ) from None
 
 
 def _tls_credentials(config: ServerConfig) -> grpc.ServerCredentials:

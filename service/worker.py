@@ -8,8 +8,8 @@ processes (ranks) and the writer rank sends the events over the same pipe.
 
 import logging
 import os
+import select
 import threading
-import time
 import traceback
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
@@ -27,24 +27,34 @@ from torchwire.service.core.spec import TrainSpec
 from torchwire.service.core.training import FitResult, Trainer
 from torchwire.service.errors import TorchwireError
 
-PARENT_POLL_S = 0.2
+ORPHAN_EXIT_CODE = 70
 
 
-def _exit_with_parent() -> None:
-    """Ends this process when the process that started it dies (kill -9 included), so that
-    an orphan never writes checkpoints beside the worker of a resumed job.
+class Lifeline:
+    """Ties this process to another one (the server, or a rank's launcher): the moment that
+    process ends, kill -9 included, this one exits, so an orphan never writes checkpoints
+    beside the worker of a resumed job.
 
-    Polling the parent pid, not PR_SET_PDEATHSIG: that signal fires when the spawning
-    *thread* ends, and the server's follower threads end after each job.
+    A pidfd (Linux >= 5.3) becomes readable when its process ends: a thread blocked on it
+    exits this process at once, and `gone()` answers without a system call's delay, which
+    the trainer asks before it writes a checkpoint. Not PR_SET_PDEATHSIG: that signal fires
+    when the spawning *thread* ends, and the server's threads come and go.
     """
-    parent = os.getppid()
 
-    def watch() -> None:
-        while os.getppid() == parent:
-            time.sleep(PARENT_POLL_S)
-        os._exit(70)
+    def __init__(self, pid: int) -> None:
+        try:
+            self._fd = os.pidfd_open(pid)
+        except ProcessLookupError:
+            os._exit(ORPHAN_EXIT_CODE)  # already gone
+        threading.Thread(target=self._watch, name="lifeline", daemon=True).start()
 
-    threading.Thread(target=watch, name="parent-watch", daemon=True).start()
+    def gone(self) -> bool:
+        """True once the process has ended."""
+        return bool(select.select([self._fd], [], [], 0)[0])
+
+    def _watch(self) -> None:
+        select.select([self._fd], [], [])
+        os._exit(ORPHAN_EXIT_CODE)
 
 
 def _outcome(result: FitResult) -> dict[str, Any]:
@@ -97,7 +107,7 @@ def train_rank(task: RankTask) -> dict[str, Any] | None:
     It resumes from the job's `last.pt` when there is one, so that an elastic restart goes on
     from the last checkpoint. Returns the outcome on the writer rank, None on the others.
     """
-    _exit_with_parent()
+    lifeline = Lifeline(os.getppid())  # the launcher, which follows the server
     rank = distributed.Rank.from_environment(task.coordinator)
     spec = TrainSpec.from_dict(task.spec_dict)
     assert spec.distributed is not None
@@ -115,7 +125,7 @@ def train_rank(task: RankTask) -> dict[str, Any] | None:
             task.pipeline,
             Path(task.checkpoint_dir),
             _sender(task.conn),
-            should_stop=cancel.is_set if cancel is not None else lambda: False,
+            should_stop=lambda: lifeline.gone() or (cancel is not None and cancel.is_set()),
             resume_from=last if rank.writer and last.exists() else None,
             init_from=Path(task.init_from) if task.init_from else None,
             rank=rank,
@@ -166,10 +176,14 @@ def run_job(
     init_from: str | None,
     conn: Connection,
     cancel: CancelFlag,
+    server_pid: int,
 ) -> None:
     """Entry point of a worker process: trains (resumes, or fine-tunes from `init_from`),
-    in this process or in the ranks of a distributed job, checkpoints and reports."""
-    _exit_with_parent()
+    in this process or in the ranks of a distributed job, checkpoints and reports.
+
+    It lives only as long as the server with `server_pid` (not its parent, the forkserver,
+    which outlives a killed server by seconds)."""
+    lifeline = Lifeline(server_pid)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
     try:
         spec = TrainSpec.from_dict(spec_dict)
@@ -184,7 +198,7 @@ def run_job(
                 pipeline,
                 Path(checkpoint_dir),
                 _sender(conn),
-                should_stop=cancel.is_set,
+                should_stop=lambda: cancel.is_set() or lifeline.gone(),
                 resume_from=Path(resume_from) if resume_from else None,
                 init_from=Path(init_from) if init_from else None,
             )

@@ -70,3 +70,18 @@ def test_a_failing_run_reaches_every_waiter() -> None:
         with pytest.raises(RuntimeError, match="boom"):
             future.result(10)
     batcher.close()
+
+
+def test_a_closed_batcher_runs_late_pieces_in_the_callers_thread() -> None:
+    """A caller may still hold a batcher that a reconfiguration, export or eviction closed:
+    its large request is split and run, not left waiting for a thread that is gone."""
+    model = Model()
+    batcher = Batcher(model, BatchingConfig(max_batch_size=64), "t")
+    batcher.close()
+    futures = batcher.submit(np.arange(200.0)[:, None])
+    parts = [f.result(10) for f in futures]
+    assert [len(p[0]) for p in parts] == [64, 64, 64, 8]
+    assert np.concatenate([p[0] for p in parts])[:, 0].tolist() == list(range(0, 400, 2))
+    assert {name for _, name in model.runs} == {threading.current_thread().name}
+    assert batcher.queued() == 0
+    batcher.close()  # again: nothing happens

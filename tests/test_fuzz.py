@@ -131,10 +131,15 @@ def _call(client: Client, method, request) -> None:
         if method.containing_service is SERVICE
         else v2_grpc.GRPCInferenceServiceStub(client.channel)
     )
-    stub_method = getattr(stub, method.name)
+    _send(getattr(stub, method.name), method, request)
+
+
+def _send(call, method, request) -> None:
+    """Sends `request` through `call` (a stub method or a raw one) and reads the answer, which
+    may be an error, but never INTERNAL or UNKNOWN."""
     code, details = grpc.StatusCode.OK, ""
     try:
-        result = stub_method(iter(request) if method.client_streaming else request, timeout=30)
+        result = call(iter(request) if method.client_streaming else request, timeout=30)
         if method.server_streaming:
             for _ in result:
                 pass
@@ -164,6 +169,33 @@ def test_random_requests_never_break_the_server(fuzz_server: TorchwireServer, me
             _call(client, method, request)
 
         fuzz()
+        _still_serving(client)
+
+
+@pytest.mark.parametrize(
+    "method", [*SERVICE.methods, *V2_SERVICE.methods], ids=lambda m: m.full_name
+)
+def test_random_bytes_never_break_the_server(fuzz_server: TorchwireServer, method) -> None:
+    """Raw bytes on the wire, most of them no message at all: never INTERNAL or UNKNOWN."""
+    path = f"/{method.containing_service.full_name}/{method.name}"
+    payloads = st.binary(max_size=200)
+    with grpc.insecure_channel(fuzz_server.address) as channel:
+        if method.client_streaming:
+            call = (channel.stream_stream if method.server_streaming else channel.stream_unary)(
+                path
+            )
+            strategy = st.lists(payloads, max_size=3)
+        else:
+            call = (channel.unary_stream if method.server_streaming else channel.unary_unary)(path)
+            strategy = payloads
+
+        @settings(FUZZ, max_examples=EXAMPLES // 2)
+        @given(strategy)
+        def fuzz(payload) -> None:
+            _send(call, method, payload)
+
+        fuzz()
+    with Client(fuzz_server.address) as client:
         _still_serving(client)
 
 

@@ -48,6 +48,15 @@ def _gone(pid: int, timeout: float = 10.0) -> bool:
     return False
 
 
+def _files(folder: Path) -> dict[str, tuple[int, int]]:
+    """Every file under `folder` with its size and modification time (ns)."""
+    return {
+        str(path.relative_to(folder)): (path.stat().st_size, path.stat().st_mtime_ns)
+        for path in folder.rglob("*")
+        if path.is_file()
+    }
+
+
 def test_kill_9_mid_training_loses_nothing_and_the_job_resumes(tmp_path: Path) -> None:
     store = str(tmp_path / "store")
     server, address = start_server(store)
@@ -62,11 +71,22 @@ def test_kill_9_mid_training_loses_nothing_and_the_job_resumes(tmp_path: Path) -
             assert len(workers) >= 2  # at least the forkserver and the job's worker
             server.send_signal(signal.SIGKILL)
             server.wait(timeout=30)
+            written = _files(Path(store) / "jobs" / job.id)
     finally:
         if server.poll() is None:
             server.kill()
-    # The workers notice that their server is gone and exit: no orphan writes checkpoints.
+    # The workers notice that their server is gone and exit: no orphan writes checkpoints,
+    # not even the epoch it was in (the forkserver, its parent, outlives the server).
     assert all(_gone(pid) for pid in workers)
+    assert _files(Path(store) / "jobs" / job.id) == written
+    # A server that dies between an epoch's checkpoint and its event leaves the epoch
+    # unlogged: forget the last logged one, as such a crash would have.
+    with sqlite3.connect(Path(store) / "registry.sqlite3") as db:
+        db.execute(
+            "DELETE FROM events WHERE job_id = ? AND seq = (SELECT MAX(seq) FROM events "
+            "WHERE job_id = ? AND kind = 'epoch_end')",
+            (job.id, job.id),
+        )
 
     # Nothing is corrupt: the registry passes SQLite's check, every checkpoint loads safely.
     with sqlite3.connect(Path(store) / "registry.sqlite3") as db:
@@ -96,6 +116,8 @@ def test_kill_9_mid_training_loses_nothing_and_the_job_resumes(tmp_path: Path) -
             assert [s.start_epoch for s in started] == [1, checkpoint_epoch + 1]
             version = client.model("crashed").versions[-1]
             assert [m.epoch for m in version.history] == list(range(1, 9))
+            # The job's own curve has no hole: the forgotten epoch came back from last.pt.
+            assert [m.epoch for m in handle.info().history] == list(range(1, 9))
             assert version.metrics["accuracy"] > 0.9
             assert client.predict("crashed", X_TEST[:4]).raw.shape == (4, 10)
     finally:

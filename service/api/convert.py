@@ -74,13 +74,24 @@ def _whole(value: Any) -> Any:
     return value
 
 
+def _as_dict(field: str, message: Message, **options: Any) -> dict[str, Any]:
+    """The message as JSON-like values; what JSON cannot hold (a NaN or infinite Struct
+    number) is the client's invalid argument."""
+    try:
+        return json_format.MessageToDict(message, **options)
+    except (json_format.Error, ValueError) as err:  # NaN raises a plain ValueError
+        raise InvalidArgument.field(
+            field, str(message)[:60], f"is not JSON-representable: {err}"
+        ) from None
+
+
 def model_params(spec: pb.ModelSpec) -> tuple[str, Any]:
     """The architecture's name and parameters; unset means an MLP with defaults."""
     architecture = spec.WhichOneof("architecture") or "mlp"
     params_type, _ = _PARAMS[architecture]
     message = getattr(spec, architecture)
     if architecture == "plugin":
-        options = _whole(json_format.MessageToDict(message.options))
+        options = _whole(_as_dict("model.plugin.options", message.options))
         return architecture, PluginParams(message.name, options)
     given = _present(message)
     return architecture, params_type(
@@ -107,9 +118,12 @@ def file_source(ref: pb.DatasetRef) -> FileSource | None:
     )
 
 
-def transform_specs(messages: Any) -> tuple[dict[str, Any], ...]:
+def transform_specs(field: str, messages: Any) -> tuple[dict[str, Any], ...]:
     """Transform messages as the core's one-key dicts."""
-    return tuple(json_format.MessageToDict(m, preserving_proto_field_name=True) for m in messages)
+    return tuple(
+        _as_dict(f"{field}[{i}]", m, preserving_proto_field_name=True)
+        for i, m in enumerate(messages)
+    )
 
 
 def train_spec(request: pb.TrainRequest) -> TrainSpec:
@@ -147,8 +161,8 @@ def train_spec(request: pb.TrainRequest) -> TrainSpec:
         params=params,
         config=config,
         source=source,
-        transforms=transform_specs(request.transforms),
-        eval_transforms=transform_specs(request.eval_transforms),
+        transforms=transform_specs("transforms", request.transforms),
+        eval_transforms=transform_specs("eval_transforms", request.eval_transforms),
         init_from=init_from,
         distributed=parallel,
     )

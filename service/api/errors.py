@@ -26,6 +26,11 @@ def rewrap(
 
 
 def _abort(context: grpc.ServicerContext, method: str, err: Exception) -> None:
+    if not context.is_active():
+        # The client cancelled or went away (reading its stream then raises): no one is left
+        # to answer, and nothing failed on our side.
+        log.debug("%s: the client left (%s)", method, type(err).__name__)
+        context.abort(grpc.StatusCode.CANCELLED, "cancelled by the client")
     if isinstance(err, TorchwireError):
         context.abort(getattr(grpc.StatusCode, err.status), err.message)
     log.exception("%s failed", method)

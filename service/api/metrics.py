@@ -116,6 +116,16 @@ class ServiceMetrics:
             http.shutdown()
 
 
+def _ending(context: grpc.ServicerContext, failed: bool) -> grpc.StatusCode:
+    """How a call that set no status ended: the client left it (its deadline passed, or it
+    cancelled, which closes a response stream), it failed, or it succeeded."""
+    if not context.is_active():
+        remaining = context.time_remaining()
+        expired = remaining is not None and remaining <= 0
+        return grpc.StatusCode.DEADLINE_EXCEEDED if expired else grpc.StatusCode.CANCELLED
+    return grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
+
+
 class MetricsInterceptor(grpc.ServerInterceptor):
     """Counts every request by service, method and status code, and times it; binds its request
     id (the client's `x-request-id`, or a new one) to the log records it causes, and logs it at
@@ -137,7 +147,7 @@ class MetricsInterceptor(grpc.ServerInterceptor):
         def record(context: grpc.ServicerContext, started: float, failed: bool) -> None:
             seconds = time.perf_counter() - started
             latency.observe(seconds)
-            code = context.code() or (grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK)
+            code = context.code() or _ending(context, failed)
             requests.labels(service, method, code.name).inc()
             log.debug("%s/%s %s in %.2f ms", service, method, code.name, 1000 * seconds)
 

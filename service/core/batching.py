@@ -55,6 +55,9 @@ class Batcher:
         # Held during every model run, so that runs never overlap: what arrives during one
         # queues up and is merged into the next.
         self._running = threading.Lock()
+        # Guards `_closed` against the queue: no piece is queued after the stop sentinel.
+        self._accepting = threading.Lock()
+        self._closed = False
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
         self._thread.start()
 
@@ -63,7 +66,9 @@ class Batcher:
 
         Without a delay to wait for, a piece that finds the runtime idle and nothing queued
         runs at once in the caller's thread: merging would gain nothing, and the hand-off
-        to the batcher thread costs more than a small model's run.
+        to the batcher thread costs more than a small model's run. Once the batcher is closed
+        (a caller may still hold it while a reconfiguration, an export or an eviction
+        replaces it), the caller runs its pieces itself: no thread is left to run them.
         """
         if (
             self.config.max_delay_ms == 0
@@ -71,29 +76,43 @@ class Batcher:
             and self._queue.empty()
             and self._running.acquire(blocking=False)
         ):
-            future: Future = Future()
             try:
-                self._observe(len(batch))
-                future.set_result((self._run(batch), len(batch)))
-            except BaseException as err:
-                future.set_exception(err)
+                return [self._inline(batch)]
             finally:
                 self._running.release()
-            return [future]
-        futures = []
-        for start in range(0, len(batch), self.config.max_batch_size):
-            future = Future()
-            self._queue.put(_Piece(batch[start : start + self.config.max_batch_size], future))
-            futures.append(future)
-        return futures
+        size = self.config.max_batch_size
+        pieces = [batch[start : start + size] for start in range(0, len(batch), size)]
+        with self._accepting:
+            if not self._closed:
+                futures: list[Future] = [Future() for _ in pieces]
+                for rows, future in zip(pieces, futures, strict=True):
+                    self._queue.put(_Piece(rows, future))
+                return futures
+        with self._running:
+            return [self._inline(rows) for rows in pieces]
+
+    def _inline(self, batch: np.ndarray) -> Future:
+        """Runs `batch` in the caller's thread (which holds `_running`)."""
+        future: Future = Future()
+        try:
+            self._observe(len(batch))
+            future.set_result((self._run(batch), len(batch)))
+        except BaseException as err:
+            future.set_exception(err)
+        return future
 
     def queued(self) -> int:
         """Pieces waiting for a run."""
         return self._queue.qsize()
 
     def close(self) -> None:
-        """Finishes the queued pieces, then stops the thread."""
-        self._queue.put(_STOP)
+        """Finishes the queued pieces, then stops the thread; later pieces run in their
+        callers' threads."""
+        with self._accepting:
+            if self._closed:
+                return
+            self._closed = True
+            self._queue.put(_STOP)
         self._thread.join()
 
     def _loop(self) -> None:

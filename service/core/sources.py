@@ -2,6 +2,7 @@
 and CIFAR10, image folders, images labelled by file name, and CSV tables."""
 
 import csv
+import os
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -14,7 +15,7 @@ from PIL import Image
 from torch.utils.data import Dataset
 
 from torchwire.service.core.data import CLASSIFICATION, REGRESSION, ArrayDataset, DatasetInfo
-from torchwire.service.errors import FailedPrecondition, InvalidArgument, NotFound
+from torchwire.service.errors import FailedPrecondition, InvalidArgument, NotFound, shown
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")
 DEFAULT_LABEL_PATTERN = r"^(.+)_[^_]*$"
@@ -39,10 +40,12 @@ class FileSource:
 def resolve_path(path: str, roots: Sequence[Path], field: str) -> Path:
     """The real path of `path` (relative to a data root, or absolute), inside a data root.
 
-    Symbolic links and `..` are resolved before the check, so neither escapes a root.
+    Symbolic links and `..` are resolved before the check, so neither escapes a root. A
+    relative path is looked up in every root: where it exists (a link that exists counts,
+    wherever it points), its target must be inside a root.
 
     Raises:
-        InvalidArgument: the path is empty, or resolves outside every data root.
+        InvalidArgument: the path is empty or unusable, or resolves outside every data root.
         NotFound: it is inside a root but does not exist.
     """
     if not path:
@@ -50,24 +53,30 @@ def resolve_path(path: str, roots: Sequence[Path], field: str) -> Path:
     if "\0" in path or len(path) > 4096:
         raise InvalidArgument.field(field, path, "is not a usable path (a NUL byte, or too long)")
     candidates = [Path(path)] if Path(path).is_absolute() else [root / path for root in roots]
-    inside = []
+    real_roots = [root.resolve() for root in roots]
+    resolved = []
     for candidate in candidates:
         try:
             real = candidate.resolve()
-            real.exists()
+            real.exists()  # raises for a name too long for the file system
         except OSError as err:  # a name too long for the file system
             raise InvalidArgument.field(
                 field, path, f"is not a usable path: {err.strerror}"
             ) from err
-        if any(real.is_relative_to(root.resolve()) for root in roots):
-            inside.append(real)
-    if not inside:
+        resolved.append((os.path.lexists(candidate), real))
+    present = [real for there, real in resolved if there]
+    inside = [
+        real
+        for real in present or [real for _, real in resolved]
+        if any(real.is_relative_to(root) for root in real_roots)
+    ]
+    if len(inside) < len(present) or not inside:
         raise InvalidArgument.field(
             field, path, f"resolves outside the server's data roots {[str(r) for r in roots]}"
         )
     existing = [real for real in inside if real.exists()]
     if not existing:
-        raise NotFound(f"{field}={path!r} does not exist under the data roots")
+        raise NotFound(f"{field}={shown(path)} does not exist under the data roots")
     return existing[0]
 
 

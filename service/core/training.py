@@ -181,7 +181,8 @@ class Trainer:
         pipeline: the data with its training and evaluation preprocessing.
         checkpoint_dir: where `best.pt` and `last.pt` go.
         emit: receives every event (started, progress, epoch end, checkpoint saved).
-        should_stop: polled before every batch; True cancels the run after that batch.
+        should_stop: polled before every batch and before an epoch's checkpoints are written;
+            True cancels the run there (a cancelled run writes nothing more).
         resume_from: a `last.pt` to continue from (model, optimizer, scheduler, curves).
         init_from: a checkpoint whose weights start a fresh run (fine-tuning).
         rank: this process's place in a distributed job (None: a single process). Every
@@ -318,6 +319,9 @@ class Trainer:
             if record is None:
                 result.cancelled = True
                 return result
+            if self._stopping():  # cancelled, or the server is gone: write nothing more
+                result.cancelled = True
+                return result
             if self.scheduler is not None and not self.per_batch_schedule:
                 self.scheduler.step()
             result.history.append(record)
@@ -412,6 +416,12 @@ class Trainer:
             self.scheduler.step()
         return output, loss
 
+    def _stopping(self) -> bool:
+        """`should_stop()`, agreed by every rank: all stop at the same point, or the others
+        would wait in the next all-reduce."""
+        stop = self.should_stop()
+        return any_rank(stop, self.device) if self.rank is not None else stop
+
     def _train_epoch(self, epoch: int) -> events.EpochRecord | None:
         """One pass over the training data; None when cancelled."""
         self.model.train()
@@ -426,11 +436,7 @@ class Trainer:
         classification = self.objective.task == CLASSIFICATION
         started = last_report = time.monotonic()
         for step, (inputs, targets) in enumerate(self.train_loader, start=1):
-            stop = self.should_stop()
-            # Every rank stops at the same batch, or the others would wait in the all-reduce.
-            if self.rank is not None:
-                stop = any_rank(stop, self.device)
-            if stop:
+            if self._stopping():
                 return None
             inputs = inputs.to(self.device, non_blocking=True, memory_format=self.memory_format)
             targets = targets.to(self.device, non_blocking=True)

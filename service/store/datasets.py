@@ -30,6 +30,7 @@ from torchwire.service.errors import (
     InvalidArgument,
     NotFound,
     ResourceExhausted,
+    shown,
 )
 from torchwire.service.store.layout import check_name, fsync_dir
 from torchwire.service.store.registry import Registry
@@ -235,7 +236,7 @@ class DatasetCatalog:
         check_name(field, name)
         splits = self.registry.dataset_splits(name).get(name)
         if not splits:
-            raise NotFound(f"dataset {name!r} does not exist")
+            raise NotFound(f"dataset {shown(name)} does not exist")
         return _info(name, splits)
 
     def locate(
@@ -259,7 +260,9 @@ class DatasetCatalog:
             return plugins.locate(name, split)
         info = self.info(name, f"{field}.name")
         if split not in info.splits:
-            raise NotFound(f"dataset {name!r} has no {split!r} split; it has {sorted(info.splits)}")
+            raise NotFound(
+                f"dataset {shown(name)} has no {shown(split)} split; it has {sorted(info.splits)}"
+            )
         if info.builtin:
             return DatasetLocation(info, split, None)
         meta = self.registry.dataset_splits(name)[name][split]

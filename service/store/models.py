@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from torchwire.service.core.export import sha256_of
-from torchwire.service.errors import FailedPrecondition, InvalidArgument, NotFound
+from torchwire.service.errors import FailedPrecondition, InvalidArgument, NotFound, shown
 from torchwire.service.store.layout import StoreLayout, check_name, fsync_dir
 from torchwire.service.store.registry import ModelVersionRecord, Registry
 
@@ -68,7 +68,7 @@ class ModelStore:
         check_name(field, name)
         versions = self.registry.model_versions(name)
         if not versions:
-            raise NotFound(f"model {name!r} does not exist")
+            raise NotFound(f"model {shown(name)} does not exist")
         return versions
 
     def get(self, name: str, version: int, field: str = "model_name") -> ModelVersionRecord:
@@ -101,7 +101,7 @@ class ModelStore:
                 if latest:
                     self._latest[name] = latest
         if not latest:
-            raise NotFound(f"model {name!r} does not exist")
+            raise NotFound(f"model {shown(name)} does not exist")
         return latest
 
     def all(self) -> dict[str, list[ModelVersionRecord]]:
