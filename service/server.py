@@ -19,11 +19,12 @@ from torchwire.service.api.errors import ErrorInterceptor
 from torchwire.service.api.metrics import MetricsInterceptor, ServiceMetrics
 from torchwire.service.api.servicer import TorchWireServicer, add_to_server
 from torchwire.service.api.v2 import InferenceServicer
+from torchwire.service.app.catalog import Catalog
+from torchwire.service.app.jobs import JobManager
+from torchwire.service.app.serving import ModelService
 from torchwire.service.config import ServerConfig
 from torchwire.service.core.batching import BatchingConfig
 from torchwire.service.errors import StartupError
-from torchwire.service.jobs import JobManager
-from torchwire.service.models import ModelService
 from torchwire.service.store import Store
 from torchwire.service.store.lock import StoreLock
 from torchwire.v1 import torchwire_pb2 as pb
@@ -141,11 +142,12 @@ class TorchwireServer:
             lambda: len(self.models.cache.loaded()),
             self.store.registry.count_jobs,
         )
-        servicer = TorchWireServicer(self.store, self.jobs, self.models, config.max_message_bytes)
+        catalog = Catalog(self.store, self.models)
+        servicer = TorchWireServicer(catalog, self.jobs, self.models, config.max_message_bytes)
         add_to_server(servicer, self.grpc)
         self._stopping = False
         v2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(self.store, self.models, lambda: not self._stopping), self.grpc
+            InferenceServicer(catalog, self.models, lambda: not self._stopping), self.grpc
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
         reflection.enable_server_reflection(

@@ -8,6 +8,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from torchwire.service.app.catalog import ModelView
 from torchwire.service.core.batching import BatchingConfig
 from torchwire.service.core.data import DatasetInfo
 from torchwire.service.core.distributed import DistributedConfig
@@ -292,18 +293,12 @@ def model_version(
     )
 
 
-def model(
-    name: str,
-    versions: list[ModelVersionRecord],
-    with_history: bool,
-    artifacts: dict[int, dict[str, dict[str, Any]]],
-    config: pb.BatchingConfig,
-) -> pb.Model:
+def model(view: ModelView, with_history: bool) -> pb.Model:
     return pb.Model(
-        name=name,
-        versions=[model_version(v, with_history, artifacts[v.version]) for v in versions],
-        latest_version=versions[-1].version,
-        batching=config,
+        name=view.name,
+        versions=[model_version(v, with_history, view.artifacts[v.version]) for v in view.versions],
+        latest_version=view.versions[-1].version,
+        batching=batching(view.batching, view.batching_is_default),
     )
 
 

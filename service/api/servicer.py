@@ -6,11 +6,11 @@ from collections.abc import Iterator
 import grpc
 
 from torchwire.service.api import convert
+from torchwire.service.app.catalog import Catalog
+from torchwire.service.app.jobs import JobManager
+from torchwire.service.app.serving import ModelService, PendingPrediction
 from torchwire.service.core.export import DEFAULT_OPSET, DEFAULT_TOLERANCE
 from torchwire.service.errors import InvalidArgument, TorchwireError
-from torchwire.service.jobs import JobManager
-from torchwire.service.models import ModelService, PendingPrediction
-from torchwire.service.store import Store
 from torchwire.service.store.layout import check_name
 from torchwire.v1 import torchwire_pb2 as pb
 from torchwire.v1 import torchwire_pb2_grpc as pb_grpc
@@ -41,9 +41,9 @@ class TorchWireServicer(pb_grpc.TorchWireServicer):
     """Implements `torchwire.v1.TorchWire` on top of the store, the job manager and the models."""
 
     def __init__(
-        self, store: Store, jobs: JobManager, models: ModelService, max_message_bytes: int
+        self, catalog: Catalog, jobs: JobManager, models: ModelService, max_message_bytes: int
     ) -> None:
-        self.store = store
+        self.catalog = catalog
         self.jobs = jobs
         self.models = models
         self.max_message_bytes = max_message_bytes
@@ -71,14 +71,14 @@ class TorchWireServicer(pb_grpc.TorchWireServicer):
                 )
 
         header = first.header
-        info = self.store.datasets.upload(
+        info = self.catalog.upload_dataset(
             header.name, header.split or "train", list(header.classes), chunks()
         )
         return convert.dataset(info)
 
     def ListDatasets(self, request, context):
         return pb.ListDatasetsResponse(
-            datasets=[convert.dataset(info) for info in self.store.datasets.all()]
+            datasets=[convert.dataset(info) for info in self.catalog.datasets()]
         )
 
     def Train(self, request, context):
@@ -100,7 +100,7 @@ class TorchWireServicer(pb_grpc.TorchWireServicer):
         if request.model_name:
             check_name("model_name", request.model_name)
         limit = _bounded("limit", request.limit, 100, 1000)
-        records = self.store.registry.list_jobs(
+        records = self.catalog.jobs(
             convert.JOB_STATE_FROM_PB.get(request.state, ""), request.model_name, limit
         )
         return pb.ListJobsResponse(jobs=[convert.job(r, []) for r in records])
@@ -182,12 +182,12 @@ class TorchWireServicer(pb_grpc.TorchWireServicer):
         fmt = convert.export_format("format", request.format)
         limit = self.max_message_bytes - 4096
         chunk_bytes = _bounded("chunk_bytes", request.chunk_bytes, min(1 << 20, limit), limit)
-        record = self.store.models.get(request.model_name, request.version)
-        meta, path = self.store.models.artifact(record, fmt)
-        for offset, data in self.store.models.read_artifact(path, chunk_bytes):
-            chunk = pb.ArtifactChunk(offset=offset, data=data)
-            if offset == 0:
-                chunk.artifact.CopyFrom(convert.artifact(fmt, meta))
+        for piece in self.catalog.artifact_chunks(
+            request.model_name, request.version, fmt, chunk_bytes
+        ):
+            chunk = pb.ArtifactChunk(offset=piece.offset, data=piece.data)
+            if piece.artifact is not None:
+                chunk.artifact.CopyFrom(convert.artifact(fmt, piece.artifact))
             yield chunk
 
     def ConfigureBatching(self, request, context):
@@ -197,21 +197,11 @@ class TorchWireServicer(pb_grpc.TorchWireServicer):
 
     def ListModels(self, request, context):
         return pb.ListModelsResponse(
-            models=[
-                self._model(name, versions, with_history=False)
-                for name, versions in self.store.models.all().items()
-            ]
+            models=[convert.model(view, with_history=False) for view in self.catalog.models()]
         )
 
     def GetModel(self, request, context):
-        versions = self.store.models.versions(request.name)
-        return self._model(request.name, versions, with_history=True)
-
-    def _model(self, name: str, versions: list, with_history: bool) -> pb.Model:
-        artifacts = {v.version: self.store.models.artifacts(v) for v in versions}
-        server_default = self.store.registry.batching(name) is None
-        batching = convert.batching(self.models.batching(name), server_default)
-        return convert.model(name, versions, with_history, artifacts, batching)
+        return convert.model(self.catalog.model(request.name), with_history=True)
 
     def DeleteModel(self, request, context):
         return pb.DeleteModelResponse(

@@ -10,9 +10,9 @@ from torchwire import __version__
 from torchwire.kserve import grpc_predict_v2_pb2 as v2
 from torchwire.kserve import grpc_predict_v2_pb2_grpc as v2_grpc
 from torchwire.service.api.servicer import time_left
+from torchwire.service.app.catalog import Catalog
+from torchwire.service.app.serving import ModelService
 from torchwire.service.errors import InvalidArgument, NotFound
-from torchwire.service.models import ModelService
-from torchwire.service.store import Store
 from torchwire.v1 import tensors
 from torchwire.v1 import torchwire_pb2 as pb
 
@@ -41,8 +41,8 @@ def _version(field: str, text: str) -> int:
 class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
     """Implements `inference.GRPCInferenceService` on top of the model store and service."""
 
-    def __init__(self, store: Store, models: ModelService, ready: Callable[[], bool]) -> None:
-        self.store = store
+    def __init__(self, catalog: Catalog, models: ModelService, ready: Callable[[], bool]) -> None:
+        self.catalog = catalog
         self.models = models
         self.ready = ready
 
@@ -63,8 +63,8 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         return v2.ServerMetadataResponse(name="torchwire", version=__version__)
 
     def ModelMetadata(self, request, context):
-        versions = self.store.models.versions(request.name)
-        record = self.store.models.get(request.name, _version("version", request.version), "name")
+        versions = self.catalog.model(request.name).versions
+        record = self.catalog.version(request.name, _version("version", request.version), "name")
         meta = record.metadata
         tensor = v2.ModelMetadataResponse.TensorMetadata
         outputs = [tensor(name="output", datatype="FP32", shape=[-1, meta["output_size"]])]

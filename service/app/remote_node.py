@@ -5,10 +5,10 @@ import tempfile
 from pathlib import Path
 
 from torchwire.service.api import convert
+from torchwire.service.app.worker_process import RankTask, launch_ranks
 from torchwire.service.core.data import prepare
 from torchwire.service.errors import FailedPrecondition, shown
 from torchwire.service.store import Store
-from torchwire.service.worker import RankTask, launch_ranks
 from torchwire.v1 import torchwire_pb2 as pb
 
 

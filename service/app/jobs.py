@@ -19,6 +19,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from torchwire.service import logs
+from torchwire.service.app.worker_process import run_job
 from torchwire.service.core import events
 from torchwire.service.core.checkpoint import load_checkpoint
 from torchwire.service.core.data import DataPipeline, prepare
@@ -46,7 +47,6 @@ from torchwire.service.store.registry import (
     EventRecord,
     JobRecord,
 )
-from torchwire.service.worker import run_job
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ class JobManager:
         # torchvision's transforms too: importing it costs about 1.5 s (it loads torch._dynamo),
         # paid once here rather than by every job with transforms.
         self._context.set_forkserver_preload(
-            ["torchwire.service.worker", "torchvision.transforms.v2"]
+            ["torchwire.service.app.worker_process", "torchvision.transforms.v2"]
         )
         self._lock = threading.Lock()
         self._changed = threading.Condition()
