@@ -212,8 +212,8 @@ class JobManager:
         """The version to fine-tune from, resolved; it must build the same architecture."""
         assert spec.init_from is not None
         name, version = spec.init_from
-        record = self.store.models.get(name, version, "init_from.name")
-        self.store.models.verified_checkpoint(record)
+        record = self.store.versions.get(name, version, "init_from.name")
+        self.store.versions.verified_checkpoint(record)
         trained = TrainSpec.from_dict(record.metadata["training"])
         mine = (spec.architecture, spec.params, built["input_shape"])
         theirs = (trained.architecture, trained.params, record.metadata["input_shape"])
@@ -503,7 +503,7 @@ class JobManager:
             "history": result["history"],
         }
         checkpoint = self.store.layout.job_dir(job_id) / "best.pt"
-        version = self.store.models.register(job.model_name, job_id, checkpoint, metadata)
+        version = self.store.versions.register(job.model_name, job_id, checkpoint, metadata)
         finished = events.Finished(
             model_name=job.model_name,
             model_version=version,

@@ -8,12 +8,17 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
+from torchwire.service.core.architectures import (
+    CNNParams,
+    MLPParams,
+    PluginParams,
+    TorchvisionParams,
+)
 from torchwire.service.core.batching import BatchingConfig
 from torchwire.service.core.data import DatasetInfo
 from torchwire.service.core.distributed import DistributedConfig
 from torchwire.service.core.evaluation import EvaluationResult
 from torchwire.service.core.export import ONNX, TORCHSCRIPT
-from torchwire.service.core.models import CNNParams, MLPParams, PluginParams, TorchvisionParams
 from torchwire.service.core.runtimes import Prediction
 from torchwire.service.core.sources import FileSource
 from torchwire.service.core.spec import TrainConfig, TrainSpec

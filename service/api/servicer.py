@@ -182,9 +182,9 @@ class TorchWireServicer(pb_grpc.TorchWireServicer):
         fmt = convert.export_format("format", request.format)
         limit = self.max_message_bytes - 4096
         chunk_bytes = _bounded("chunk_bytes", request.chunk_bytes, min(1 << 20, limit), limit)
-        record = self.store.models.get(request.model_name, request.version)
-        meta, path = self.store.models.artifact(record, fmt)
-        for offset, data in self.store.models.read_artifact(path, chunk_bytes):
+        record = self.store.versions.get(request.model_name, request.version)
+        meta, path = self.store.versions.artifact(record, fmt)
+        for offset, data in self.store.versions.read_artifact(path, chunk_bytes):
             chunk = pb.ArtifactChunk(offset=offset, data=data)
             if offset == 0:
                 chunk.artifact.CopyFrom(convert.artifact(fmt, meta))
@@ -199,16 +199,16 @@ class TorchWireServicer(pb_grpc.TorchWireServicer):
         return pb.ListModelsResponse(
             models=[
                 self._model(name, versions, with_history=False)
-                for name, versions in self.store.models.all().items()
+                for name, versions in self.store.versions.all().items()
             ]
         )
 
     def GetModel(self, request, context):
-        versions = self.store.models.versions(request.name)
+        versions = self.store.versions.versions(request.name)
         return self._model(request.name, versions, with_history=True)
 
     def _model(self, name: str, versions: list, with_history: bool) -> pb.Model:
-        artifacts = {v.version: self.store.models.artifacts(v) for v in versions}
+        artifacts = {v.version: self.store.versions.artifacts(v) for v in versions}
         server_default = self.store.registry.batching(name) is None
         batching = convert.batching(self.models.batching(name), server_default)
         return convert.model(name, versions, with_history, artifacts, batching)

@@ -63,8 +63,8 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         return v2.ServerMetadataResponse(name="torchwire", version=__version__)
 
     def ModelMetadata(self, request, context):
-        versions = self.store.models.versions(request.name)
-        record = self.store.models.get(request.name, _version("version", request.version), "name")
+        versions = self.store.versions.versions(request.name)
+        record = self.store.versions.get(request.name, _version("version", request.version), "name")
         meta = record.metadata
         tensor = v2.ModelMetadataResponse.TensorMetadata
         outputs = [tensor(name="output", datatype="FP32", shape=[-1, meta["output_size"]])]

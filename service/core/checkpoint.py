@@ -9,7 +9,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from torchwire.service.core.models import ModelConfig
+from torchwire.service.core.architectures import ModelConfig
 from torchwire.service.errors import FailedPrecondition
 
 

@@ -13,7 +13,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from torchwire.service.core.models import ModelConfig
+from torchwire.service.core.architectures import ModelConfig
 from torchwire.service.core.runtimes import OnnxRuntime, TorchRuntime, load_torchscript
 from torchwire.service.errors import FailedPrecondition, InvalidArgument
 

@@ -18,7 +18,7 @@ class MissingArtifact(NotFound):
     """A version has no export in the asked-for format."""
 
 
-class ModelStore:
+class VersionStore:
     """Registers, finds and deletes model versions."""
 
     def __init__(self, layout: StoreLayout, registry: Registry) -> None:
