@@ -23,6 +23,15 @@ from torchwire.service.core import events
 from torchwire.service.core.checkpoint import load_checkpoint
 from torchwire.service.core.data import DataPipeline, prepare
 from torchwire.service.core.device import choose_device
+from torchwire.service.core.jobstates import (
+    ACTIVE_STATES,
+    CANCELLED,
+    FAILED,
+    INTERRUPTED,
+    QUEUED,
+    RUNNING,
+    SUCCEEDED,
+)
 from torchwire.service.core.spec import TrainSpec
 from torchwire.service.core.training import check_compatible
 from torchwire.service.errors import (
@@ -35,17 +44,7 @@ from torchwire.service.errors import (
     shown,
 )
 from torchwire.service.store import Store
-from torchwire.service.store.registry import (
-    ACTIVE_STATES,
-    CANCELLED,
-    FAILED,
-    INTERRUPTED,
-    QUEUED,
-    RUNNING,
-    SUCCEEDED,
-    EventRecord,
-    JobRecord,
-)
+from torchwire.service.store.registry import EventRecord, JobRecord
 from torchwire.service.worker import run_job
 
 log = logging.getLogger(__name__)

@@ -1,7 +1,6 @@
 """Export to TorchScript and ONNX, each checked against eager PyTorch before it is kept."""
 
 import contextlib
-import hashlib
 import io
 import os
 import tempfile
@@ -14,6 +13,7 @@ import torch
 from torch import nn
 
 from torchwire.service.core.architectures import ModelConfig
+from torchwire.service.core.files import sha256_of
 from torchwire.service.core.runtimes import OnnxRuntime, TorchRuntime, load_torchscript
 from torchwire.service.errors import FailedPrecondition, InvalidArgument
 
@@ -37,15 +37,6 @@ class ExportResult:
     opset: int
     max_abs_diff: float
     parity_batch_sizes: tuple[int, ...]
-
-
-def sha256_of(path: Path) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _write_torchscript(module: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:

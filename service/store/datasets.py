@@ -23,7 +23,7 @@ from torchwire.service.core.data import (
     SampleSource,
     check_split,
 )
-from torchwire.service.core.export import sha256_of
+from torchwire.service.core.files import sha256_of
 from torchwire.service.core.sources import FileSource, locate_files
 from torchwire.service.errors import (
     FailedPrecondition,

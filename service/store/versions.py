@@ -8,7 +8,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from torchwire.service.core.export import sha256_of
+from torchwire.service.core.files import sha256_of
 from torchwire.service.errors import FailedPrecondition, InvalidArgument, NotFound, shown
 from torchwire.service.store.layout import StoreLayout, check_name, fsync_dir
 from torchwire.service.store.registry import ModelVersionRecord, Registry
