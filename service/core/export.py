@@ -2,8 +2,6 @@
 
 import contextlib
 import io
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +11,7 @@ import torch
 from torch import nn
 
 from torchwire.service.core.architectures import ModelConfig
-from torchwire.service.core.files import sha256_of
+from torchwire.service.core.files import atomic_write, sha256_of
 from torchwire.service.core.runtimes import OnnxRuntime, TorchRuntime, load_torchscript
 from torchwire.service.errors import FailedPrecondition, InvalidArgument
 
@@ -101,10 +99,7 @@ def export_model(
     samples = [
         torch.randn(n, *config.input_shape, generator=generator) for n in (2, *PARITY_BATCH_SIZES)
     ]
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    scratch = Path(name)
-    try:
+    with atomic_write(path) as scratch:
         try:
             _WRITERS[fmt](module, samples[0], scratch, opset)
         except Exception as err:
@@ -120,11 +115,6 @@ def export_model(
                 f"{fmt} parity check failed: max abs diff {worst:.3g} "
                 f"from eager PyTorch exceeds tolerance {tolerance:g}"
             )
-        with open(scratch, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(scratch, path)
-    finally:
-        scratch.unlink(missing_ok=True)
     return ExportResult(
         fmt,
         path,
