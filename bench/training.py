@@ -10,8 +10,8 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 from torchwire.client import Client
+from torchwire.service.core.architectures import MLPParams, ModelConfig
 from torchwire.service.core.data import BUILTIN_DATASETS
-from torchwire.service.core.models import MLPParams, ModelConfig
 
 EPOCHS, BATCH, LR = 15, 64, 1e-3
 

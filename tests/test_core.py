@@ -12,6 +12,7 @@ import torch
 from sklearn.metrics import confusion_matrix, precision_score, recall_score
 
 from torchwire.service.core import events
+from torchwire.service.core.architectures import CNNParams, MLPParams, ModelConfig
 from torchwire.service.core.checkpoint import load_checkpoint, load_model, save_checkpoint, unwrap
 from torchwire.service.core.data import (
     BUILTIN_DATASETS,
@@ -24,7 +25,6 @@ from torchwire.service.core.data import (
 )
 from torchwire.service.core.device import choose_device
 from torchwire.service.core.evaluation import evaluate
-from torchwire.service.core.models import CNNParams, MLPParams, ModelConfig
 from torchwire.service.core.objectives import OBJECTIVES
 from torchwire.service.core.spec import TrainConfig, TrainSpec
 from torchwire.service.core.training import Trainer

@@ -11,9 +11,9 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 
 from tests.conftest import start_server
 from torchwire.client import Client, JobError
+from torchwire.service.core.architectures import MLPParams
 from torchwire.service.core.checkpoint import load_model
 from torchwire.service.core.data import BUILTIN_DATASETS
-from torchwire.service.core.models import MLPParams
 from torchwire.service.core.spec import TrainConfig, TrainSpec
 from torchwire.v1 import torchwire_pb2 as pb
 
@@ -99,8 +99,8 @@ def test_upload_train_watch_evaluate_predict(client: Client, server) -> None:
     np.testing.assert_array_equal(prediction.top_indices[:, 0], prediction.raw.argmax(axis=1))
 
     # The served outputs are those of the stored state_dict run in plain PyTorch.
-    record = server.store.models.get("cnn-digits", final.model_version)
-    module, _ = load_model(server.store.models.checkpoint(record), torch.device("cpu"))
+    record = server.store.versions.get("cnn-digits", final.model_version)
+    module, _ = load_model(server.store.versions.checkpoint(record), torch.device("cpu"))
     with torch.no_grad():
         expected = module(torch.from_numpy(x_test[:16])).numpy()
     np.testing.assert_allclose(prediction.raw, expected, rtol=1e-4, atol=1e-5)

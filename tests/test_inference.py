@@ -358,8 +358,8 @@ def test_cli_export(client: Client, digits_model: str, tmp_path: Path) -> None:
     torch.cuda.is_available(), reason="checks the fallback on a machine without CUDA"
 )
 def test_onnxruntime_falling_back_from_cuda_fails_loudly(exported: list[str], server) -> None:
-    record = server.store.models.get(exported[0], 0)
-    _, path = server.store.models.artifact(record, "onnx")
+    record = server.store.versions.get(exported[0], 0)
+    _, path = server.store.versions.artifact(record, "onnx")
     with pytest.raises(FailedPrecondition, match="fell back"):
         onnx_session(path, use_cuda=True)
 

@@ -14,9 +14,9 @@ import torch
 from tests.conftest import assert_rejected
 from torchwire.client import Client
 from torchwire.client.demo import start_server
+from torchwire.service.core.architectures import MLPParams
 from torchwire.service.core.checkpoint import load_checkpoint
 from torchwire.service.core.data import BUILTIN_DATASETS, prepare
-from torchwire.service.core.models import MLPParams
 from torchwire.service.core.spec import TrainConfig, TrainSpec
 from torchwire.service.core.training import Trainer
 from torchwire.service.store.datasets import DatasetLocation

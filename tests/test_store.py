@@ -5,8 +5,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from torchwire.service.core.architectures import MLPParams, ModelConfig
 from torchwire.service.core.checkpoint import save_checkpoint
-from torchwire.service.core.models import MLPParams, ModelConfig
 from torchwire.service.errors import InvalidArgument, NotFound
 from torchwire.service.store import Store
 from torchwire.service.store.layout import check_name
@@ -50,19 +50,22 @@ def test_model_versions_register_and_delete(store: Store, tmp_path: Path) -> Non
     checkpoint = tmp_path / "best.pt"
     save_checkpoint(checkpoint, config.build(), config, 1, {"loss": 0.5})
     meta = {"task": "classification"}
-    assert store.models.register("m", "job1", checkpoint, meta) == 1
-    assert store.models.register("m", "job2", checkpoint, meta) == 2
-    assert store.models.get("m", 0).version == 2
-    assert store.models.checkpoint(store.models.get("m", 1)).read_bytes() == checkpoint.read_bytes()
-    assert store.models.delete("m", 2) == [2]
-    assert store.models.get("m", 0).version == 1
+    assert store.versions.register("m", "job1", checkpoint, meta) == 1
+    assert store.versions.register("m", "job2", checkpoint, meta) == 2
+    assert store.versions.get("m", 0).version == 2
+    assert (
+        store.versions.checkpoint(store.versions.get("m", 1)).read_bytes()
+        == checkpoint.read_bytes()
+    )
+    assert store.versions.delete("m", 2) == [2]
+    assert store.versions.get("m", 0).version == 1
     with pytest.raises(NotFound, match="no version 2"):
-        store.models.get("m", 2)
-    assert store.models.register("m", "job3", checkpoint, meta) == 3  # never reused
-    assert store.models.delete("m", 0) == [1, 3]
+        store.versions.get("m", 2)
+    assert store.versions.register("m", "job3", checkpoint, meta) == 3  # never reused
+    assert store.versions.delete("m", 0) == [1, 3]
     assert not store.layout.model_dir("m").exists()
     with pytest.raises(NotFound):
-        store.models.versions("m")
+        store.versions.versions("m")
 
 
 def test_upload_is_atomic_and_memory_mapped(store: Store) -> None:

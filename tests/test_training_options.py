@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from tests.test_core import digits
+from torchwire.service.core.architectures import CNNParams, MLPParams, ModelConfig
 from torchwire.service.core.checkpoint import load_checkpoint, load_model
 from torchwire.service.core.evaluation import evaluate
-from torchwire.service.core.models import CNNParams, MLPParams, ModelConfig
 from torchwire.service.core.objectives import OBJECTIVES
 from torchwire.service.core.spec import TrainConfig, TrainSpec
 from torchwire.service.core.training import Trainer

@@ -9,18 +9,24 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from torchwire.service.app.catalog import ModelView
+from torchwire.service.core.architectures import (
+    CNNParams,
+    MLPParams,
+    PluginParams,
+    TorchvisionParams,
+)
 from torchwire.service.core.batching import BatchingConfig
 from torchwire.service.core.data import DatasetInfo
 from torchwire.service.core.distributed import DistributedConfig
 from torchwire.service.core.evaluation import EvaluationResult
 from torchwire.service.core.export import ONNX, TORCHSCRIPT
-from torchwire.service.core.models import CNNParams, MLPParams, PluginParams, TorchvisionParams
+from torchwire.service.core.jobstates import JOB_STATES
 from torchwire.service.core.runtimes import Prediction
 from torchwire.service.core.sources import FileSource
 from torchwire.service.core.spec import TrainConfig, TrainSpec
 from torchwire.service.errors import InvalidArgument
 from torchwire.service.store.layout import check_name
-from torchwire.service.store.registry import JOB_STATES, EventRecord, JobRecord, ModelVersionRecord
+from torchwire.service.store.registry import EventRecord, JobRecord, ModelVersionRecord
 from torchwire.v1 import tensors
 from torchwire.v1 import torchwire_pb2 as pb
 

@@ -13,7 +13,7 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 
 from torchwire.service import logs
 from torchwire.service.api.errors import rewrap
-from torchwire.service.store.registry import JOB_STATES
+from torchwire.service.core.jobstates import JOB_STATES
 
 log = logging.getLogger(__name__)
 

@@ -70,11 +70,11 @@ class Catalog:
         Raises:
             NotFound: no model has this name.
         """
-        return self._view(name, self._store.models.versions(name))
+        return self._view(name, self._store.versions.versions(name))
 
     def models(self) -> list[ModelView]:
         """Every model, by name."""
-        return [self._view(name, versions) for name, versions in self._store.models.all().items()]
+        return [self._view(name, versions) for name, versions in self._store.versions.all().items()]
 
     def version(self, name: str, version: int, field: str = "model_name") -> ModelVersionRecord:
         """One version (0: the latest); `field` names the request field in errors.
@@ -82,13 +82,13 @@ class Catalog:
         Raises:
             NotFound: the model or the version does not exist.
         """
-        return self._store.models.get(name, version, field)
+        return self._store.versions.get(name, version, field)
 
     def _view(self, name: str, versions: list[ModelVersionRecord]) -> ModelView:
         return ModelView(
             name,
             versions,
-            {v.version: self._store.models.artifacts(v) for v in versions},
+            {v.version: self._store.versions.artifacts(v) for v in versions},
             self._serving.batching(name),
             self._store.registry.batching(name) is None,
         )
@@ -102,7 +102,7 @@ class Catalog:
             NotFound: the model or version does not exist.
             FailedPrecondition: the version has no artifact of this format, or it is corrupt.
         """
-        record = self._store.models.get(name, version)
-        meta, path = self._store.models.artifact(record, fmt)
-        for offset, data in self._store.models.read_artifact(path, chunk_bytes):
+        record = self._store.versions.get(name, version)
+        meta, path = self._store.versions.artifact(record, fmt)
+        for offset, data in self._store.versions.read_artifact(path, chunk_bytes):
             yield ArtifactChunk(offset, data, meta if offset == 0 else None)

@@ -24,6 +24,15 @@ from torchwire.service.core import events
 from torchwire.service.core.checkpoint import load_checkpoint
 from torchwire.service.core.data import DataPipeline, prepare
 from torchwire.service.core.device import choose_device
+from torchwire.service.core.jobstates import (
+    ACTIVE_STATES,
+    CANCELLED,
+    FAILED,
+    INTERRUPTED,
+    QUEUED,
+    RUNNING,
+    SUCCEEDED,
+)
 from torchwire.service.core.spec import TrainSpec
 from torchwire.service.core.training import check_compatible
 from torchwire.service.errors import (
@@ -36,17 +45,7 @@ from torchwire.service.errors import (
     shown,
 )
 from torchwire.service.store import Store
-from torchwire.service.store.registry import (
-    ACTIVE_STATES,
-    CANCELLED,
-    FAILED,
-    INTERRUPTED,
-    QUEUED,
-    RUNNING,
-    SUCCEEDED,
-    EventRecord,
-    JobRecord,
-)
+from torchwire.service.store.registry import EventRecord, JobRecord
 
 log = logging.getLogger(__name__)
 
@@ -212,8 +211,8 @@ class JobManager:
         """The version to fine-tune from, resolved; it must build the same architecture."""
         assert spec.init_from is not None
         name, version = spec.init_from
-        record = self.store.models.get(name, version, "init_from.name")
-        self.store.models.verified_checkpoint(record)
+        record = self.store.versions.get(name, version, "init_from.name")
+        self.store.versions.verified_checkpoint(record)
         trained = TrainSpec.from_dict(record.metadata["training"])
         mine = (spec.architecture, spec.params, built["input_shape"])
         theirs = (trained.architecture, trained.params, record.metadata["input_shape"])
@@ -503,7 +502,7 @@ class JobManager:
             "history": result["history"],
         }
         checkpoint = self.store.layout.job_dir(job_id) / "best.pt"
-        version = self.store.models.register(job.model_name, job_id, checkpoint, metadata)
+        version = self.store.versions.register(job.model_name, job_id, checkpoint, metadata)
         finished = events.Finished(
             model_name=job.model_name,
             model_version=version,

@@ -39,8 +39,8 @@ from torchwire.service.errors import (
     ResourceExhausted,
 )
 from torchwire.service.store import Store
-from torchwire.service.store.models import MissingArtifact
 from torchwire.service.store.registry import ModelVersionRecord
+from torchwire.service.store.versions import MissingArtifact
 
 PREDICT_OUTPUTS = ("raw", "probabilities", "top_k")
 FORMAT_OF = {runtime: fmt for fmt, runtime in RUNTIME_OF.items()}
@@ -140,13 +140,13 @@ class ModelService:
 
     def _load(self, key: tuple[str, int, str]) -> ServedRuntime:
         name, version, runtime_name = key
-        record = self.store.models.get(name, version)
+        record = self.store.versions.get(name, version)
         runtime: Runtime
         if runtime_name == EAGER:
-            module, _ = load_model(self.store.models.verified_checkpoint(record), self.device)
+            module, _ = load_model(self.store.versions.verified_checkpoint(record), self.device)
             runtime = TorchRuntime(EAGER, module, self.device)
         else:
-            _, path = self.store.models.artifact(record, FORMAT_OF[runtime_name])
+            _, path = self.store.versions.artifact(record, FORMAT_OF[runtime_name])
             if runtime_name == ONNXRUNTIME:
                 runtime = OnnxRuntime(path, self.device.type == "cuda", self.ort_intra_op_threads)
             else:
@@ -174,7 +174,7 @@ class ModelService:
             return requested
         key = (name, version)
         if key not in self._preferred:
-            formats = self.store.models.artifacts(self.store.models.get(name, version))
+            formats = self.store.versions.artifacts(self.store.versions.get(name, version))
             self._preferred[key] = next(
                 r for r in PREFERENCE if r == EAGER or FORMAT_OF[r] in formats
             )
@@ -182,7 +182,7 @@ class ModelService:
 
     def served(self, name: str, version: int, runtime: str = "") -> ServedRuntime:
         """The loaded runtime; after the first request, a cache hit without reading metadata."""
-        number = self.store.models.resolve(name, version)
+        number = self.store.versions.resolve(name, version)
         runtime = self._runtime_for(name, number, runtime)
         try:
             return self.cache.get((name, number, runtime))
@@ -363,18 +363,18 @@ class ModelService:
 
         Exports run one at a time: the exporter is not built for concurrent use.
         """
-        record = self.store.models.get(name, version)
+        record = self.store.versions.get(name, version)
         with self._export_lock:
             module, config = load_model(
-                self.store.models.verified_checkpoint(record), torch.device("cpu")
+                self.store.versions.verified_checkpoint(record), torch.device("cpu")
             )
-            path = self.store.models.artifact_path(record, FILE_NAMES[fmt])
+            path = self.store.versions.artifact_path(record, FILE_NAMES[fmt])
             result = export_model(module, config, fmt, path, opset, tolerance)
         meta = {k: v for k, v in asdict(result).items() if k not in ("path", "format")}
         meta["file_name"] = path.name
         self.store.registry.put_artifact(name, record.version, fmt, meta)
         self._forget(name, record.version)
-        return record, self.store.models.artifacts(record)[fmt]
+        return record, self.store.versions.artifacts(record)[fmt]
 
     def batching(self, name: str) -> BatchingConfig:
         """The batching in force for a model: its own, else the server's default."""
@@ -383,14 +383,14 @@ class ModelService:
 
     def configure_batching(self, name: str, config: BatchingConfig | None) -> BatchingConfig:
         """Sets (or with None, clears) a model's batching; loaded runtimes pick it up."""
-        self.store.models.versions(name)
+        self.store.versions.versions(name)
         self.store.registry.set_batching(name, None if config is None else asdict(config))
         self._forget(name)
         return self.batching(name)
 
     def delete(self, name: str, version: int) -> list[int]:
         """Deletes versions and drops their loaded runtimes."""
-        deleted = self.store.models.delete(name, version)
+        deleted = self.store.versions.delete(name, version)
         for number in deleted:
             self._forget(name, number)
         return deleted

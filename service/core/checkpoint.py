@@ -1,15 +1,14 @@
 """Checkpoints: state_dicts plus the model config that rebuilds the module, written atomically
 and loaded with `weights_only=True`."""
 
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from torchwire.service.core.models import ModelConfig
+from torchwire.service.core.architectures import ModelConfig
+from torchwire.service.core.files import atomic_write
 from torchwire.service.errors import FailedPrecondition
 
 
@@ -47,17 +46,8 @@ def save_checkpoint(
         "metrics": dict(metrics),
         "history": list(history or []),
     }
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            torch.save(state, fh)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    with atomic_write(path) as scratch:
+        torch.save(state, scratch)
 
 
 def load_checkpoint(path: Path, map_location: str | torch.device = "cpu") -> dict[str, Any]:

@@ -1,10 +1,7 @@
 """Export to TorchScript and ONNX, each checked against eager PyTorch before it is kept."""
 
 import contextlib
-import hashlib
 import io
-import os
-import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -13,7 +10,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from torchwire.service.core.models import ModelConfig
+from torchwire.service.core.architectures import ModelConfig
+from torchwire.service.core.files import atomic_write, sha256_of
 from torchwire.service.core.runtimes import OnnxRuntime, TorchRuntime, load_torchscript
 from torchwire.service.errors import FailedPrecondition, InvalidArgument
 
@@ -37,15 +35,6 @@ class ExportResult:
     opset: int
     max_abs_diff: float
     parity_batch_sizes: tuple[int, ...]
-
-
-def sha256_of(path: Path) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def _write_torchscript(module: nn.Module, example: torch.Tensor, path: Path, opset: int) -> None:
@@ -110,10 +99,7 @@ def export_model(
     samples = [
         torch.randn(n, *config.input_shape, generator=generator) for n in (2, *PARITY_BATCH_SIZES)
     ]
-    fd, name = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    scratch = Path(name)
-    try:
+    with atomic_write(path) as scratch:
         try:
             _WRITERS[fmt](module, samples[0], scratch, opset)
         except Exception as err:
@@ -129,11 +115,6 @@ def export_model(
                 f"{fmt} parity check failed: max abs diff {worst:.3g} "
                 f"from eager PyTorch exceeds tolerance {tolerance:g}"
             )
-        with open(scratch, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(scratch, path)
-    finally:
-        scratch.unlink(missing_ok=True)
     return ExportResult(
         fmt,
         path,

@@ -5,8 +5,8 @@ import math
 from dataclasses import asdict, dataclass
 from typing import Any
 
+from torchwire.service.core.architectures import ARCHITECTURES
 from torchwire.service.core.distributed import DistributedConfig
-from torchwire.service.core.models import ARCHITECTURES
 from torchwire.service.core.objectives import OBJECTIVES, Objective
 from torchwire.service.core.sources import FileSource
 from torchwire.service.core.transforms import Spec

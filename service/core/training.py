@@ -15,6 +15,7 @@ import torch
 from torch import nn
 
 from torchwire.service.core import events
+from torchwire.service.core.architectures import ModelConfig
 from torchwire.service.core.checkpoint import load_checkpoint, save_checkpoint
 from torchwire.service.core.data import (
     CLASSIFICATION,
@@ -32,7 +33,6 @@ from torchwire.service.core.distributed import (
     broadcast,
 )
 from torchwire.service.core.evaluation import evaluate
-from torchwire.service.core.models import ModelConfig
 from torchwire.service.core.spec import TrainConfig, TrainSpec
 from torchwire.service.core.tensorboard import TensorBoardLog
 from torchwire.service.errors import FailedPrecondition, InvalidArgument

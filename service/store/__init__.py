@@ -5,8 +5,8 @@ from pathlib import Path
 
 from torchwire.service.store.datasets import DatasetCatalog
 from torchwire.service.store.layout import StoreLayout
-from torchwire.service.store.models import ModelStore
 from torchwire.service.store.registry import Registry
+from torchwire.service.store.versions import VersionStore
 
 
 class Store:
@@ -22,7 +22,7 @@ class Store:
         """`<root>/data` is always a data root; `data_roots` adds others."""
         self.layout = StoreLayout(root)
         self.registry = Registry(self.layout.registry)
-        self.models = ModelStore(self.layout, self.registry)
+        self.versions = VersionStore(self.layout, self.registry)
         self.layout.data.mkdir(parents=True, exist_ok=True)
         self.datasets = DatasetCatalog(
             self.layout.datasets,

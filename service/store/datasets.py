@@ -3,9 +3,6 @@ datasets stored as raw little-endian arrays."""
 
 import hashlib
 import logging
-import os
-import shutil
-import uuid
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -23,7 +20,7 @@ from torchwire.service.core.data import (
     SampleSource,
     check_split,
 )
-from torchwire.service.core.export import sha256_of
+from torchwire.service.core.files import atomic_directory, sha256_of
 from torchwire.service.core.sources import FileSource, locate_files
 from torchwire.service.errors import (
     FailedPrecondition,
@@ -32,7 +29,7 @@ from torchwire.service.errors import (
     ResourceExhausted,
     shown,
 )
-from torchwire.service.store.layout import check_name, fsync_dir
+from torchwire.service.store.layout import check_name
 from torchwire.service.store.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -177,14 +174,8 @@ class _SplitWriter:
         if task == CLASSIFICATION:
             self.max_class = max(self.max_class, int(targets.max()))
 
-    def finish(self) -> None:
-        """Flushes both files to disk."""
-        for fh in (self._features, self._targets):
-            fh.flush()
-            os.fsync(fh.fileno())
-            fh.close()
-
-    def abort(self) -> None:
+    def close(self) -> None:
+        """Closes both files (the upload's `atomic_directory` flushes them to disk)."""
         for fh in (self._features, self._targets):
             fh.close()
 
@@ -297,19 +288,14 @@ class DatasetCatalog:
         check_split("header.split", split)
         if len(classes) != len(set(classes)) or any(not c for c in classes):
             raise InvalidArgument.field("header.classes", classes, "must be unique and non-empty")
-        scratch = self.root / f".upload-{uuid.uuid4().hex}"
-        scratch.mkdir(parents=True)
-        writer = _SplitWriter(scratch, self.max_upload_bytes)
-        try:
-            for index, (features, targets) in enumerate(chunks):
-                writer.add(index, features, targets)
-            writer.finish()
+        with atomic_directory(self.root / name / split, self.root, ".upload-") as scratch:
+            writer = _SplitWriter(scratch, self.max_upload_bytes)
+            try:
+                for index, (features, targets) in enumerate(chunks):
+                    writer.add(index, features, targets)
+            finally:
+                writer.close()
             meta = self._check_upload(name, split, classes, writer)
-            self._install(scratch, self.root / name / split)
-        except BaseException:
-            writer.abort()
-            shutil.rmtree(scratch, ignore_errors=True)
-            raise
         self.registry.put_dataset_split(name, split, meta)
         return self.info(name)
 
@@ -352,18 +338,6 @@ class DatasetCatalog:
                         f"differs from the {other_split!r} split's {other[key]}",
                     )
         return meta
-
-    def _install(self, scratch: Path, target: Path) -> None:
-        """Moves a finished upload into place, replacing an older upload of the split."""
-        target.parent.mkdir(parents=True, exist_ok=True)
-        if target.exists():
-            retired = scratch.with_name(scratch.name + ".old")
-            os.replace(target, retired)
-            os.replace(scratch, target)
-            shutil.rmtree(retired, ignore_errors=True)
-        else:
-            os.replace(scratch, target)
-        fsync_dir(target.parent)
 
 
 def _plugin_info(name: str) -> DatasetInfo | None:

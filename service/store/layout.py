@@ -1,6 +1,5 @@
-"""Names and paths in the local store, and the fsync helpers that make writes durable."""
+"""Names and paths in the local store."""
 
-import os
 import re
 from pathlib import Path
 
@@ -23,15 +22,6 @@ def check_name(field: str, value: str) -> str:
             "starting with a letter or digit, without '..'",
         )
     return value
-
-
-def fsync_dir(path: Path) -> None:
-    """Makes a rename or creation inside `path` durable."""
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class StoreLayout:

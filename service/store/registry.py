@@ -12,16 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, INTERRUPTED = (
-    "queued",
-    "running",
-    "succeeded",
-    "failed",
-    "cancelled",
-    "interrupted",
-)
-JOB_STATES = (QUEUED, RUNNING, SUCCEEDED, FAILED, CANCELLED, INTERRUPTED)
-ACTIVE_STATES = (QUEUED, RUNNING)
+from torchwire.service.core.jobstates import ACTIVE_STATES, QUEUED
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (

@@ -1,6 +1,5 @@
 """Registered model versions: checkpoints under the store, metadata in the registry."""
 
-import os
 import shutil
 import threading
 import time
@@ -8,9 +7,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from torchwire.service.core.export import sha256_of
+from torchwire.service.core.files import atomic_write, sha256_of
 from torchwire.service.errors import FailedPrecondition, InvalidArgument, NotFound, shown
-from torchwire.service.store.layout import StoreLayout, check_name, fsync_dir
+from torchwire.service.store.layout import StoreLayout, check_name
 from torchwire.service.store.registry import ModelVersionRecord, Registry
 
 
@@ -18,7 +17,7 @@ class MissingArtifact(NotFound):
     """A version has no export in the asked-for format."""
 
 
-class ModelStore:
+class VersionStore:
     """Registers, finds and deletes model versions."""
 
     def __init__(self, layout: StoreLayout, registry: Registry) -> None:
@@ -36,13 +35,8 @@ class ModelStore:
         """
         version = self.registry.next_model_version(name)
         target = self.layout.model_checkpoint(name, version)
-        target.parent.mkdir(parents=True, exist_ok=True)
-        scratch = target.with_name(f".{target.name}.tmp")
-        shutil.copyfile(checkpoint, scratch)
-        with open(scratch, "rb") as fh:
-            os.fsync(fh.fileno())
-        os.replace(scratch, target)
-        fsync_dir(target.parent)
+        with atomic_write(target, sync_dir=True) as scratch:
+            shutil.copyfile(checkpoint, scratch)
         metadata = {**metadata, "checkpoint_sha256": sha256_of(target)}
         with self._latest_lock:
             self.registry.add_model_version(
