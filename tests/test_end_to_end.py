@@ -255,7 +255,7 @@ def test_shutdown_interrupts_running_jobs_and_resume_continues_them(tmp_path) ->
 def test_interrupted_jobs_are_marked_on_restart(tmp_path) -> None:
     server = start_server(tmp_path)
     spec = TrainSpec("ghost", "digits", "train", "mlp", MLPParams(), TrainConfig())
-    server.store.registry.create_job("deadbeef", "ghost", spec.to_dict())
+    server.store.registry.create_job("deadbeef", spec)
     server.stop(grace=1)
     again = start_server(tmp_path)
     try:

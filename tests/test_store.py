@@ -7,9 +7,10 @@ import pytest
 
 from torchwire.service.core.architectures import MLPParams, ModelConfig
 from torchwire.service.core.checkpoint import save_checkpoint
+from torchwire.service.core.records import VersionMetadata, check_name
+from torchwire.service.core.spec import TrainConfig, TrainSpec
 from torchwire.service.errors import InvalidArgument, NotFound
 from torchwire.service.store import Store
-from torchwire.service.store.layout import check_name
 
 
 @pytest.fixture
@@ -32,7 +33,8 @@ def test_good_names_pass(name: str) -> None:
 
 def test_event_log_is_ordered_and_survives_reopening(tmp_path: Path) -> None:
     store = Store(tmp_path, 1 << 20)
-    store.registry.create_job("j1", "m", {"model_name": "m"})
+    spec = TrainSpec("m", "digits", "train", "mlp", MLPParams(), TrainConfig())
+    store.registry.create_job("j1", spec)
     for n in range(3):
         store.registry.append_event("j1", "progress", {"step": n}, state="running")
     store.close()
@@ -42,6 +44,7 @@ def test_event_log_is_ordered_and_survives_reopening(tmp_path: Path) -> None:
     assert [r.payload["step"] for r in records] == [0, 1, 2]
     assert again.registry.events("j1", after_seq=2)[0].seq == 3
     assert again.registry.get_job("j1").state == "running"
+    assert again.registry.get_job("j1").spec == spec
     again.close()
 
 
@@ -49,10 +52,14 @@ def test_model_versions_register_and_delete(store: Store, tmp_path: Path) -> Non
     config = ModelConfig("mlp", MLPParams((4,)), (3,), 2)
     checkpoint = tmp_path / "best.pt"
     save_checkpoint(checkpoint, config.build(), config, 1, {"loss": 0.5})
-    meta = {"task": "classification"}
+    spec = TrainSpec("m", "digits", "train", "mlp", MLPParams((4,)), TrainConfig())
+    meta = VersionMetadata("classification", (3,), "float32", 2, ("a", "b"), spec, {}, 1, ())
     assert store.versions.register("m", "job1", checkpoint, meta) == 1
     assert store.versions.register("m", "job2", checkpoint, meta) == 2
     assert store.versions.get("m", 0).version == 2
+    stored = store.versions.get("m", 2).metadata
+    assert stored.training == spec
+    assert stored.checkpoint_sha256  # set by the store, checked on load
     assert (
         store.versions.checkpoint(store.versions.get("m", 1)).read_bytes()
         == checkpoint.read_bytes()

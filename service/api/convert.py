@@ -21,12 +21,11 @@ from torchwire.service.core.distributed import DistributedConfig
 from torchwire.service.core.evaluation import EvaluationResult
 from torchwire.service.core.export import ONNX, TORCHSCRIPT
 from torchwire.service.core.jobstates import JOB_STATES
+from torchwire.service.core.records import EventRecord, JobRecord, ModelVersionRecord, check_name
 from torchwire.service.core.runtimes import Prediction
 from torchwire.service.core.sources import FileSource
 from torchwire.service.core.spec import TrainConfig, TrainSpec
 from torchwire.service.errors import InvalidArgument
-from torchwire.service.store.layout import check_name
-from torchwire.service.store.registry import EventRecord, JobRecord, ModelVersionRecord
 from torchwire.v1 import tensors
 from torchwire.v1 import torchwire_pb2 as pb
 
@@ -179,9 +178,8 @@ def _transforms(specs: Any) -> list[pb.Transform]:
     return [json_format.ParseDict(spec, pb.Transform()) for spec in specs]
 
 
-def train_request(spec_dict: dict[str, Any]) -> pb.TrainRequest:
+def train_request(spec: TrainSpec) -> pb.TrainRequest:
     """The TrainRequest of a recorded spec, with every default filled in."""
-    spec = TrainSpec.from_dict(spec_dict)
     _, message_type = _PARAMS[spec.architecture]
     dataset = pb.DatasetRef(name=spec.dataset, split=spec.split)
     if spec.source is not None:
@@ -212,7 +210,7 @@ def job(record: JobRecord, history: list[dict[str, Any]]) -> pb.Job:
     return pb.Job(
         id=record.id,
         state=JOB_STATE_TO_PB[record.state],
-        request=train_request(record.request),
+        request=train_request(record.spec),
         created_at=timestamp(record.created_at),
         started_at=timestamp(record.started_at),
         finished_at=timestamp(record.finished_at),
@@ -284,18 +282,18 @@ def model_version(
         version=record.version,
         created_at=timestamp(record.created_at),
         job_id=record.job_id,
-        task=meta["task"],
-        input_shape=meta["input_shape"],
-        input_dtype=meta["input_dtype"],
-        output_size=meta["output_size"],
-        classes=meta["classes"],
-        metrics=meta["metrics"],
-        training=train_request(meta["training"]),
-        best_epoch=meta["best_epoch"],
-        history=[epoch_metrics(h) for h in meta["history"]] if with_history else [],
+        task=meta.task,
+        input_shape=meta.input_shape,
+        input_dtype=meta.input_dtype,
+        output_size=meta.output_size,
+        classes=meta.classes,
+        metrics=meta.metrics,
+        training=train_request(meta.training),
+        best_epoch=meta.best_epoch,
+        history=[epoch_metrics(h) for h in meta.history] if with_history else [],
         artifacts=[artifact(fmt, m) for fmt, m in artifacts.items()],
-        eval_transforms=_transforms(meta.get("eval_transforms", [])),
-        image_mode=meta.get("image_mode", ""),
+        eval_transforms=_transforms(meta.eval_transforms),
+        image_mode=meta.image_mode,
     )
 
 
@@ -348,7 +346,7 @@ def prediction(record: ModelVersionRecord, result: Prediction) -> pb.PredictResp
     if result.probabilities is not None:
         response.probabilities.CopyFrom(tensors.encode(result.probabilities))
     if result.top_indices is not None and result.top_probabilities is not None:
-        classes = record.metadata["classes"]
+        classes = record.metadata.classes
         response.top_k.extend(
             pb.TopK(indices=indices, labels=[classes[i] for i in indices], probabilities=probs)
             for indices, probs in zip(

@@ -10,8 +10,8 @@ from torchwire.service.app.catalog import Catalog
 from torchwire.service.app.jobs import JobManager
 from torchwire.service.app.serving import ModelService, PendingPrediction
 from torchwire.service.core.export import DEFAULT_OPSET, DEFAULT_TOLERANCE
+from torchwire.service.core.records import check_name
 from torchwire.service.errors import InvalidArgument, TorchwireError
-from torchwire.service.store.layout import check_name
 from torchwire.v1 import torchwire_pb2 as pb
 from torchwire.v1 import torchwire_pb2_grpc as pb_grpc
 

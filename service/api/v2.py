@@ -67,10 +67,10 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         record = self.catalog.version(request.name, _version("version", request.version), "name")
         meta = record.metadata
         tensor = v2.ModelMetadataResponse.TensorMetadata
-        outputs = [tensor(name="output", datatype="FP32", shape=[-1, meta["output_size"]])]
-        if meta["task"] == "classification":
+        outputs = [tensor(name="output", datatype="FP32", shape=[-1, meta.output_size])]
+        if meta.task == "classification":
             outputs += [
-                tensor(name="probabilities", datatype="FP32", shape=[-1, len(meta["classes"])]),
+                tensor(name="probabilities", datatype="FP32", shape=[-1, len(meta.classes)]),
                 tensor(name="class", datatype="INT64", shape=[-1, 1]),
             ]
         return v2.ModelMetadataResponse(
@@ -80,8 +80,8 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
             inputs=[
                 tensor(
                     name=INPUT,
-                    datatype=DATATYPE_OF[meta["input_dtype"]],
-                    shape=[-1, *meta["input_shape"]],
+                    datatype=DATATYPE_OF[meta.input_dtype],
+                    shape=[-1, *meta.input_shape],
                 )
             ],
             outputs=outputs,

@@ -10,8 +10,8 @@ import numpy as np
 from torchwire.service.app.serving import ModelService
 from torchwire.service.core.batching import BatchingConfig
 from torchwire.service.core.data import DatasetInfo
+from torchwire.service.core.records import JobRecord, ModelVersionRecord
 from torchwire.service.store import Store
-from torchwire.service.store.registry import JobRecord, ModelVersionRecord
 
 
 @dataclass(frozen=True)

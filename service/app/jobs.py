@@ -19,7 +19,7 @@ from multiprocessing.connection import Connection
 from typing import Any
 
 from torchwire.service import logs
-from torchwire.service.app.worker_process import run_job
+from torchwire.service.app.worker_process import FitOutcome, WorkerError, WorkerMessage, run_job
 from torchwire.service.core import events
 from torchwire.service.core.checkpoint import load_checkpoint
 from torchwire.service.core.data import DataPipeline, prepare
@@ -33,6 +33,7 @@ from torchwire.service.core.jobstates import (
     RUNNING,
     SUCCEEDED,
 )
+from torchwire.service.core.records import EventRecord, JobRecord, VersionMetadata
 from torchwire.service.core.spec import TrainSpec
 from torchwire.service.core.training import check_compatible
 from torchwire.service.errors import (
@@ -45,7 +46,6 @@ from torchwire.service.errors import (
     shown,
 )
 from torchwire.service.store import Store
-from torchwire.service.store.registry import EventRecord, JobRecord
 
 log = logging.getLogger(__name__)
 
@@ -163,7 +163,7 @@ class JobManager:
         if state is None:
             return 0
         logged = {metrics["epoch"] for metrics in self.history(job_id)}
-        epochs = TrainSpec.from_dict(self.get(job_id).request).config.epochs
+        epochs = self.get(job_id).spec.config.epochs
         for record in state.get("history", []):
             if record["epoch"] not in logged:
                 missing = events.EpochEnd(events.EpochRecord(**record), 0.0, epochs)
@@ -203,7 +203,7 @@ class JobManager:
         with self._lock:
             self._check_capacity()
             job_id = uuid.uuid4().hex[:16]
-            self.registry.create_job(job_id, spec.model_name, spec.to_dict())
+            self.registry.create_job(job_id, spec)
             self._enqueue(job_id, pipeline)
         return self.get(job_id)
 
@@ -213,9 +213,9 @@ class JobManager:
         name, version = spec.init_from
         record = self.store.versions.get(name, version, "init_from.name")
         self.store.versions.verified_checkpoint(record)
-        trained = TrainSpec.from_dict(record.metadata["training"])
-        mine = (spec.architecture, spec.params, built["input_shape"])
-        theirs = (trained.architecture, trained.params, record.metadata["input_shape"])
+        trained = record.metadata.training
+        mine = (spec.architecture, spec.params, tuple(built["input_shape"]))
+        theirs = (trained.architecture, trained.params, record.metadata.input_shape)
         if mine != theirs:
             raise InvalidArgument.field(
                 "init_from",
@@ -233,7 +233,7 @@ class JobManager:
             FailedPrecondition: the job is queued, running or has succeeded.
             ResourceExhausted / Unavailable: as for `submit`.
         """
-        spec = TrainSpec.from_dict(self.get(job_id).request)
+        spec = self.get(job_id).spec
         pipeline = self._pipeline(spec)
         with self._lock:
             # Checked under the lock: two concurrent resumes must not both queue the job.
@@ -396,7 +396,7 @@ class JobManager:
             checkpoint_dir.mkdir(parents=True, exist_ok=True)
             last = checkpoint_dir / "last.pt"
             resume_from = str(last) if last.exists() else None
-            init = job.request.get("init_from")
+            init = job.spec.init_from
             init_from = str(self.store.layout.model_checkpoint(*init)) if init else None
             receiver, sender = self._context.Pipe(duplex=False)
             cancel = self._context.Event()
@@ -404,7 +404,7 @@ class JobManager:
                 target=run_job,
                 args=(
                     job_id,
-                    job.request,
+                    job.spec,
                     pipeline,
                     str(checkpoint_dir),
                     resume_from,
@@ -432,7 +432,7 @@ class JobManager:
         The start is here, not on the request's thread: Train returns once the job is
         recorded, even while the forkserver is still importing torch for its first job.
         """
-        result: dict[str, Any] | None = None
+        outcome: FitOutcome | None = None
         try:
             run.process.start()
         except Exception as err:
@@ -440,13 +440,13 @@ class JobManager:
             error = f"the worker process could not start: {err}"
         else:
             sender.close()  # the worker holds the only write end: its exit is our EOF
-            result, error = self._receive(job_id, run)
+            outcome, error = self._receive(job_id, run)
             run.process.join()
         finally:
             sender.close()
             run.conn.close()
         try:
-            self._conclude(job_id, run, result, error)
+            self._conclude(job_id, run, outcome, error)
         except Exception:
             log.exception("job %s: recording its end failed", job_id)
             self._end(job_id, events.Failed("internal error while finishing the job"))
@@ -454,61 +454,60 @@ class JobManager:
             del self._running[job_id]
             self._dispatch()
 
-    def _receive(self, job_id: str, run: _Run) -> tuple[dict[str, Any] | None, str]:
-        """Records the worker's events until its pipe closes; its result, or its error."""
-        result: dict[str, Any] | None = None
+    def _receive(self, job_id: str, run: _Run) -> tuple[FitOutcome | None, str]:
+        """Records the worker's events until its pipe closes; its outcome, or its error."""
+        outcome: FitOutcome | None = None
         error = ""
         while True:
             try:
-                message = run.conn.recv()
+                message: WorkerMessage = run.conn.recv()
             except (EOFError, OSError):
-                return result, error
-            if message[0] == "event":
-                _, kind, payload = message
-                fields = {"device": payload["device"]} if kind == events.Started.kind else {}
-                self._append(job_id, kind, payload, **fields)
-                if kind == events.EpochEnd.kind:
-                    self.on_epoch(run.model_name, payload["metrics"])
-            elif message[0] == "result":
-                result = message[1]
+                return outcome, error
+            if isinstance(message, FitOutcome):
+                outcome = message
+            elif isinstance(message, WorkerError):
+                error = message.reason
             else:
-                error = message[1]
+                device = {"device": message.device} if isinstance(message, events.Started) else {}
+                self._record(job_id, message, **device)
+                if isinstance(message, events.EpochEnd):
+                    self.on_epoch(run.model_name, events.to_payload(message.metrics))
 
-    def _conclude(self, job_id: str, run: _Run, result: dict[str, Any] | None, error: str) -> None:
-        if run.cancel_reason == SHUTDOWN and (result is None or result["cancelled"]):
+    def _conclude(self, job_id: str, run: _Run, outcome: FitOutcome | None, error: str) -> None:
+        stopped = outcome is None or outcome.cancelled
+        if run.cancel_reason == SHUTDOWN and stopped:
             self._end(job_id, events.Interrupted(SHUTDOWN, self._checkpoint_epoch(job_id)))
             return
-        if run.cancel_reason and (result is None or result["cancelled"]):
+        if run.cancel_reason and stopped:
             self._end(job_id, events.Cancelled(run.cancel_reason))
             return
-        if result is None or result["cancelled"] or not result["best_epoch"]:
+        if outcome is None or outcome.cancelled or not outcome.best_epoch:
             reason = error or f"the worker process exited with code {run.process.exitcode}"
             self._end(job_id, events.Failed(reason))
             return
         job = self.get(job_id)
         info = run.pipeline.info
-        spec = TrainSpec.from_dict(job.request)
-        metadata = {
-            "task": info.task,
-            "input_shape": list(info.feature_shape),
-            "input_dtype": info.feature_dtype,
-            "output_size": spec.config.objective.output_size(info),
-            "classes": list(info.classes),
-            "eval_transforms": list(run.pipeline.eval_transforms),
-            "image_mode": run.pipeline.source.image_mode,
-            "metrics": result["metrics"],
-            "training": job.request,
-            "best_epoch": result["best_epoch"],
-            "history": result["history"],
-        }
+        metadata = VersionMetadata(
+            task=info.task,
+            input_shape=tuple(info.feature_shape),
+            input_dtype=info.feature_dtype,
+            output_size=job.spec.config.objective.output_size(info),
+            classes=tuple(info.classes),
+            training=job.spec,
+            metrics=outcome.metrics,
+            best_epoch=outcome.best_epoch,
+            history=tuple(outcome.history),
+            eval_transforms=tuple(run.pipeline.eval_transforms),
+            image_mode=run.pipeline.source.image_mode,
+        )
         checkpoint = self.store.layout.job_dir(job_id) / "best.pt"
         version = self.store.versions.register(job.model_name, job_id, checkpoint, metadata)
         finished = events.Finished(
             model_name=job.model_name,
             model_version=version,
-            best_epoch=result["best_epoch"],
-            epochs_run=result["epochs_run"],
-            stopped_early=result["stopped_early"],
-            metrics=result["metrics"],
+            best_epoch=outcome.best_epoch,
+            epochs_run=outcome.epochs_run,
+            stopped_early=outcome.stopped_early,
+            metrics=outcome.metrics,
         )
-        self._end(job_id, finished, model_version=version, best_epoch=result["best_epoch"])
+        self._end(job_id, finished, model_version=version, best_epoch=outcome.best_epoch)

@@ -41,4 +41,4 @@ def join(
     finally:
         store.close()
     with tempfile.TemporaryDirectory(prefix=f"torchwire-{job_id}-") as scratch:
-        launch_ranks(RankTask(job_id, spec.to_dict(), pipeline, scratch, None, None, None, False))
+        launch_ranks(RankTask(job_id, spec, pipeline, scratch, None, None, None, False))

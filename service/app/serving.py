@@ -18,6 +18,7 @@ from torchwire.service.core.data import CLASSIFICATION, eval_loader, prepare
 from torchwire.service.core.device import choose_device
 from torchwire.service.core.evaluation import EvaluationResult, evaluate
 from torchwire.service.core.export import FILE_NAMES, RUNTIME_OF, TORCHSCRIPT, export_model
+from torchwire.service.core.records import ModelVersionRecord
 from torchwire.service.core.runtimes import (
     EAGER,
     ONNXRUNTIME,
@@ -30,7 +31,6 @@ from torchwire.service.core.runtimes import (
     postprocess,
 )
 from torchwire.service.core.sources import FileSource
-from torchwire.service.core.spec import TrainSpec
 from torchwire.service.core.transforms import preprocess_images
 from torchwire.service.errors import (
     DeadlineExceeded,
@@ -39,7 +39,6 @@ from torchwire.service.errors import (
     ResourceExhausted,
 )
 from torchwire.service.store import Store
-from torchwire.service.store.registry import ModelVersionRecord
 from torchwire.service.store.versions import MissingArtifact
 
 PREDICT_OUTPUTS = ("raw", "probabilities", "top_k")
@@ -93,7 +92,7 @@ class PendingPrediction:
             runtime=runtime.name,
             placement=runtime.placement,
             batch_sizes=[size for _, size in parts],
-            **postprocess(raw, self.record.metadata["task"], *self._flags),
+            **postprocess(raw, self.record.metadata.task, *self._flags),
         )
 
 
@@ -152,7 +151,7 @@ class ModelService:
             else:
                 runtime = load_torchscript(path, self.device)
         meta = record.metadata
-        runtime.run(np.zeros((1, *meta["input_shape"]), meta["input_dtype"]))  # warm up
+        runtime.run(np.zeros((1, *meta.input_shape), meta.input_dtype))  # warm up
         batching = self.batching(name)
         batcher = (
             Batcher(
@@ -218,15 +217,13 @@ class ModelService:
             )
         record = self.served(name, version, runtime).record
         meta = record.metadata
-        if not meta.get("image_mode"):
+        if not meta.image_mode:
             raise InvalidArgument.field(
                 "images",
                 f"{len(images)} images",
                 f"model {name!r} v{record.version} was trained on tensors; send inputs",
             )
-        return preprocess_images(
-            images, meta["image_mode"], meta["eval_transforms"], meta["input_shape"]
-        )
+        return preprocess_images(images, meta.image_mode, meta.eval_transforms, meta.input_shape)
 
     def submit(
         self,
@@ -260,12 +257,12 @@ class ModelService:
             )
         served = self.served(name, version, runtime)
         record, meta = served.record, served.record.metadata
-        expected = tuple(meta["input_shape"])
-        if inputs.dtype.name != meta["input_dtype"]:
+        expected = tuple(meta.input_shape)
+        if inputs.dtype.name != meta.input_dtype:
             raise InvalidArgument.field(
                 "inputs.dtype",
                 inputs.dtype.name,
-                f"model {name!r} v{record.version} takes {meta['input_dtype']}",
+                f"model {name!r} v{record.version} takes {meta.input_dtype}",
             )
         if inputs.ndim != len(expected) + 1 or inputs.shape[1:] != expected or not len(inputs):
             raise InvalidArgument.field(
@@ -274,12 +271,12 @@ class ModelService:
                 f"model {name!r} v{record.version} takes "
                 f"[n, {', '.join(map(str, expected))}] with n >= 1",
             )
-        classifier = meta["task"] == CLASSIFICATION
+        classifier = meta.task == CLASSIFICATION
         if not outputs:
             outputs = set(PREDICT_OUTPUTS) if classifier else {"raw"}
         if not classifier and outputs != {"raw"}:
             raise InvalidArgument.field(
-                "outputs", sorted(outputs), f"model {name!r} is a {meta['task']} model; ask for RAW"
+                "outputs", sorted(outputs), f"model {name!r} is a {meta.task} model; ask for RAW"
             )
         if served.batcher is not None:
             futures = served.batcher.submit(inputs)
@@ -312,45 +309,42 @@ class ModelService:
         """
         served = self.served(name, version, EAGER)
         record, meta = served.record, served.record.metadata
-        eval_transforms = meta.get("eval_transforms", [])
+        eval_transforms = meta.eval_transforms
         located = self.store.datasets.locate(dataset, split, source)
-        if bool(located.image_mode) != bool(meta.get("image_mode")):
+        if bool(located.image_mode) != bool(meta.image_mode):
             kinds = ("tensors", "images")
             raise InvalidArgument.field(
                 "dataset",
                 located.info.name,
                 f"holds {kinds[bool(located.image_mode)]}, but model {name!r} "
-                f"v{record.version} was trained on {kinds[bool(meta.get('image_mode'))]}",
+                f"v{record.version} was trained on {kinds[bool(meta.image_mode)]}",
             )
         pipeline = prepare(located, eval_transforms, eval_transforms)
         info = pipeline.info
-        if list(info.feature_shape) != meta["input_shape"] or info.task != meta["task"]:
+        if tuple(info.feature_shape) != meta.input_shape or info.task != meta.task:
             raise InvalidArgument.field(
                 "dataset.name",
                 dataset,
                 f"holds {info.task} samples of shape {list(info.feature_shape)}, but model "
-                f"{name!r} v{record.version} takes {meta['task']} inputs of shape "
-                f"{meta['input_shape']}",
+                f"{name!r} v{record.version} takes {meta.task} inputs of shape "
+                f"{meta.input_shape}",
             )
-        if (
-            info.task == CLASSIFICATION
-            and list(info.classes) != meta["classes"][: len(info.classes)]
-        ):
+        if info.task == CLASSIFICATION and tuple(info.classes) != meta.classes[: len(info.classes)]:
             raise InvalidArgument.field(
                 "dataset",
                 info.name,
                 f"has the classes {list(info.classes)}, but model {name!r} "
-                f"v{record.version} was trained on {meta['classes']}",
+                f"v{record.version} was trained on {meta.classes}",
             )
         assert isinstance(served.runtime, TorchRuntime)
-        config = TrainSpec.from_dict(meta["training"]).config
+        config = meta.training.config
         loader = eval_loader(pipeline.eval_set(), batch_size, self.device)
         return record, evaluate(
             served.runtime.module,
             loader,
             config.objective,
             config.objective.make(config.label_smoothing),
-            tuple(meta["classes"]),
+            tuple(meta.classes),
             self.device,
         )
 

@@ -1,7 +1,8 @@
 """The worker process: runs one training job and reports over a pipe.
 
-It never touches the registry; the job manager in the server records what it sends:
-`("event", kind, payload)` as training goes, then `("result", {...})` or `("error", reason)`.
+It never touches the registry; the job manager in the server records what it sends, typed
+values all (`WorkerMessage`): the events as training goes, then a `FitOutcome` or a
+`WorkerError`.
 A distributed job's worker is the elastic agent of its machine: it launches the training
 processes (ranks) and the writer rank sends the events over the same pipe.
 """
@@ -11,6 +12,7 @@ import os
 import select
 import threading
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from multiprocessing.synchronize import Event as CancelFlag
@@ -57,21 +59,44 @@ class Lifeline:
         os._exit(ORPHAN_EXIT_CODE)
 
 
-def _outcome(result: FitResult) -> dict[str, Any]:
-    return {
-        "cancelled": result.cancelled,
-        "best_epoch": result.best_epoch,
-        "epochs_run": len(result.history),
-        "stopped_early": result.stopped_early,
-        "metrics": result.best_metrics,
-        "history": [to_payload(record) for record in result.history],
-    }
+@dataclass(frozen=True)
+class FitOutcome:
+    """What a finished (or stopped) training reports to the server, over the pipe."""
+
+    cancelled: bool
+    best_epoch: int
+    epochs_run: int
+    stopped_early: bool
+    metrics: dict[str, float]
+    history: list[dict[str, Any]]
+
+    @classmethod
+    def of(cls, result: FitResult) -> "FitOutcome":
+        return cls(
+            result.cancelled,
+            result.best_epoch,
+            len(result.history),
+            result.stopped_early,
+            result.best_metrics,
+            [to_payload(record) for record in result.history],
+        )
 
 
-def _sender(conn: Connection | None) -> Any:
+@dataclass(frozen=True)
+class WorkerError:
+    """The reason a training failed, over the pipe."""
+
+    reason: str
+
+
+WorkerMessage = Event | FitOutcome | WorkerError
+"""What a worker sends: events as training goes, then its outcome or its error."""
+
+
+def _sender(conn: Connection | None) -> Callable[[Event], None]:
     def emit(event: Event) -> None:
         if conn is not None:
-            conn.send(("event", event.kind, to_payload(event)))
+            conn.send(event)
 
     return emit
 
@@ -82,7 +107,7 @@ class RankTask:
 
     Attributes:
         job_id: the job, and the rendezvous' run id.
-        spec_dict: the job's TrainSpec as recorded.
+        spec: the job's spec.
         pipeline: the data, resolved on this machine.
         checkpoint_dir: where the writer keeps `best.pt` and `last.pt`.
         init_from: a checkpoint to fine-tune from, read by the writer.
@@ -92,7 +117,7 @@ class RankTask:
     """
 
     job_id: str
-    spec_dict: dict[str, Any]
+    spec: TrainSpec
     pipeline: DataPipeline
     checkpoint_dir: str
     init_from: str | None
@@ -101,7 +126,7 @@ class RankTask:
     coordinator: bool
 
 
-def train_rank(task: RankTask) -> dict[str, Any] | None:
+def train_rank(task: RankTask) -> FitOutcome | None:
     """Entry point of one training process of a distributed job, started by the launcher.
 
     It resumes from the job's `last.pt` when there is one, so that an elastic restart goes on
@@ -109,7 +134,7 @@ def train_rank(task: RankTask) -> dict[str, Any] | None:
     """
     lifeline = Lifeline(os.getppid())  # the launcher, which follows the server
     rank = distributed.Rank.from_environment(task.coordinator)
-    spec = TrainSpec.from_dict(task.spec_dict)
+    spec = task.spec
     assert spec.distributed is not None
     device = choose_device(spec.config.device)
     backend = spec.distributed.check_device(device)
@@ -131,10 +156,10 @@ def train_rank(task: RankTask) -> dict[str, Any] | None:
             rank=rank,
         )
         result = trainer.run()
-    return _outcome(result) if rank.writer else None
+    return FitOutcome.of(result) if rank.writer else None
 
 
-def launch_ranks(task: RankTask) -> dict[str, Any] | None:
+def launch_ranks(task: RankTask) -> FitOutcome | None:
     """Runs this machine's share of a distributed job through the elastic launcher; returns
     the writer's outcome (None on the other machines).
 
@@ -143,7 +168,7 @@ def launch_ranks(task: RankTask) -> dict[str, Any] | None:
     """
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
 
-    spec = TrainSpec.from_dict(task.spec_dict)
+    spec = task.spec
     assert spec.distributed is not None
     try:
         outcomes = distributed.launch(
@@ -169,7 +194,7 @@ def launch_ranks(task: RankTask) -> dict[str, Any] | None:
 
 def run_job(
     job_id: str,
-    spec_dict: dict[str, Any],
+    spec: TrainSpec,
     pipeline: DataPipeline,
     checkpoint_dir: str,
     resume_from: str | None,
@@ -186,11 +211,8 @@ def run_job(
     lifeline = Lifeline(server_pid)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
     try:
-        spec = TrainSpec.from_dict(spec_dict)
         if spec.distributed is not None:
-            task = RankTask(
-                job_id, spec_dict, pipeline, checkpoint_dir, init_from, conn, cancel, True
-            )
+            task = RankTask(job_id, spec, pipeline, checkpoint_dir, init_from, conn, cancel, True)
             outcome = launch_ranks(task)
         else:
             trainer = Trainer(
@@ -202,12 +224,12 @@ def run_job(
                 resume_from=Path(resume_from) if resume_from else None,
                 init_from=Path(init_from) if init_from else None,
             )
-            outcome = _outcome(trainer.run())
-        conn.send(("result", outcome))
+            outcome = FitOutcome.of(trainer.run())
+        conn.send(outcome)
     except TorchwireError as err:
-        conn.send(("error", err.message))
+        conn.send(WorkerError(err.message))
     except Exception as err:
         traceback.print_exc()
-        conn.send(("error", f"training failed: {type(err).__name__}: {err}"))
+        conn.send(WorkerError(f"training failed: {type(err).__name__}: {err}"))
     finally:
         conn.close()

@@ -21,6 +21,7 @@ from torchwire.service.core.data import (
     check_split,
 )
 from torchwire.service.core.files import atomic_directory, sha256_of
+from torchwire.service.core.records import check_name
 from torchwire.service.core.sources import FileSource, locate_files
 from torchwire.service.errors import (
     FailedPrecondition,
@@ -29,7 +30,6 @@ from torchwire.service.errors import (
     ResourceExhausted,
     shown,
 )
-from torchwire.service.store.layout import check_name
 from torchwire.service.store.registry import Registry
 
 log = logging.getLogger(__name__)

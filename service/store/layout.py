@@ -1,27 +1,6 @@
 """Names and paths in the local store."""
 
-import re
 from pathlib import Path
-
-from torchwire.service.errors import InvalidArgument
-
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
-
-
-def check_name(field: str, value: str) -> str:
-    """Validates a model or dataset name, so that no name can reach outside the store.
-
-    Raises:
-        InvalidArgument: the name is empty, too long, or has characters outside [A-Za-z0-9._-].
-    """
-    if not _NAME.fullmatch(value) or ".." in value:
-        raise InvalidArgument.field(
-            field,
-            value,
-            "must be 1-64 characters of [A-Za-z0-9._-], "
-            "starting with a letter or digit, without '..'",
-        )
-    return value
 
 
 class StoreLayout:

@@ -8,11 +8,17 @@ import json
 import sqlite3
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from torchwire.service.core.jobstates import ACTIVE_STATES, QUEUED
+from torchwire.service.core.records import (
+    EventRecord,
+    JobRecord,
+    ModelVersionRecord,
+    VersionMetadata,
+)
+from torchwire.service.core.spec import TrainSpec
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS jobs (
@@ -72,46 +78,6 @@ CREATE TABLE IF NOT EXISTS datasets (
 """
 
 
-@dataclass(frozen=True)
-class JobRecord:
-    """A row of `jobs`; `request` is the TrainSpec as a dict."""
-
-    id: str
-    model_name: str
-    state: str
-    request: dict[str, Any]
-    created_at: float
-    started_at: float | None
-    finished_at: float | None
-    device: str
-    error: str
-    model_version: int
-    best_epoch: int
-
-
-@dataclass(frozen=True)
-class EventRecord:
-    """One entry of a job's event log."""
-
-    job_id: str
-    seq: int
-    time: float
-    kind: str
-    payload: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class ModelVersionRecord:
-    """A registered model version; `metadata` holds its config, classes, metrics and history."""
-
-    name: str
-    version: int
-    created_at: float
-    job_id: str
-    checkpoint: str
-    metadata: dict[str, Any]
-
-
 class Registry:
     """Thread-safe access to the SQLite registry at `path`."""
 
@@ -148,13 +114,13 @@ class Registry:
 
     # ------------------------------------------------------------------ jobs
 
-    def create_job(self, job_id: str, model_name: str, request: dict[str, Any]) -> None:
+    def create_job(self, job_id: str, spec: TrainSpec) -> None:
         """Records a new job in state QUEUED."""
         self._write(
             (
                 "INSERT INTO jobs (id, model_name, state, request, created_at) "
                 "VALUES (?, ?, ?, ?, ?)",
-                (job_id, model_name, QUEUED, json.dumps(request), time.time()),
+                (job_id, spec.model_name, QUEUED, json.dumps(spec.to_dict()), time.time()),
             )
         )
 
@@ -269,7 +235,7 @@ class Registry:
                     record.created_at,
                     record.job_id,
                     record.checkpoint,
-                    json.dumps(record.metadata),
+                    json.dumps(record.metadata.to_dict()),
                 ),
             )
         )
@@ -288,7 +254,7 @@ class Registry:
                 r["created_at"],
                 r["job_id"],
                 r["checkpoint"],
-                json.loads(r["metadata"]),
+                VersionMetadata.from_dict(json.loads(r["metadata"])),
             )
             for r in rows
         ]
@@ -364,7 +330,7 @@ def _job(row: sqlite3.Row) -> JobRecord:
         id=row["id"],
         model_name=row["model_name"],
         state=row["state"],
-        request=json.loads(row["request"]),
+        spec=TrainSpec.from_dict(json.loads(row["request"])),
         created_at=row["created_at"],
         started_at=row["started_at"],
         finished_at=row["finished_at"],

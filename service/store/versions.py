@@ -4,13 +4,15 @@ import shutil
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
 from torchwire.service.core.files import atomic_write, sha256_of
+from torchwire.service.core.records import ModelVersionRecord, VersionMetadata, check_name
 from torchwire.service.errors import FailedPrecondition, InvalidArgument, NotFound, shown
-from torchwire.service.store.layout import StoreLayout, check_name
-from torchwire.service.store.registry import ModelVersionRecord, Registry
+from torchwire.service.store.layout import StoreLayout
+from torchwire.service.store.registry import Registry
 
 
 class MissingArtifact(NotFound):
@@ -28,7 +30,7 @@ class VersionStore:
         self._latest: dict[str, int] = {}
         self._latest_lock = threading.Lock()
 
-    def register(self, name: str, job_id: str, checkpoint: Path, metadata: dict[str, Any]) -> int:
+    def register(self, name: str, job_id: str, checkpoint: Path, metadata: VersionMetadata) -> int:
         """Copies a job's checkpoint into the model's directory and records a new version.
 
         The copy is complete and on disk before the registry names it.
@@ -37,7 +39,7 @@ class VersionStore:
         target = self.layout.model_checkpoint(name, version)
         with atomic_write(target, sync_dir=True) as scratch:
             shutil.copyfile(checkpoint, scratch)
-        metadata = {**metadata, "checkpoint_sha256": sha256_of(target)}
+        metadata = replace(metadata, checkpoint_sha256=sha256_of(target))
         with self._latest_lock:
             self.registry.add_model_version(
                 ModelVersionRecord(
@@ -116,7 +118,7 @@ class VersionStore:
             FailedPrecondition: the file is missing or has changed since.
         """
         path = self.checkpoint(record)
-        if not path.exists() or sha256_of(path) != record.metadata["checkpoint_sha256"]:
+        if not path.exists() or sha256_of(path) != record.metadata.checkpoint_sha256:
             raise FailedPrecondition(
                 f"the checkpoint of {record.name!r} v{record.version} is "
                 "missing or corrupt (sha256 mismatch); it will not be loaded"
