@@ -10,16 +10,14 @@ from concurrent import futures
 
 import grpc
 
-from torchwire.service.server import channel_options
+from torchwire.defaults import channel_options
 
 METHOD = "/bench.Echo/Call"
 
 
 def main() -> None:
     response = b"\0" * int(sys.argv[1])
-    server = grpc.server(
-        futures.ThreadPoolExecutor(max_workers=16), options=channel_options(64 * 1024 * 1024)
-    )
+    server = grpc.server(futures.ThreadPoolExecutor(max_workers=16), options=channel_options())
     handler = grpc.unary_unary_rpc_method_handler(lambda request, context: response)
     server.add_generic_rpc_handlers(
         (grpc.method_handlers_generic_handler("bench.Echo", {"Call": handler}),)

@@ -31,6 +31,7 @@ from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
 
 from torchwire.client import Client
+from torchwire.defaults import channel_options
 from torchwire.kserve import grpc_predict_v2_pb2 as v2
 from torchwire.v1 import tensors
 from torchwire.v1 import torchwire_pb2 as pb
@@ -42,7 +43,6 @@ METHODS: list[MethodDescriptor] = [
     *pb.DESCRIPTOR.services_by_name["TorchWire"].methods,
     *v2.DESCRIPTOR.services_by_name["GRPCInferenceService"].methods,
 ]
-MAX_MESSAGE_BYTES = 64 * 1024 * 1024
 #: Small job limits: fuzzed Train requests may queue one job and run one, no more.
 SERVER_FLAGS = [
     *("--max-concurrent-jobs", "1", "--max-queued-jobs", "1"),
@@ -198,9 +198,7 @@ def fuzz(
     """Sends the requests of `seeds` from `threads` threads, until done or past `deadline`."""
     codes: collections.Counter = collections.Counter()
     lock = threading.Lock()
-    options = [("grpc.max_send_message_length", MAX_MESSAGE_BYTES)]
-    options += [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
-    with grpc.insecure_channel(address, options=options) as channel:
+    with grpc.insecure_channel(address, options=channel_options()) as channel:
 
         def one(seed: int) -> None:
             if time.monotonic() > deadline:

@@ -5,6 +5,8 @@ from pathlib import Path
 
 import grpc
 
+from torchwire.defaults import channel_options
+
 
 class _ClientCallDetails(
     collections.namedtuple(
@@ -64,10 +66,7 @@ def open_channel(
 ) -> grpc.Channel:
     """A channel with explicit message limits; TLS when a CA or a client certificate is
     given (mutual TLS with both), and `authorization: Bearer <token>` on every call."""
-    options = [
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.max_receive_message_length", max_message_bytes),
-    ]
+    options = channel_options(max_message_bytes)
     if tls_ca or tls_cert:
         credentials = grpc.ssl_channel_credentials(
             root_certificates=_read(tls_ca),

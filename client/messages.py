@@ -12,11 +12,17 @@ from google.protobuf.message import Message
 from torchwire.v1 import tensors
 from torchwire.v1 import torchwire_pb2 as pb
 
-OUTPUTS = {
-    "raw": pb.PREDICT_OUTPUT_RAW,
-    "probabilities": pb.PREDICT_OUTPUT_PROBABILITIES,
-    "top_k": pb.PREDICT_OUTPUT_TOP_K,
-}
+
+def short_names(enum: Any) -> dict[str, int]:
+    """A proto enum's values by their short names, without the unspecified 0, in the
+    contract's order: ExportFormat -> {"torchscript": 1, "onnx": 2}."""
+    prefix = enum.Name(0).removesuffix("UNSPECIFIED")
+    return {name.removeprefix(prefix).lower(): value for name, value in enum.items() if value}
+
+
+OUTPUTS = short_names(pb.PredictOutput)
+EXPORT_FORMATS = short_names(pb.ExportFormat)
+JOB_STATES = short_names(pb.JobState)
 
 
 @dataclass(frozen=True)

@@ -1,14 +1,17 @@
 """`torchwire serve` / `python -m torchwire.service`: configuration from flags and environment,
-then serve until SIGTERM or SIGINT."""
+then serve until SIGTERM or SIGINT; and `torchwire worker` / `python -m torchwire.service worker`:
+this machine's share of a distributed job."""
 
 import argparse
 import ctypes
 import dataclasses
+import json
 import logging
 import os
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 
 from torchwire.service import logs
 from torchwire.service.config import ServerConfig
@@ -110,9 +113,50 @@ def _stop_signals() -> Callable[[], None]:
     return wait
 
 
+def worker(argv: list[str]) -> int:
+    """`torchwire worker JOB_ID`: reads the job from its server, then runs this machine's
+    processes of it (`node.join`) until the job ends; 0 when they finished, 1 on an error."""
+    import grpc
+
+    from torchwire.client.cli import connect, connection_flags
+    from torchwire.service.node import join
+
+    parser = argparse.ArgumentParser(
+        prog="torchwire worker",
+        parents=[connection_flags()],
+        description="Join a distributed job (nnodes > 1) of a torchwire server from this machine.",
+    )
+    parser.add_argument("job_id")
+    parser.add_argument("--store-dir", default="store", help="this machine's store (datasets)")
+    parser.add_argument(
+        "--data-roots", default="", help="this machine's data roots, comma-separated"
+    )
+    parser.add_argument("--allow-download", action="store_true")
+    args = parser.parse_args(argv)
+    try:
+        with connect(args) as client:
+            job = client.job(args.job_id).info()
+    except grpc.RpcError as err:
+        print(f"error: {err.code().name}: {err.details()}", file=sys.stderr)
+        return 1
+    roots = tuple(Path(p) for p in args.data_roots.split(",") if p)
+    try:
+        join(job.id, job.request, Path(args.store_dir), roots, args.allow_download)
+    except Exception as err:  # the service's errors carry a message for a person
+        print(f"error: {getattr(err, 'message', err)}", file=sys.stderr)
+        return 1
+    done = f"job {job.id}: this machine's processes finished"
+    print(json.dumps({"job": job.id}, indent=2) if args.json else done)
+    return 0
+
+
 def main(argv: list[str] | None = None) -> int:
-    """Serves until SIGTERM or SIGINT, then shuts down in order and returns 0."""
-    config, (log_level, log_format) = parse_config(sys.argv[1:] if argv is None else argv)
+    """Serves until SIGTERM or SIGINT, then shuts down in order and returns 0; with `worker`
+    first, runs `worker` instead."""
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["worker"]:
+        return worker(argv[1:])
+    config, (log_level, log_format) = parse_config(argv)
     logs.configure(log_level, log_format)
     _bound_malloc()
     from torchwire.service.server import TorchwireServer

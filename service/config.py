@@ -3,8 +3,7 @@
 from dataclasses import dataclass
 from pathlib import Path
 
-DEFAULT_ADDRESS = "127.0.0.1:50051"
-DEFAULT_MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+from torchwire.defaults import DEFAULT_ADDRESS, DEFAULT_MAX_MESSAGE_BYTES
 
 
 @dataclass(frozen=True)

@@ -11,6 +11,7 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from torchwire.defaults import channel_options
 from torchwire.kserve import grpc_predict_v2_pb2 as v2
 from torchwire.kserve import grpc_predict_v2_pb2_grpc as v2_grpc
 from torchwire.service.api.auth import AuthInterceptor, load_tokens
@@ -35,14 +36,6 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TorchWire"].full_name
 V2_SERVICE_NAME = v2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 SHUTDOWN_MARGIN_S = 3.0
 """How long shutdown waits for cancelled RPCs to end after the grace period."""
-
-
-def channel_options(max_message_bytes: int) -> list[tuple[str, int]]:
-    """Message size limits, set explicitly in both directions."""
-    return [
-        ("grpc.max_send_message_length", max_message_bytes),
-        ("grpc.max_receive_message_length", max_message_bytes),
-    ]
 
 
 def server_options(max_message_bytes: int) -> list[tuple[str, int]]:

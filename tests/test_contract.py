@@ -1,5 +1,8 @@
-"""The contract: generated stubs are fresh, and every rpc and field is commented."""
+"""The contract: generated stubs are fresh, every rpc and field is commented, and the client
+depends on the contract alone."""
 
+import ast
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -55,3 +58,46 @@ def test_every_rpc_message_and_field_has_a_comment(tmp_path: Path) -> None:
             f"rpc {m.name}" for j, m in enumerate(service.method) if (6, i, 2, j) not in commented
         ]
     assert not missing, f"uncommented: {missing}"
+
+
+CONTRACT = ("torchwire.v1", "torchwire.kserve", "torchwire.defaults", "torchwire.client")
+"""What the client may import of ours, besides the contract package `torchwire` itself."""
+SERVER_ONLY = ("torch", "torchvision", "onnx", "onnxruntime", "onnxscript", "tensorboard")
+
+
+def _ours_but_not_contract(module: str) -> bool:
+    ours = module == "torchwire" or module.startswith("torchwire.")
+    return ours and module != "torchwire" and not module.startswith(CONTRACT)
+
+
+def test_the_client_imports_nothing_of_the_server() -> None:
+    """No import in client/, not even a lazy one inside a function, names the server or torch."""
+    found = []
+    for path in sorted((ROOT / "client").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names = [node.module]
+            else:
+                continue
+            found += [
+                f"{path.name}:{node.lineno} {name}"
+                for name in names
+                if _ours_but_not_contract(name) or name.split(".")[0] in SERVER_ONLY
+            ]
+    assert not found, f"the client imports server code: {found}"
+
+
+def test_a_fresh_interpreter_loads_the_client_without_the_server() -> None:
+    """Every client module, imported in a new process, loads neither the server nor torch."""
+    modules = sorted(f"torchwire.client.{p.stem}" for p in (ROOT / "client").glob("[!_]*.py"))
+    code = f"import importlib, json, sys\nfor m in {modules!r}: importlib.import_module(m)\n"
+    code += "print(json.dumps(sorted(sys.modules)))"
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=120
+    )
+    loaded = json.loads(result.stdout)
+    assert {"torchwire.client.cli", "torchwire.client.demo", *modules} <= set(loaded)
+    assert [m for m in loaded if _ours_but_not_contract(m)] == []
+    assert [m for m in loaded if m.split(".")[0] in SERVER_ONLY] == []

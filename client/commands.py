@@ -1,0 +1,260 @@
+"""The client commands' handlers: each turns parsed flags into calls of the Python client and
+its answer into text, or into a value that `--json` prints."""
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from google.protobuf import json_format
+from google.protobuf.message import Message
+
+from torchwire.client.client import Client
+from torchwire.client.messages import history_rows
+from torchwire.client.plot import plot_history
+from torchwire.v1 import torchwire_pb2 as pb
+
+
+def dump(value: Any) -> str:
+    def plain(item: Any) -> Any:
+        if isinstance(item, Message):
+            return json_format.MessageToDict(item, preserving_proto_field_name=True)
+        if isinstance(item, np.ndarray):
+            return item.tolist()
+        if isinstance(item, list):
+            return [plain(i) for i in item]
+        if isinstance(item, dict):
+            return {k: plain(v) for k, v in item.items()}
+        return item
+
+    return json.dumps(plain(value), indent=2)
+
+
+def _state(job: pb.Job) -> str:
+    return pb.JobState.Name(job.state).removeprefix("JOB_STATE_").lower()
+
+
+def _job_line(job: pb.Job) -> str:
+    version = f" -> v{job.model_version}" if job.model_version else ""
+    error = f"  ({job.error})" if job.error else ""
+    return (
+        f"{job.id}  {_state(job):<9}  {job.request.model_name}{version}  "
+        f"dataset={job.request.dataset.name}{error}"
+    )
+
+
+def _source(text: str | None) -> dict[str, str] | None:
+    """`FORMAT:PATH` as a DataSource dict, e.g. image_folder:pets/train."""
+    if text is None:
+        return None
+    fmt, _, path = text.partition(":")
+    return {"format": fmt, "path": path}
+
+
+def _train_request(args: argparse.Namespace) -> pb.TrainRequest:
+    """The request of `--spec` (a TrainRequest in JSON), or an MLP on digits, with the
+    flags given on the command line laid over it."""
+    request = pb.TrainRequest(model=pb.ModelSpec(mlp=pb.MLPSpec()))
+    if args.spec:
+        json_format.Parse(Path(args.spec).read_text(), request)
+    request.model_name = args.model
+    if args.source:
+        request.dataset.CopyFrom(pb.DatasetRef(split=args.split, source=_source(args.source)))
+    elif args.dataset or not request.dataset.ByteSize():
+        request.dataset.CopyFrom(pb.DatasetRef(name=args.dataset or "digits", split=args.split))
+    elif args.split:
+        request.dataset.split = args.split
+    if args.arch and request.model.WhichOneof("architecture") != args.arch:
+        request.model.CopyFrom(pb.ModelSpec(**{args.arch: {}}))
+    if args.torchvision:
+        request.model.CopyFrom(pb.ModelSpec(torchvision=pb.TorchvisionSpec(name=args.torchvision)))
+    architecture = request.model.WhichOneof("architecture")
+    if args.hidden_sizes and architecture == "mlp":
+        request.model.mlp.hidden_sizes[:] = args.hidden_sizes
+    if args.channels and architecture == "cnn":
+        request.model.cnn.channels[:] = args.channels
+    if args.dropout is not None and architecture in ("mlp", "cnn"):
+        getattr(request.model, architecture).dropout = args.dropout
+    for key in _CONFIG_FLAGS:
+        if getattr(args, key) is not None:
+            setattr(request.config, key, getattr(args, key))
+    if args.tensorboard:
+        request.config.tensorboard = True
+    if args.init_from:
+        request.init_from.CopyFrom(args.init_from)
+    return request
+
+
+_CONFIG_FLAGS = (
+    "epochs",
+    "batch_size",
+    "learning_rate",
+    "optimizer",
+    "loss",
+    "scheduler",
+    "monitor",
+    "val_fraction",
+    "patience",
+    "seed",
+    "device",
+)
+
+
+def cmd_train(client: Client, args: argparse.Namespace) -> Any:
+    job = client.submit(_train_request(args))
+    if not args.wait:
+        return job.info() if args.json else f"submitted job {job.id}"
+    final = job.wait(progress=not args.json, raise_on_failure=False)
+    if args.json:
+        return final
+    return f"{_job_line(final)}\nmetrics: " + ", ".join(
+        f"{k}={v:.4f}"
+        for k, v in sorted(client.model(final.request.model_name).versions[-1].metrics.items())
+    )
+
+
+def cmd_jobs(client: Client, args: argparse.Namespace) -> Any:
+    jobs = client.jobs(state=args.state or "", model_name=args.model or "", limit=args.limit)
+    return jobs if args.json else "\n".join(_job_line(j) for j in jobs) or "no jobs"
+
+
+def cmd_job(client: Client, args: argparse.Namespace) -> Any:
+    job = client.job(args.job_id).info()
+    if args.json:
+        return job
+    lines = [_job_line(job)]
+    for m in job.history:
+        val = f"  val_loss {m.val_loss:.4f}" if m.HasField("val_loss") else ""
+        metrics = "".join(f"  val_{k} {v:.4f}" for k, v in m.val_metrics.items())
+        lines.append(f"  epoch {m.epoch:>3}  loss {m.train_loss:.4f}{val}{metrics}")
+    return "\n".join(lines)
+
+
+def cmd_cancel(client: Client, args: argparse.Namespace) -> Any:
+    job = client.job(args.job_id).cancel()
+    return job if args.json else _job_line(job)
+
+
+def cmd_resume(client: Client, args: argparse.Namespace) -> Any:
+    job = client.job(args.job_id)
+    job.resume()
+    final = job.wait(progress=not args.json, raise_on_failure=False) if args.wait else job.info()
+    return final if args.json else _job_line(final)
+
+
+def cmd_evaluate(client: Client, args: argparse.Namespace) -> Any:
+    dataset = None if args.source else args.dataset
+    result = client.evaluate(
+        args.model,
+        dataset,
+        split=args.split,
+        source=_source(args.source),
+        version=args.version,
+    )
+    if args.json:
+        return result
+    metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted(result.metrics.items()))
+    lines = [
+        f"{result.model_name} v{result.version} on {args.source or args.dataset}: "
+        f"{result.num_samples} "
+        f"samples, loss={result.loss:.4f}, {metrics}"
+    ]
+    lines += [
+        f"  class {c.name:>8}: precision {c.precision:.3f}  recall {c.recall:.3f}  "
+        f"support {c.support}"
+        for c in result.per_class
+    ]
+    return "\n".join(lines)
+
+
+def cmd_predict(client: Client, args: argparse.Namespace) -> Any:
+    options = {"version": args.version, "top_k": args.top_k, "runtime": args.runtime}
+    if len(args.inputs) == 1 and args.inputs[0].endswith(".npy"):
+        result = client.predict(args.model, np.load(args.inputs[0], allow_pickle=False), **options)
+    else:
+        images = [Path(path).read_bytes() for path in args.inputs]
+        result = client.predict(args.model, images=images, **options)
+    if args.json:
+        return {k: v for k, v in vars(result).items() if v is not None}
+    if result.top_labels is None:
+        return "\n".join(f"{i}: {row.tolist()}" for i, row in enumerate(result.raw))
+    return "\n".join(
+        f"{i}: " + ", ".join(f"{label} ({p:.3f})" for label, p in zip(labels, probs, strict=True))
+        for i, (labels, probs) in enumerate(
+            zip(result.top_labels, result.top_probabilities, strict=True)
+        )
+    )
+
+
+def cmd_plot(client: Client, args: argparse.Namespace) -> Any:
+    job = client.job(args.job_id).info()
+    rows = history_rows(job.history)
+    title = f"{job.request.model_name} (job {job.id})"
+    path = plot_history(rows, args.out, title, job.best_epoch)
+    return {"path": str(path), "epochs": len(rows)} if args.json else f"wrote {path}"
+
+
+def cmd_export(client: Client, args: argparse.Namespace) -> Any:
+    artifact = client.export(
+        args.model, args.format, args.out, version=args.version, opset=args.opset
+    )
+    if args.json:
+        return artifact
+    return (
+        f"wrote {args.out}: {artifact.size_bytes} bytes, sha256 {artifact.sha256}, "
+        f"max abs diff from eager {artifact.max_abs_diff:.2g}"
+    )
+
+
+def cmd_batching(client: Client, args: argparse.Namespace) -> Any:
+    config = client.configure_batching(
+        args.model,
+        enabled=not args.off,
+        max_batch_size=args.max_batch_size,
+        max_delay_ms=args.max_delay_ms,
+        reset=args.reset,
+    )
+    if args.json:
+        return config
+    source = "server default" if config.server_default else "model setting"
+    state = "on" if config.enabled else "off"
+    return (
+        f"{args.model}: batching {state}, max_batch_size {config.max_batch_size}, "
+        f"max_delay_ms {config.max_delay_ms:g} ({source})"
+    )
+
+
+def cmd_models(client: Client, args: argparse.Namespace) -> Any:
+    models = client.models()
+    if args.json:
+        return models
+    lines = []
+    for model in models:
+        for v in model.versions:
+            metrics = ", ".join(f"{k}={x:.4f}" for k, x in sorted(v.metrics.items()))
+            lines.append(
+                f"{model.name} v{v.version}  {v.task}  input {v.input_dtype}"
+                f"{list(v.input_shape)}  {metrics}"
+            )
+    return "\n".join(lines) or "no models"
+
+
+def cmd_datasets(client: Client, args: argparse.Namespace) -> Any:
+    datasets = client.datasets()
+    if args.json:
+        return datasets
+    return "\n".join(
+        f"{d.name}{' (built-in)' if d.builtin else ''}  {d.task}  features {d.feature_dtype}"
+        f"{list(d.feature_shape)}  " + ", ".join(f"{s.split}={s.num_samples}" for s in d.splits)
+        for d in datasets
+    )
+
+
+def cmd_upload(client: Client, args: argparse.Namespace) -> Any:
+    features = np.load(args.features, allow_pickle=False)
+    targets = np.load(args.targets, allow_pickle=False)
+    dataset = client.upload_dataset(
+        args.name, features, targets, split=args.split, classes=args.classes or ()
+    )
+    return dataset if args.json else f"uploaded {args.name}/{args.split}: {len(features)} samples"
