@@ -119,7 +119,7 @@ def worker(argv: list[str]) -> int:
     import grpc
 
     from torchwire.client.cli import connect, connection_flags
-    from torchwire.service.node import join
+    from torchwire.service.app.remote_node import join
 
     parser = argparse.ArgumentParser(
         prog="torchwire worker",
