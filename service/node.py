@@ -5,7 +5,7 @@ import tempfile
 from pathlib import Path
 
 from torchwire.service.api import convert
-from torchwire.service.core.data import prepare
+from torchwire.service.core.pipeline import prepare
 from torchwire.service.errors import FailedPrecondition, shown
 from torchwire.service.store import Store
 from torchwire.service.worker import RankTask, launch_ranks

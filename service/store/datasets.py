@@ -11,16 +11,18 @@ from typing import Any, BinaryIO
 import numpy as np
 
 from torchwire.service.core import plugins
-from torchwire.service.core.data import (
+from torchwire.service.core.datasets import (
     BUILTIN_DATASETS,
     CLASSIFICATION,
+    FEATURES_FILE,
     REGRESSION,
+    TARGETS_FILE,
     DatasetInfo,
-    SampleSource,
+    DatasetLocation,
     check_split,
 )
-from torchwire.service.core.datasets import FEATURES_FILE, TARGETS_FILE, DatasetLocation
 from torchwire.service.core.files import atomic_directory
+from torchwire.service.core.pipeline import SampleSource
 from torchwire.service.core.sources import FileSource, locate_files
 from torchwire.service.errors import (
     InvalidArgument,
