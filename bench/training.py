@@ -11,7 +11,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from torchwire.client import Client
 from torchwire.service.core.architectures import MLPParams, ModelConfig
-from torchwire.service.core.data import BUILTIN_DATASETS
+from torchwire.service.core.datasets import BUILTIN_DATASETS
 
 EPOCHS, BATCH, LR = 15, 64, 1e-3
 

@@ -14,7 +14,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 )
 
 from torchwire.client import Client
-from torchwire.service.core.data import BUILTIN_DATASETS
+from torchwire.service.core.datasets import BUILTIN_DATASETS
 
 TORCHWIRE = str(Path(sys.executable).with_name("torchwire"))
 

@@ -14,18 +14,12 @@ from sklearn.metrics import confusion_matrix, precision_score, recall_score
 from torchwire.service.core import events
 from torchwire.service.core.architectures import CNNParams, MLPParams, ModelConfig
 from torchwire.service.core.checkpoint import load_checkpoint, load_model, save_checkpoint, unwrap
-from torchwire.service.core.data import (
-    BUILTIN_DATASETS,
-    ArrayDataset,
-    DataPipeline,
-    DatasetInfo,
-    Shard,
-    TensorBatches,
-    eval_loader,
-)
+from torchwire.service.core.datasets import BUILTIN_DATASETS, ArrayDataset, DatasetInfo
 from torchwire.service.core.device import choose_device
 from torchwire.service.core.evaluation import evaluate
+from torchwire.service.core.loaders import Shard, TensorBatches, eval_loader
 from torchwire.service.core.objectives import OBJECTIVES
+from torchwire.service.core.pipeline import DataPipeline
 from torchwire.service.core.spec import TrainConfig, TrainSpec
 from torchwire.service.core.training import Trainer
 from torchwire.service.errors import FailedPrecondition, InvalidArgument

@@ -13,7 +13,7 @@ from tests.conftest import start_server
 from torchwire.client import Client, JobError
 from torchwire.service.core.architectures import MLPParams
 from torchwire.service.core.checkpoint import load_model
-from torchwire.service.core.data import BUILTIN_DATASETS
+from torchwire.service.core.datasets import BUILTIN_DATASETS
 from torchwire.service.core.spec import TrainConfig, TrainSpec
 from torchwire.v1 import torchwire_pb2 as pb
 

@@ -14,7 +14,7 @@ import torch
 
 from tests.conftest import assert_rejected, assert_status, start_server
 from torchwire.client import Client
-from torchwire.service.core.data import BUILTIN_DATASETS
+from torchwire.service.core.datasets import BUILTIN_DATASETS
 from torchwire.service.core.runtimes import onnx_session
 from torchwire.service.errors import FailedPrecondition
 from torchwire.v1 import tensors

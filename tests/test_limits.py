@@ -8,7 +8,7 @@ import pytest
 
 from tests.conftest import assert_rejected, start_server
 from torchwire.client import Client
-from torchwire.service.core.data import BUILTIN_DATASETS
+from torchwire.service.core.datasets import BUILTIN_DATASETS
 from torchwire.v1 import tensors
 from torchwire.v1 import torchwire_pb2 as pb
 

@@ -16,10 +16,10 @@ from torchwire.client import Client
 from torchwire.client.demo import start_server
 from torchwire.service.core.architectures import MLPParams
 from torchwire.service.core.checkpoint import load_checkpoint
-from torchwire.service.core.data import BUILTIN_DATASETS, prepare
+from torchwire.service.core.datasets import BUILTIN_DATASETS, DatasetLocation
+from torchwire.service.core.pipeline import prepare
 from torchwire.service.core.spec import TrainConfig, TrainSpec
 from torchwire.service.core.training import Trainer
-from torchwire.service.store.datasets import DatasetLocation
 from torchwire.v1 import torchwire_pb2 as pb
 
 X_TEST, Y_TEST = BUILTIN_DATASETS["digits"].load("test")

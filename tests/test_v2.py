@@ -17,7 +17,7 @@ from tests.conftest import assert_rejected
 from torchwire.client import Client
 from torchwire.kserve import grpc_predict_v2_pb2 as v2
 from torchwire.kserve import grpc_predict_v2_pb2_grpc as v2_grpc
-from torchwire.service.core.data import BUILTIN_DATASETS
+from torchwire.service.core.datasets import BUILTIN_DATASETS
 
 X_TEST, _ = BUILTIN_DATASETS["digits"].load("test")
 INVALID = grpc.StatusCode.INVALID_ARGUMENT

@@ -16,7 +16,7 @@ from torchwire.service.core.architectures import (
     TorchvisionParams,
 )
 from torchwire.service.core.batching import BatchingConfig
-from torchwire.service.core.data import DatasetInfo
+from torchwire.service.core.datasets import DatasetInfo
 from torchwire.service.core.distributed import DistributedConfig
 from torchwire.service.core.evaluation import EvaluationResult
 from torchwire.service.core.export import ONNX, TORCHSCRIPT

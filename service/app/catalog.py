@@ -9,7 +9,7 @@ import numpy as np
 
 from torchwire.service.app.serving import ModelService
 from torchwire.service.core.batching import BatchingConfig
-from torchwire.service.core.data import DatasetInfo
+from torchwire.service.core.datasets import DatasetInfo
 from torchwire.service.core.records import JobRecord, ModelVersionRecord
 from torchwire.service.store import Store
 

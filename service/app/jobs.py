@@ -22,7 +22,6 @@ from torchwire.service import logs
 from torchwire.service.app.worker_process import FitOutcome, WorkerError, WorkerMessage, run_job
 from torchwire.service.core import events
 from torchwire.service.core.checkpoint import load_checkpoint
-from torchwire.service.core.data import DataPipeline, prepare
 from torchwire.service.core.device import choose_device
 from torchwire.service.core.jobstates import (
     ACTIVE_STATES,
@@ -33,6 +32,7 @@ from torchwire.service.core.jobstates import (
     RUNNING,
     SUCCEEDED,
 )
+from torchwire.service.core.pipeline import DataPipeline, prepare
 from torchwire.service.core.records import EventRecord, JobRecord, VersionMetadata
 from torchwire.service.core.spec import TrainSpec
 from torchwire.service.core.training import check_compatible

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from torchwire.service.api import convert
 from torchwire.service.app.worker_process import RankTask, launch_ranks
-from torchwire.service.core.data import prepare
+from torchwire.service.core.pipeline import prepare
 from torchwire.service.errors import FailedPrecondition, shown
 from torchwire.service.store import Store
 from torchwire.v1 import torchwire_pb2 as pb

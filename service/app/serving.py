@@ -14,10 +14,12 @@ import torch
 from torchwire.service.core.batching import Batcher, BatchingConfig
 from torchwire.service.core.cache import ModelCache
 from torchwire.service.core.checkpoint import load_model
-from torchwire.service.core.data import CLASSIFICATION, eval_loader, prepare
+from torchwire.service.core.datasets import CLASSIFICATION
 from torchwire.service.core.device import choose_device
 from torchwire.service.core.evaluation import EvaluationResult, evaluate
 from torchwire.service.core.export import FILE_NAMES, RUNTIME_OF, TORCHSCRIPT, export_model
+from torchwire.service.core.loaders import eval_loader
+from torchwire.service.core.pipeline import prepare
 from torchwire.service.core.records import ModelVersionRecord
 from torchwire.service.core.runtimes import (
     EAGER,

@@ -22,9 +22,9 @@ from typing import Any
 import torch
 
 from torchwire.service.core import distributed
-from torchwire.service.core.data import DataPipeline
 from torchwire.service.core.device import choose_device
 from torchwire.service.core.events import Event, to_payload
+from torchwire.service.core.pipeline import DataPipeline
 from torchwire.service.core.spec import TrainSpec
 from torchwire.service.core.training import FitResult, Trainer
 from torchwire.service.errors import TorchwireError

@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
-from torchwire.service.core.data import CLASSIFICATION
+from torchwire.service.core.datasets import CLASSIFICATION
 from torchwire.service.core.objectives import Objective
 
 

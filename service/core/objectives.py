@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from torchwire.service.core.data import CLASSIFICATION, REGRESSION, DatasetInfo
+from torchwire.service.core.datasets import CLASSIFICATION, REGRESSION, DatasetInfo
 
 
 class LogSoftmaxNLLLoss(nn.Module):

@@ -18,7 +18,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from torchwire.service.core.data import CLASSIFICATION, REGRESSION, DatasetInfo
+from torchwire.service.core.datasets import CLASSIFICATION, REGRESSION, DatasetInfo
 from torchwire.service.errors import FailedPrecondition, NotFound
 
 DATASETS, MODELS = "torchwire.datasets", "torchwire.models"

@@ -10,7 +10,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from torchwire.service.core.data import CLASSIFICATION
+from torchwire.service.core.datasets import CLASSIFICATION
 from torchwire.service.errors import FailedPrecondition
 
 log = logging.getLogger(__name__)

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from torchwire.service.core.data import CLASSIFICATION, REGRESSION, ArrayDataset, DatasetInfo
+from torchwire.service.core.datasets import CLASSIFICATION, REGRESSION, ArrayDataset, DatasetInfo
 from torchwire.service.errors import FailedPrecondition, InvalidArgument, NotFound, shown
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg")

@@ -17,14 +17,7 @@ from torch import nn
 from torchwire.service.core import events
 from torchwire.service.core.architectures import ModelConfig
 from torchwire.service.core.checkpoint import load_checkpoint, save_checkpoint
-from torchwire.service.core.data import (
-    CLASSIFICATION,
-    DataPipeline,
-    DatasetInfo,
-    Shard,
-    split_and_load,
-    split_sizes,
-)
+from torchwire.service.core.datasets import CLASSIFICATION, DatasetInfo
 from torchwire.service.core.device import choose_device
 from torchwire.service.core.distributed import (
     Rank,
@@ -33,6 +26,8 @@ from torchwire.service.core.distributed import (
     broadcast,
 )
 from torchwire.service.core.evaluation import evaluate
+from torchwire.service.core.loaders import Shard, split_and_load, split_sizes
+from torchwire.service.core.pipeline import DataPipeline
 from torchwire.service.core.spec import TrainConfig, TrainSpec
 from torchwire.service.core.tensorboard import TensorBoardLog
 from torchwire.service.errors import FailedPrecondition, InvalidArgument

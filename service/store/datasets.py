@@ -3,28 +3,29 @@ datasets stored as raw little-endian arrays."""
 
 import hashlib
 import logging
-from collections.abc import Callable, Iterable, Sequence
-from dataclasses import dataclass, replace
+from collections.abc import Iterable, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any, BinaryIO
 
 import numpy as np
 
 from torchwire.service.core import plugins
-from torchwire.service.core.data import (
+from torchwire.service.core.datasets import (
     BUILTIN_DATASETS,
     CLASSIFICATION,
+    FEATURES_FILE,
     REGRESSION,
-    ArrayDataset,
+    TARGETS_FILE,
     DatasetInfo,
-    SampleSource,
+    DatasetLocation,
     check_split,
 )
-from torchwire.service.core.files import atomic_directory, sha256_of
+from torchwire.service.core.files import atomic_directory
+from torchwire.service.core.pipeline import SampleSource
 from torchwire.service.core.records import check_name
 from torchwire.service.core.sources import FileSource, locate_files
 from torchwire.service.errors import (
-    FailedPrecondition,
     InvalidArgument,
     NotFound,
     ResourceExhausted,
@@ -34,53 +35,8 @@ from torchwire.service.store.registry import Registry
 
 log = logging.getLogger(__name__)
 
-FEATURES_FILE, TARGETS_FILE = "features.bin", "targets.bin"
 _FEATURE_DTYPES = {np.dtype("float32"), np.dtype("float64")}
 _CLASS_DTYPES = {np.dtype("int64"), np.dtype("int32")}
-
-
-@dataclass(frozen=True)
-class DatasetLocation:
-    """Where one split lives: picklable, so a worker process can open it without the registry."""
-
-    info: DatasetInfo
-    split: str
-    directory: Path | None  # None for built-ins
-    target_dtype: str = ""
-    sha256: tuple[str, str] = ("", "")  # of the features and targets files
-    image_mode: str = ""  # stored samples are tensors
-
-    def open(self, transform: Callable[[Any], Any] | None = None) -> ArrayDataset:
-        """Loads the split as a Dataset (uploaded splits are memory-mapped, not read whole),
-        after checking its files against the sha256 recorded at upload.
-
-        Raises:
-            FailedPrecondition: a file is missing or has changed since the upload.
-        """
-        if self.directory is None:
-            features, targets = BUILTIN_DATASETS[self.info.name].load(self.split)
-        else:
-            for name, expected in zip((FEATURES_FILE, TARGETS_FILE), self.sha256, strict=True):
-                path = self.directory / name
-                if not path.exists() or sha256_of(path) != expected:
-                    raise FailedPrecondition(
-                        f"dataset {self.info.name!r} split {self.split!r} is missing or corrupt "
-                        f"({name}: sha256 mismatch); upload it again"
-                    )
-            count = self.info.splits[self.split]
-            features = np.memmap(
-                self.directory / FEATURES_FILE,
-                dtype="<f4",
-                mode="r",
-                shape=(count, *self.info.feature_shape),
-            )
-            targets = np.memmap(
-                self.directory / TARGETS_FILE,
-                dtype=self.target_dtype,
-                mode="r",
-                shape=(count, *self.info.target_shape),
-            )
-        return ArrayDataset(features, targets, self.info.task, transform, self.info.classes)
 
 
 class _SplitWriter:
