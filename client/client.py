@@ -17,6 +17,7 @@ from torchwire.client.messages import (
     as_array,
     dataset_ref,
     message,
+    model_spec,
     predict_request,
     predict_result,
 )
@@ -174,14 +175,7 @@ class Client:
                 loss, scheduler, monitor, patience, seed, ... (see the protocol).
         """
         if model is None:
-            if architecture == "mlp":
-                model = pb.ModelSpec(
-                    mlp=pb.MLPSpec(hidden_sizes=list(hidden_sizes), dropout=dropout)
-                )
-            elif architecture == "cnn":
-                model = pb.ModelSpec(cnn=pb.CNNSpec(channels=list(channels), dropout=dropout))
-            else:
-                raise ValueError(f"architecture={architecture!r}: use 'mlp', 'cnn' or model=")
+            model = model_spec(architecture, hidden_sizes, channels, dropout)
         request = pb.TrainRequest(
             model_name=model_name,
             dataset=dataset_ref(dataset, split, source),

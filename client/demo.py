@@ -119,37 +119,42 @@ def tour(address: str) -> float:
             f"precision {worst.precision:.3f})"
         )
 
-        prediction = client.predict("digits-cnn", x_test[:8], top_k=2)
-        print("5. predictions for 8 held-out images:")
-        assert prediction.top_labels is not None
-        assert prediction.top_probabilities is not None
-        for truth, labels, probs in zip(
-            y_test[:8], prediction.top_labels, prediction.top_probabilities, strict=True
-        ):
-            mark = "ok" if labels[0] == str(truth) else "WRONG"
-            print(
-                f"   true {truth}  predicted {labels[0]} ({probs[0]:.3f}), "
-                f"runner-up {labels[1]} ({probs[1]:.3f})  {mark}"
-            )
-
-        model = client.model("digits-cnn")
-        print(
-            f"6. model registry: digits-cnn versions {[v.version for v in model.versions]}, "
-            f"input {model.versions[-1].input_dtype}{list(model.versions[-1].input_shape)}"
-        )
-        eager = client.predict("digits-cnn", x_test, outputs=["top_k"], runtime="eager")
-        with tempfile.TemporaryDirectory() as out:
-            artifact = client.export("digits-cnn", "onnx", Path(out) / "digits-cnn.onnx")
-        onnx = client.predict("digits-cnn", x_test, outputs=["top_k"])
-        assert eager.top_indices is not None
-        assert onnx.top_indices is not None
-        agree = (onnx.top_indices[:, 0] == eager.top_indices[:, 0]).mean()
-        print(
-            f"7. exported to ONNX ({artifact.size_bytes} bytes, max diff from PyTorch "
-            f"{artifact.max_abs_diff:.1e}); Predict now runs on {onnx.runtime} ({onnx.device}) "
-            f"and agrees with eager PyTorch on {agree:.1%} of the held-out images"
-        )
+        _predict_and_export(client, x_test, y_test)
         return accuracy
+
+
+def _predict_and_export(client: Client, x_test: np.ndarray, y_test: np.ndarray) -> None:
+    """Steps 5-7: Predict, the registry, and serving the ONNX export."""
+    prediction = client.predict("digits-cnn", x_test[:8], top_k=2)
+    print("5. predictions for 8 held-out images:")
+    assert prediction.top_labels is not None
+    assert prediction.top_probabilities is not None
+    for truth, labels, probs in zip(
+        y_test[:8], prediction.top_labels, prediction.top_probabilities, strict=True
+    ):
+        mark = "ok" if labels[0] == str(truth) else "WRONG"
+        print(
+            f"   true {truth}  predicted {labels[0]} ({probs[0]:.3f}), "
+            f"runner-up {labels[1]} ({probs[1]:.3f})  {mark}"
+        )
+
+    model = client.model("digits-cnn")
+    print(
+        f"6. model registry: digits-cnn versions {[v.version for v in model.versions]}, "
+        f"input {model.versions[-1].input_dtype}{list(model.versions[-1].input_shape)}"
+    )
+    eager = client.predict("digits-cnn", x_test, outputs=["top_k"], runtime="eager")
+    with tempfile.TemporaryDirectory() as out:
+        artifact = client.export("digits-cnn", "onnx", Path(out) / "digits-cnn.onnx")
+    onnx = client.predict("digits-cnn", x_test, outputs=["top_k"])
+    assert eager.top_indices is not None
+    assert onnx.top_indices is not None
+    agree = (onnx.top_indices[:, 0] == eager.top_indices[:, 0]).mean()
+    print(
+        f"7. exported to ONNX ({artifact.size_bytes} bytes, max diff from PyTorch "
+        f"{artifact.max_abs_diff:.1e}); Predict now runs on {onnx.runtime} ({onnx.device}) "
+        f"and agrees with eager PyTorch on {agree:.1%} of the held-out images"
+    )
 
 
 if __name__ == "__main__":

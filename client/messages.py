@@ -130,3 +130,14 @@ def history_rows(history: Iterable[pb.EpochMetrics]) -> list[dict[str, Any]]:
         }
         for m in history
     ]
+
+
+def model_spec(
+    architecture: str, hidden_sizes: Iterable[int], channels: Iterable[int], dropout: float
+) -> pb.ModelSpec:
+    """The ModelSpec of a built-in MLP or CNN from the train() shortcuts."""
+    if architecture == "mlp":
+        return pb.ModelSpec(mlp=pb.MLPSpec(hidden_sizes=list(hidden_sizes), dropout=dropout))
+    if architecture == "cnn":
+        return pb.ModelSpec(cnn=pb.CNNSpec(channels=list(channels), dropout=dropout))
+    raise ValueError(f"architecture={architecture!r}: use 'mlp', 'cnn' or model=")

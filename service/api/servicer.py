@@ -88,11 +88,13 @@ class TorchWireServicer(pb_grpc.TorchWireServicer):
     def WatchJob(self, request, context) -> Iterator[pb.JobEvent]:
         if request.after_seq < 0:
             raise InvalidArgument.field("after_seq", request.after_seq, "must be >= 0")
-        for record in self.jobs.watch(request.job_id, request.after_seq, context.is_active):
+        for record in self.jobs.job_log.watch(request.job_id, request.after_seq, context.is_active):
             yield convert.job_event(record)
 
     def GetJob(self, request, context):
-        return convert.job(self.jobs.get(request.job_id), self.jobs.history(request.job_id))
+        return convert.job(
+            self.jobs.job_log.get(request.job_id), self.jobs.job_log.history(request.job_id)
+        )
 
     def ListJobs(self, request, context):
         if request.state and request.state not in convert.JOB_STATE_FROM_PB:
@@ -107,11 +109,11 @@ class TorchWireServicer(pb_grpc.TorchWireServicer):
 
     def CancelJob(self, request, context):
         record = self.jobs.cancel(request.job_id)
-        return convert.job(record, self.jobs.history(record.id))
+        return convert.job(record, self.jobs.job_log.history(record.id))
 
     def ResumeJob(self, request, context):
         record = self.jobs.resume(request.job_id)
-        return convert.job(record, self.jobs.history(record.id))
+        return convert.job(record, self.jobs.job_log.history(record.id))
 
     def Evaluate(self, request, context):
         source = convert.file_source(request.dataset)

@@ -13,35 +13,29 @@ import threading
 import time
 import uuid
 from collections import deque
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from multiprocessing.connection import Connection
 from typing import Any
 
-from torchwire.service import logs
+from torchwire.service.app.job_log import JobLog
 from torchwire.service.app.worker_process import FitOutcome, WorkerError, WorkerMessage, run_job
 from torchwire.service.core import events
-from torchwire.service.core.checkpoint import load_checkpoint
 from torchwire.service.core.device import choose_device
 from torchwire.service.core.jobstates import (
     ACTIVE_STATES,
-    CANCELLED,
-    FAILED,
-    INTERRUPTED,
     QUEUED,
     RUNNING,
     SUCCEEDED,
 )
 from torchwire.service.core.pipeline import DataPipeline, prepare
-from torchwire.service.core.records import EventRecord, JobRecord, VersionMetadata
+from torchwire.service.core.records import JobRecord, VersionMetadata
 from torchwire.service.core.spec import TrainSpec
 from torchwire.service.core.training import check_compatible
 from torchwire.service.errors import (
     FailedPrecondition,
     InvalidArgument,
-    NotFound,
     ResourceExhausted,
-    TorchwireError,
     Unavailable,
     shown,
 )
@@ -55,23 +49,6 @@ FOLLOWER_JOIN_S = 2.0
 """How long shutdown waits for a killed worker's follower to record the job's end."""
 CLIENT_CANCEL = "cancelled by client"
 SHUTDOWN = "server shutdown"
-_LOGGED = frozenset(
-    cls.kind
-    for cls in (
-        events.Queued,
-        events.Started,
-        events.Finished,
-        events.Failed,
-        events.Cancelled,
-        events.Interrupted,
-    )
-)
-_END_STATES = {
-    events.Finished: SUCCEEDED,
-    events.Failed: FAILED,
-    events.Cancelled: CANCELLED,
-    events.Interrupted: INTERRUPTED,
-}
 
 
 @dataclass
@@ -110,6 +87,7 @@ class JobManager:
         self.store = store
         self.on_epoch = on_epoch
         self.registry = store.registry
+        self.job_log = JobLog(store)
         self.max_concurrent = max_concurrent
         self.max_queued = max_queued
         # Workers fork from a forkserver that has imported torch and the training core once:
@@ -123,54 +101,10 @@ class JobManager:
             ["torchwire.service.app.worker_process", "torchvision.transforms.v2"]
         )
         self._lock = threading.Lock()
-        self._changed = threading.Condition()
-        self._generation = 0
         self._queue: deque[tuple[str, DataPipeline]] = deque()
         self._running: dict[str, _Run] = {}
         self._stopping = False
-        self._recover()
-
-    def _recover(self) -> None:
-        """Jobs that were active when the server last stopped cannot still be running: they are
-        interrupted, and ResumeJob continues them from their last checkpoint."""
-        for job in self.registry.active_jobs():
-            reason = f"the server stopped while the job was {job.state}"
-            epoch = self._backfill(job.id)
-            self._end(job.id, events.Interrupted(reason, epoch))
-
-    def _last_checkpoint(self, job_id: str) -> dict[str, Any] | None:
-        """The job's `last.pt`, None when it has none (or none readable)."""
-        last = self.store.layout.job_dir(job_id) / "last.pt"
-        try:
-            return load_checkpoint(last) if last.exists() else None
-        except TorchwireError:
-            return None
-
-    def _checkpoint_epoch(self, job_id: str) -> int:
-        """The epoch of the job's last checkpoint, 0 when it has none."""
-        state = self._last_checkpoint(job_id)
-        return int(state["epoch"]) if state is not None else 0
-
-    def _backfill(self, job_id: str) -> int:
-        """Records the epochs that the last checkpoint holds and the event log lacks, so that
-        the learning curve has no holes; returns the checkpoint's epoch (0: none).
-
-        A worker writes an epoch's checkpoint before it reports the epoch: a server (or
-        worker) that dies in between leaves a checkpointed epoch that was never logged, and a
-        resumed job goes on after it.
-        """
-        state = self._last_checkpoint(job_id)
-        if state is None:
-            return 0
-        logged = {metrics["epoch"] for metrics in self.history(job_id)}
-        epochs = self.get(job_id).spec.config.epochs
-        for record in state.get("history", []):
-            if record["epoch"] not in logged:
-                missing = events.EpochEnd(events.EpochRecord(**record), 0.0, epochs)
-                self._record(job_id, missing)
-        return int(state["epoch"])
-
-    # --------------------------------------------------------------- requests
+        self.job_log.recover()
 
     def _pipeline(self, spec: TrainSpec) -> DataPipeline:
         """The job's data with its preprocessing, validated against the first sample."""
@@ -205,7 +139,7 @@ class JobManager:
             job_id = uuid.uuid4().hex[:16]
             self.registry.create_job(job_id, spec)
             self._enqueue(job_id, pipeline)
-        return self.get(job_id)
+        return self.job_log.get(job_id)
 
     def _check_init(self, spec: TrainSpec, built: dict[str, Any]) -> tuple[str, int]:
         """The version to fine-tune from, resolved; it must build the same architecture."""
@@ -233,21 +167,21 @@ class JobManager:
             FailedPrecondition: the job is queued, running or has succeeded.
             ResourceExhausted / Unavailable: as for `submit`.
         """
-        spec = self.get(job_id).spec
+        spec = self.job_log.get(job_id).spec
         pipeline = self._pipeline(spec)
         with self._lock:
             # Checked under the lock: two concurrent resumes must not both queue the job.
-            state = self.get(job_id).state
+            state = self.job_log.get(job_id).state
             if state in (*ACTIVE_STATES, SUCCEEDED):
                 raise FailedPrecondition(
                     f"job {shown(job_id)} is {state}; only interrupted, cancelled or failed jobs "
                     "can be resumed"
                 )
             self._check_capacity()
-            self._backfill(job_id)
+            self.job_log.backfill(job_id)
             self.registry.update_job(job_id, state=QUEUED, finished_at=None, error="")
             self._enqueue(job_id, pipeline)
-        return self.get(job_id)
+        return self.job_log.get(job_id)
 
     def _check_capacity(self) -> None:
         """Called with `_lock` held, before a job is queued."""
@@ -261,24 +195,9 @@ class JobManager:
 
     def _enqueue(self, job_id: str, pipeline: DataPipeline) -> None:
         """Called with `_lock` held."""
-        self._record(job_id, events.Queued(position=len(self._queue)))
+        self.job_log.record(job_id, events.Queued(position=len(self._queue)))
         self._queue.append((job_id, pipeline))
         self._dispatch()
-
-    def get(self, job_id: str) -> JobRecord:
-        """The job.
-
-        Raises:
-            NotFound: no job has this id.
-        """
-        job = self.registry.get_job(job_id)
-        if job is None:
-            raise NotFound(f"job {shown(job_id)} does not exist")
-        return job
-
-    def history(self, job_id: str) -> list[dict[str, Any]]:
-        """The job's per-epoch metrics so far, from its event log."""
-        return [e.payload["metrics"] for e in self.registry.events(job_id, kind="epoch_end")]
 
     def cancel(self, job_id: str, reason: str = CLIENT_CANCEL) -> JobRecord:
         """Cancels a queued job at once, or stops a running one after its current batch.
@@ -287,59 +206,23 @@ class JobManager:
             NotFound: no job has this id.
             FailedPrecondition: the job has already ended.
         """
-        job = self.get(job_id)
+        job = self.job_log.get(job_id)
         with self._lock:
             queued = next((entry for entry in self._queue if entry[0] == job_id), None)
             if queued is not None:
                 self._queue.remove(queued)
-                self._end(job_id, events.Cancelled(reason))
-                return self.get(job_id)
+                self.job_log.end(job_id, events.Cancelled(reason))
+                return self.job_log.get(job_id)
             run = self._running.get(job_id)
             if run is None:
                 raise FailedPrecondition(f"job {shown(job_id)} has already ended: {job.state}")
             run.cancel_reason = run.cancel_reason or reason
             run.cancel.set()
-        if not self.wait(job_id, CANCEL_WAIT_S) and run.process.pid is not None:
+        if not self.job_log.wait(job_id, CANCEL_WAIT_S) and run.process.pid is not None:
             log.warning("job %s did not stop within %.0f s; terminating it", job_id, CANCEL_WAIT_S)
             run.process.terminate()
-            self.wait(job_id, CANCEL_WAIT_S)
-        return self.get(job_id)
-
-    def wait(self, job_id: str, timeout: float) -> bool:
-        """Blocks until the job has ended or `timeout` passes; True when it has ended."""
-        deadline = time.monotonic() + timeout
-        with self._changed:
-            while self.get(job_id).state in ACTIVE_STATES:
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                self._changed.wait(remaining)
-        return True
-
-    def watch(
-        self, job_id: str, after_seq: int = 0, is_active: Callable[[], bool] = lambda: True
-    ) -> Iterator[EventRecord]:
-        """Yields the job's events after `after_seq`, then new ones as they come, until the job
-        is no longer queued or running and every event has been yielded.
-
-        Stops early when `is_active()` turns False (the client went away).
-        """
-        self.get(job_id)
-        while is_active():
-            with self._changed:
-                seen = self._generation
-            # The state is read before the events: a job's end and its last event are
-            # committed together, so an ended job's events are all in the next read.
-            ended = self.get(job_id).state not in ACTIVE_STATES
-            records = self.registry.events(job_id, after_seq)
-            for record in records:
-                yield record
-                after_seq = record.seq
-            if ended and not records:
-                return
-            with self._changed:
-                if self._generation == seen and not ended:
-                    self._changed.wait(timeout=1.0)
+            self.job_log.wait(job_id, CANCEL_WAIT_S)
+        return self.job_log.get(job_id)
 
     def shutdown(self, timeout: float) -> None:
         """Cancels queued jobs, stops running ones (keeping their checkpoints), joins workers."""
@@ -352,7 +235,7 @@ class JobManager:
                 run.cancel_reason = SHUTDOWN
                 run.cancel.set()
         for job_id in queued:
-            self._end(job_id, events.Interrupted(SHUTDOWN))
+            self.job_log.end(job_id, events.Interrupted(SHUTDOWN))
         deadline = time.monotonic() + timeout
         for run in runs:
             # The follower ends once the worker has exited and the job's end is recorded.
@@ -364,34 +247,11 @@ class JobManager:
 
     # --------------------------------------------------------------- internals
 
-    def _end(self, job_id: str, event: events.Event, **job_fields: Any) -> None:
-        """Records a terminal event together with the job's final state and reason."""
-        self._record(
-            job_id,
-            event,
-            state=_END_STATES[type(event)],
-            finished_at=time.time(),
-            error=getattr(event, "reason", ""),
-            **job_fields,
-        )
-
-    def _record(self, job_id: str, event: events.Event, **job_fields: Any) -> None:
-        self._append(job_id, event.kind, events.to_payload(event), **job_fields)
-
-    def _append(self, job_id: str, kind: str, payload: dict[str, Any], **job_fields: Any) -> None:
-        self.registry.append_event(job_id, kind, payload, **job_fields)
-        if kind in _LOGGED:
-            with logs.bound(logs.job_id, job_id):
-                log.info("job %s: %s", kind, payload)
-        with self._changed:
-            self._generation += 1
-            self._changed.notify_all()
-
     def _dispatch(self) -> None:
         """Starts queued jobs while slots are free. Called with `_lock` held."""
         while self._queue and len(self._running) < self.max_concurrent and not self._stopping:
             job_id, pipeline = self._queue.popleft()
-            job = self.get(job_id)
+            job = self.job_log.get(job_id)
             checkpoint_dir = self.store.layout.job_dir(job_id)
             checkpoint_dir.mkdir(parents=True, exist_ok=True)
             last = checkpoint_dir / "last.pt"
@@ -449,7 +309,7 @@ class JobManager:
             self._conclude(job_id, run, outcome, error)
         except Exception:
             log.exception("job %s: recording its end failed", job_id)
-            self._end(job_id, events.Failed("internal error while finishing the job"))
+            self.job_log.end(job_id, events.Failed("internal error while finishing the job"))
         with self._lock:
             del self._running[job_id]
             self._dispatch()
@@ -469,23 +329,25 @@ class JobManager:
                 error = message.reason
             else:
                 device = {"device": message.device} if isinstance(message, events.Started) else {}
-                self._record(job_id, message, **device)
+                self.job_log.record(job_id, message, **device)
                 if isinstance(message, events.EpochEnd):
                     self.on_epoch(run.model_name, events.to_payload(message.metrics))
 
     def _conclude(self, job_id: str, run: _Run, outcome: FitOutcome | None, error: str) -> None:
         stopped = outcome is None or outcome.cancelled
         if run.cancel_reason == SHUTDOWN and stopped:
-            self._end(job_id, events.Interrupted(SHUTDOWN, self._checkpoint_epoch(job_id)))
+            self.job_log.end(
+                job_id, events.Interrupted(SHUTDOWN, self.job_log.checkpoint_epoch(job_id))
+            )
             return
         if run.cancel_reason and stopped:
-            self._end(job_id, events.Cancelled(run.cancel_reason))
+            self.job_log.end(job_id, events.Cancelled(run.cancel_reason))
             return
         if outcome is None or outcome.cancelled or not outcome.best_epoch:
             reason = error or f"the worker process exited with code {run.process.exitcode}"
-            self._end(job_id, events.Failed(reason))
+            self.job_log.end(job_id, events.Failed(reason))
             return
-        job = self.get(job_id)
+        job = self.job_log.get(job_id)
         info = run.pipeline.info
         metadata = VersionMetadata(
             task=info.task,
@@ -510,4 +372,4 @@ class JobManager:
             stopped_early=outcome.stopped_early,
             metrics=outcome.metrics,
         )
-        self._end(job_id, finished, model_version=version, best_epoch=outcome.best_epoch)
+        self.job_log.end(job_id, finished, model_version=version, best_epoch=outcome.best_epoch)

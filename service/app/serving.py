@@ -98,6 +98,31 @@ class PendingPrediction:
         )
 
 
+def _check_request(record: ModelVersionRecord, inputs: np.ndarray, outputs: set[str]) -> set[str]:
+    """Checks a batch and the outputs asked for against the version; returns the outputs,
+    the task's defaults when none were asked for."""
+    meta, which = record.metadata, f"model {record.name!r} v{record.version}"
+    expected = meta.input_shape
+    if inputs.dtype.name != meta.input_dtype:
+        raise InvalidArgument.field(
+            "inputs.dtype", inputs.dtype.name, f"{which} takes {meta.input_dtype}"
+        )
+    if inputs.ndim != len(expected) + 1 or inputs.shape[1:] != expected or not len(inputs):
+        raise InvalidArgument.field(
+            "inputs.shape",
+            list(inputs.shape),
+            f"{which} takes [n, {', '.join(map(str, expected))}] with n >= 1",
+        )
+    classifier = meta.task == CLASSIFICATION
+    if not outputs:
+        return set(PREDICT_OUTPUTS) if classifier else {"raw"}
+    if not classifier and outputs != {"raw"}:
+        raise InvalidArgument.field(
+            "outputs", sorted(outputs), f"model {record.name!r} is a {meta.task} model; ask for RAW"
+        )
+    return outputs
+
+
 def _done(value: Any) -> Future:
     future: Future = Future()
     future.set_result(value)
@@ -258,28 +283,7 @@ class ModelService:
                 f"inputs has {len(inputs)} rows; max_predict_rows={self.max_predict_rows}"
             )
         served = self.served(name, version, runtime)
-        record, meta = served.record, served.record.metadata
-        expected = tuple(meta.input_shape)
-        if inputs.dtype.name != meta.input_dtype:
-            raise InvalidArgument.field(
-                "inputs.dtype",
-                inputs.dtype.name,
-                f"model {name!r} v{record.version} takes {meta.input_dtype}",
-            )
-        if inputs.ndim != len(expected) + 1 or inputs.shape[1:] != expected or not len(inputs):
-            raise InvalidArgument.field(
-                "inputs.shape",
-                list(inputs.shape),
-                f"model {name!r} v{record.version} takes "
-                f"[n, {', '.join(map(str, expected))}] with n >= 1",
-            )
-        classifier = meta.task == CLASSIFICATION
-        if not outputs:
-            outputs = set(PREDICT_OUTPUTS) if classifier else {"raw"}
-        if not classifier and outputs != {"raw"}:
-            raise InvalidArgument.field(
-                "outputs", sorted(outputs), f"model {name!r} is a {meta.task} model; ask for RAW"
-            )
+        outputs = _check_request(served.record, inputs, outputs)
         if served.batcher is not None:
             futures = served.batcher.submit(inputs)
         else:
