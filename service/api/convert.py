@@ -19,7 +19,7 @@ from torchwire.service.core.batching import BatchingConfig
 from torchwire.service.core.datasets import DatasetInfo
 from torchwire.service.core.distributed import DistributedConfig
 from torchwire.service.core.evaluation import EvaluationResult
-from torchwire.service.core.export import ONNX, TORCHSCRIPT
+from torchwire.service.core.formats import ONNX, TORCHSCRIPT
 from torchwire.service.core.jobstates import JOB_STATES
 from torchwire.service.core.records import EventRecord, JobRecord, ModelVersionRecord, check_name
 from torchwire.service.core.runtimes import Prediction

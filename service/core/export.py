@@ -12,12 +12,10 @@ from torch import nn
 
 from torchwire.service.core.architectures import ModelConfig
 from torchwire.service.core.files import atomic_write, sha256_of
+from torchwire.service.core.formats import ONNX, TORCHSCRIPT
 from torchwire.service.core.runtimes import OnnxRuntime, TorchRuntime, load_torchscript
 from torchwire.service.errors import FailedPrecondition, InvalidArgument
 
-TORCHSCRIPT, ONNX = "torchscript", "onnx"
-FILE_NAMES = {TORCHSCRIPT: "model.torchscript.pt", ONNX: "model.onnx"}
-RUNTIME_OF = {TORCHSCRIPT: "torchscript", ONNX: "onnxruntime"}
 PARITY_BATCH_SIZES = (1, 7)
 DEFAULT_OPSET, OPSETS = 18, range(17, 24)
 DEFAULT_TOLERANCE = 1e-4

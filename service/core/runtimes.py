@@ -11,12 +11,11 @@ import torch
 from torch import nn
 
 from torchwire.service.core.datasets import CLASSIFICATION
+from torchwire.service.core.formats import ONNXRUNTIME, TORCHSCRIPT
 from torchwire.service.errors import FailedPrecondition
 
 log = logging.getLogger(__name__)
 
-EAGER, TORCHSCRIPT, ONNXRUNTIME = "eager", "torchscript", "onnxruntime"
-RUNTIMES = (EAGER, TORCHSCRIPT, ONNXRUNTIME)
 CUDA_PROVIDER, CPU_PROVIDER = "CUDAExecutionProvider", "CPUExecutionProvider"
 
 # Request tensors are zero-copy views of the received bytes, hence read-only; the
