@@ -21,6 +21,7 @@ from typing import Any
 from torchwire.service import logs
 from torchwire.service.core import events
 from torchwire.service.core.checkpoint import load_checkpoint
+from torchwire.service.core.compatibility import check_compatible
 from torchwire.service.core.device import choose_device
 from torchwire.service.core.jobstates import (
     ACTIVE_STATES,
@@ -33,7 +34,6 @@ from torchwire.service.core.jobstates import (
 )
 from torchwire.service.core.pipeline import DataPipeline, prepare
 from torchwire.service.core.spec import TrainSpec
-from torchwire.service.core.training import check_compatible
 from torchwire.service.errors import (
     FailedPrecondition,
     InvalidArgument,
