@@ -21,6 +21,7 @@ from typing import Any
 from torchwire.service.app.job_log import JobLog
 from torchwire.service.app.worker_process import FitOutcome, WorkerError, WorkerMessage, run_job
 from torchwire.service.core import events
+from torchwire.service.core.compatibility import check_compatible
 from torchwire.service.core.device import choose_device
 from torchwire.service.core.jobstates import (
     ACTIVE_STATES,
@@ -31,7 +32,6 @@ from torchwire.service.core.jobstates import (
 from torchwire.service.core.pipeline import DataPipeline, prepare
 from torchwire.service.core.records import JobRecord, VersionMetadata
 from torchwire.service.core.spec import TrainSpec
-from torchwire.service.core.training import check_compatible
 from torchwire.service.errors import (
     FailedPrecondition,
     InvalidArgument,

@@ -23,10 +23,10 @@ import torch
 
 from torchwire.service.core import distributed
 from torchwire.service.core.device import choose_device
-from torchwire.service.core.events import Event, to_payload
+from torchwire.service.core.events import Event, FitResult, to_payload
 from torchwire.service.core.pipeline import DataPipeline
 from torchwire.service.core.spec import TrainSpec
-from torchwire.service.core.training import FitResult, Trainer
+from torchwire.service.core.training import Trainer
 from torchwire.service.errors import TorchwireError
 
 ORPHAN_EXIT_CODE = 70

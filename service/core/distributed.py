@@ -10,7 +10,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from torchwire.service.errors import InvalidArgument
+from torchwire.service.errors import FailedPrecondition, InvalidArgument
 
 BACKENDS = ("gloo", "nccl")
 RENDEZVOUS_TIMEOUT_S = 600
@@ -219,3 +219,23 @@ def broadcast(value: Any, source: int) -> Any:
     box = [value]
     dist.broadcast_object_list(box, src=source)
     return box[0]
+
+
+def share_start(
+    rank: Rank, device: torch.device, data: dict[str, Any], state: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Checks that every rank sees the writer's `data`, then returns the writer's starting
+    `state` (None on the other ranks) on every rank.
+
+    Raises:
+        FailedPrecondition: another machine resolved different data (sample count, classes,
+            shape): its ranks would run other batches and the collectives would no longer match.
+    """
+    writer = rank.writer_rank(device)
+    theirs = broadcast(data if rank.writer else None, writer)
+    if any_rank(data != theirs, device):
+        raise FailedPrecondition(
+            f"the machines' data differ: the server's machine has {theirs}"
+            + ("" if data == theirs else f", this one has {data}")
+        )
+    return broadcast(state if rank.writer else None, writer)

@@ -1,4 +1,5 @@
-"""Structured job events: what the training loop and the job runner report, as plain dataclasses.
+"""Structured job events: what the training loop and the job runner report, as plain dataclasses,
+and how a training run ended (FitResult).
 
 Field names match the `torchwire.v1` messages of the same meaning, so a payload
 (`asdict` of an event) converts to its message without a hand-written mapping.
@@ -20,6 +21,28 @@ class EpochRecord:
     learning_rate: float
     val_loss: float | None = None
     val_metrics: dict[str, float] = field(default_factory=dict)
+
+
+@dataclass
+class FitResult:
+    """How training ended."""
+
+    history: list[EpochRecord] = field(default_factory=list)
+    best_epoch: int = 0
+    stopped_early: bool = False
+    cancelled: bool = False
+
+    @property
+    def best_metrics(self) -> dict[str, float]:
+        """The metrics of the kept epoch; see `headline_metrics`."""
+        return headline_metrics(self.history[self.best_epoch - 1]) if self.best_epoch else {}
+
+
+def headline_metrics(record: EpochRecord) -> dict[str, float]:
+    """Validation loss and metrics of an epoch, or its training ones without validation."""
+    if record.val_loss is None:
+        return {"loss": record.train_loss, **record.train_metrics}
+    return {"loss": record.val_loss, **record.val_metrics}
 
 
 @dataclass(frozen=True)

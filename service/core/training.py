@@ -2,11 +2,10 @@
 learning-rate schedules, gradient clipping, early stopping, best and last checkpoints, and
 per-epoch learning curves."""
 
-import math
 import random
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
@@ -15,47 +14,25 @@ import torch
 from torch import nn
 
 from torchwire.service.core import events
-from torchwire.service.core.architectures import ModelConfig
 from torchwire.service.core.checkpoint import load_checkpoint, save_checkpoint
-from torchwire.service.core.datasets import CLASSIFICATION, DatasetInfo
+from torchwire.service.core.compatibility import check_compatible
+from torchwire.service.core.datasets import CLASSIFICATION
 from torchwire.service.core.device import choose_device
 from torchwire.service.core.distributed import (
     Rank,
     all_sum,
     any_rank,
-    broadcast,
+    share_start,
 )
 from torchwire.service.core.evaluation import evaluate
-from torchwire.service.core.loaders import Shard, split_and_load, split_sizes
+from torchwire.service.core.loaders import Loaders, Shard, split_and_load
+from torchwire.service.core.optimization import build_optimizer, build_scheduler
 from torchwire.service.core.pipeline import DataPipeline
-from torchwire.service.core.spec import TrainConfig, TrainSpec
+from torchwire.service.core.spec import TrainSpec
+from torchwire.service.core.stopping import EarlyStopping
 from torchwire.service.core.tensorboard import TensorBoardLog
-from torchwire.service.errors import FailedPrecondition, InvalidArgument
 
 PROGRESS_INTERVAL_S = 0.5
-FUSED_DEVICES = ("cpu", "cuda")
-
-
-@dataclass
-class FitResult:
-    """How training ended."""
-
-    history: list[events.EpochRecord] = field(default_factory=list)
-    best_epoch: int = 0
-    stopped_early: bool = False
-    cancelled: bool = False
-
-    @property
-    def best_metrics(self) -> dict[str, float]:
-        """The metrics of the kept epoch; see `headline_metrics`."""
-        return headline_metrics(self.history[self.best_epoch - 1]) if self.best_epoch else {}
-
-
-def headline_metrics(record: events.EpochRecord) -> dict[str, float]:
-    """Validation loss and metrics of an epoch, or its training ones without validation."""
-    if record.val_loss is None:
-        return {"loss": record.train_loss, **record.train_metrics}
-    return {"loss": record.val_loss, **record.val_metrics}
 
 
 def seed_everything(seed: int) -> None:
@@ -65,107 +42,13 @@ def seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _build_optimizer(
-    model: nn.Module, config: TrainConfig, device: torch.device
-) -> torch.optim.Optimizer:
-    # The fused kernels do the whole update in one pass: about a quarter less time per step
-    # for small models on the CPU (BENCHMARKS.md), and the usual choice on CUDA.
-    fused = device.type in FUSED_DEVICES
-    common: dict[str, Any] = {"lr": config.learning_rate, "weight_decay": config.weight_decay}
-    if config.optimizer == "sgd":
-        return torch.optim.SGD(
-            model.parameters(),
-            momentum=config.momentum,
-            nesterov=config.nesterov,
-            fused=fused,
-            **common,
-        )
-    if config.optimizer == "rmsprop":
-        return torch.optim.RMSprop(model.parameters(), momentum=config.momentum, **common)
-    optimizer = torch.optim.AdamW if config.optimizer == "adamw" else torch.optim.Adam
-    return optimizer(model.parameters(), fused=fused, **common)
-
-
-def _build_scheduler(
-    optimizer: torch.optim.Optimizer, config: TrainConfig, steps_per_epoch: int
-) -> torch.optim.lr_scheduler.LRScheduler | None:
-    """The schedule; one_cycle steps per batch, the others per epoch."""
-    if config.scheduler == "step":
-        return torch.optim.lr_scheduler.StepLR(optimizer, config.step_size, config.gamma)
-    if config.scheduler == "cosine":
-        return torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=config.epochs)
-    if config.scheduler == "one_cycle":
-        return torch.optim.lr_scheduler.OneCycleLR(
-            optimizer, max_lr=config.learning_rate, total_steps=config.epochs * steps_per_epoch
-        )
-    return None
-
-
-def check_compatible(spec: TrainSpec, info: DatasetInfo) -> ModelConfig:
-    """Checks the loss, the monitored metric, the batching and the architecture against the
-    data (after its transforms); returns the model config for it."""
-    config = spec.config
-    objective = config.objective
-    if objective.task != info.task:
-        raise InvalidArgument.field(
-            "config.loss",
-            config.loss,
-            f"trains {objective.task}, but dataset {info.name!r} is {info.task}",
-        )
-    if objective.binary and len(info.classes) != 2:
-        raise InvalidArgument.field(
-            "config.loss",
-            config.loss,
-            f"needs exactly 2 classes, but dataset {info.name!r} has {len(info.classes)}",
-        )
-    metric = config.monitor.partition("_")[2]
-    if metric not in ("loss", objective.metric):
-        raise InvalidArgument.field(
-            "config.monitor", config.monitor, f"is not reported for {objective.task}"
-        )
-    parallel = spec.distributed
-    world_size = parallel.nproc_per_node * parallel.nnodes if parallel else 1
-    split_sizes(
-        info.splits[spec.split],
-        config.val_fraction,
-        config.batch_size,
-        config.drop_last,
-        world_size,
-    )
-    model_config = ModelConfig(
-        spec.architecture, spec.params, info.feature_shape, objective.output_size(info)
-    )
-    model_config.check_forward()
-    return model_config
-
-
-class _Improvement:
-    """Early stopping's bookkeeping: the best monitored value and the epochs since it improved.
-
-    Losses and errors improve downwards, accuracy upwards.
-    """
-
-    def __init__(self, monitor: str, min_delta: float) -> None:
-        self.split, _, self.metric = monitor.partition("_")
-        self.sign = -1.0 if self.metric == "accuracy" else 1.0
-        self.min_delta = min_delta
-        self.best = math.inf
-        self.bad_epochs = 0
-
-    def improved(self, record: events.EpochRecord) -> bool:
-        """Takes an epoch's record; True when it beats the best by more than `min_delta`."""
-        if self.metric == "loss":
-            value = record.val_loss if self.split == "val" else record.train_loss
-        else:
-            value = (record.val_metrics if self.split == "val" else record.train_metrics)[
-                self.metric
-            ]
-        assert value is not None
-        if self.sign * value < self.best - self.min_delta:
-            self.best, self.bad_epochs = self.sign * value, 0
-            return True
-        self.bad_epochs += 1
-        return False
+def _training_device(requested: str, rank: Rank | None) -> torch.device:
+    """The device to train on; in a distributed run on CUDA, this rank's own GPU."""
+    device = choose_device(requested)
+    if rank is not None and device.type == "cuda":
+        device = torch.device("cuda", rank.local_rank)
+        torch.cuda.set_device(device)
+    return device
 
 
 class Trainer:
@@ -204,10 +87,7 @@ class Trainer:
         self.model_config = check_compatible(spec, self.info)
         self.rank = rank
         self.writer = rank is None or rank.writer
-        self.device = choose_device(config.device)
-        if rank is not None and self.device.type == "cuda":
-            self.device = torch.device("cuda", rank.local_rank)
-            torch.cuda.set_device(self.device)
+        self.device = _training_device(config.device, rank)
         self.checkpoint_dir = checkpoint_dir
         self.emit = emit if self.writer else lambda event: None
         self.should_stop = should_stop
@@ -217,21 +97,7 @@ class Trainer:
             else None
         )
         seed_everything(config.seed)
-        train_set = pipeline.train_set()
-        same = pipeline.transforms == pipeline.eval_transforms
-        loaders = split_and_load(
-            train_set,
-            val_dataset=None if same else pipeline.eval_set(),
-            batch_size=config.batch_size,
-            shuffle=config.shuffle,
-            drop_last=config.drop_last,
-            num_workers=config.num_workers,
-            val_fraction=config.val_fraction,
-            seed=config.seed,
-            device=self.device,
-            shard=Shard(rank.rank, rank.world_size, config.seed) if rank else None,
-        )
-        self.loaders = loaders
+        self.loaders = loaders = self._load(pipeline)
         self.train_loader, self.val_loader = loaders.train, loaders.val
         self.train_samples, self.val_samples = loaders.train_samples, loaders.val_samples
         # channels_last helps convolutions on tensor cores; only 4-d (image) batches have it.
@@ -242,8 +108,8 @@ class Trainer:
         )
         self.module = self.model_config.build().to(self.device, memory_format=self.memory_format)
         self.loss_fn = self.objective.make(config.label_smoothing)
-        self.optimizer = _build_optimizer(self.module, config, self.device)
-        self.scheduler = _build_scheduler(self.optimizer, config, len(self.train_loader))
+        self.optimizer = build_optimizer(self.module, config, self.device)
+        self.scheduler = build_scheduler(self.optimizer, config, len(self.train_loader))
         self.per_batch_schedule = config.scheduler == "one_cycle"
         self.start_epoch = 1
         self.history: list[events.EpochRecord] = []
@@ -252,17 +118,39 @@ class Trainer:
             self._restore(resume_from)
         elif self.writer and init_from is not None:
             self.warm_started = self._warm_start(init_from)
-        self.model: nn.Module = self.module
         if rank is not None:
             self._synchronise(rank)
-            self.model = nn.parallel.DistributedDataParallel(
-                self.module, device_ids=[self.device.index] if self.device.type == "cuda" else None
-            )
-        if config.compile:
-            self.model = torch.compile(self.model)  # type: ignore[assignment]
+        self.model = self._wrap(self.module)
         # Mixed precision where it pays: float16 autocast with loss scaling on CUDA.
         self.amp = config.amp and self.device.type == "cuda"
         self.scaler = torch.amp.GradScaler("cuda", enabled=self.amp)
+
+    def _load(self, pipeline: DataPipeline) -> Loaders:
+        """Holds out the validation subset and batches both parts (this rank's shard)."""
+        config, rank = self.config, self.rank
+        same = pipeline.transforms == pipeline.eval_transforms
+        return split_and_load(
+            pipeline.train_set(),
+            val_dataset=None if same else pipeline.eval_set(),
+            batch_size=config.batch_size,
+            shuffle=config.shuffle,
+            drop_last=config.drop_last,
+            num_workers=config.num_workers,
+            val_fraction=config.val_fraction,
+            seed=config.seed,
+            device=self.device,
+            shard=Shard(rank.rank, rank.world_size, config.seed) if rank else None,
+        )
+
+    def _wrap(self, module: nn.Module) -> nn.Module:
+        """The module as training calls it: under DDP in a distributed run, compiled if asked."""
+        model = module
+        if self.rank is not None:
+            device_ids = [self.device.index] if self.device.type == "cuda" else None
+            model = nn.parallel.DistributedDataParallel(module, device_ids=device_ids)
+        if self.config.compile:
+            model = torch.compile(model)  # type: ignore[assignment]
+        return model
 
     def _warm_start(self, path: Path) -> int:
         """Loads the tensors of a checkpoint whose names and shapes match; returns how many."""
@@ -275,7 +163,7 @@ class Trainer:
         self.module.load_state_dict(loaded, strict=False)
         return len(loaded)
 
-    def run(self) -> FitResult:
+    def run(self) -> events.FitResult:
         """Trains for the configured epochs, or until early stopping or cancellation.
 
         When resuming, the checkpoint's learning curve is replayed first, so that the best
@@ -287,10 +175,10 @@ class Trainer:
             if self.tensorboard is not None:
                 self.tensorboard.close()
 
-    def _run(self) -> FitResult:
-        config, result = self.config, FitResult(history=list(self.history))
+    def _run(self) -> events.FitResult:
+        config, result = self.config, events.FitResult(history=list(self.history))
         start = self.start_epoch
-        tracker = _Improvement(config.monitor, config.min_delta)
+        tracker = EarlyStopping(config.monitor, config.min_delta)
         for record in result.history:
             if tracker.improved(record):
                 result.best_epoch = record.epoch
@@ -348,41 +236,16 @@ class Trainer:
         self.start_epoch = int(state["epoch"]) + 1
 
     def _synchronise(self, rank: Rank) -> None:
-        """Checks that every rank sees the writer's data, then gives every rank the writer's
-        starting state: weights (fresh, fine-tuned or resumed), optimizer and scheduler
-        state, learning curve and first epoch.
-
-        Raises:
-            FailedPrecondition: another machine resolved different data (sample count,
-                classes, shape): its ranks would run other batches and the collectives
-                would no longer match.
-        """
-        writer = rank.writer_rank(self.device)
-        mine = {
+        """Gives every rank the writer's starting state: weights (fresh, fine-tuned or resumed),
+        optimizer and scheduler state, learning curve and first epoch, once every rank has been
+        checked to see the writer's data (see `distributed.share_start`)."""
+        data = {
             "samples": self.train_samples + self.val_samples,
             "classes": list(self.info.classes),
             "shape": list(self.info.feature_shape),
             "steps_per_epoch": len(self.train_loader),
         }
-        theirs = broadcast(mine if rank.writer else None, writer)
-        if any_rank(mine != theirs, self.device):
-            raise FailedPrecondition(
-                f"the machines' data differ: the server's machine has {theirs}"
-                + ("" if mine == theirs else f", this one has {mine}")
-            )
-        state = broadcast(
-            {
-                "model": self.module.state_dict(),
-                "optimizer": self.optimizer.state_dict(),
-                "scheduler": self.scheduler.state_dict() if self.scheduler else None,
-                "history": self.history,
-                "start_epoch": self.start_epoch,
-                "warm_started": self.warm_started,
-            }
-            if rank.writer
-            else None,
-            writer,
-        )
+        state = share_start(rank, self.device, data, self._start_state() if rank.writer else None)
         if rank.writer:
             return
         self.module.load_state_dict(state["model"])
@@ -391,6 +254,16 @@ class Trainer:
             self.scheduler.load_state_dict(state["scheduler"])
         self.history, self.start_epoch = state["history"], state["start_epoch"]
         self.warm_started = state["warm_started"]
+
+    def _start_state(self) -> dict[str, Any]:
+        return {
+            "model": self.module.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict() if self.scheduler else None,
+            "history": self.history,
+            "start_epoch": self.start_epoch,
+            "warm_started": self.warm_started,
+        }
 
     def _step(
         self, inputs: torch.Tensor, targets: torch.Tensor
@@ -418,18 +291,39 @@ class Trainer:
         return any_rank(stop, self.device) if self.rank is not None else stop
 
     def _train_epoch(self, epoch: int) -> events.EpochRecord | None:
-        """One pass over the training data; None when cancelled."""
+        """One pass over the training data, then validation; None when cancelled."""
         self.model.train()
         self.loaders.set_epoch(epoch)
-        steps = len(self.train_loader)
         learning_rate = self.optimizer.param_groups[0]["lr"]
+        started = time.monotonic()
+        sums = self._train_batches(epoch)
+        if sums is None:
+            return None
+        seconds = time.monotonic() - started
+        if self.rank is not None:
+            sums = all_sum(sums, self.device)
+        count = int(sums[2])
+        record = events.EpochRecord(
+            epoch=epoch,
+            train_loss=sums[0] / count,
+            train_metrics={self.objective.metric: sums[1] / count},
+            samples_per_second=count / seconds if seconds > 0 else 0.0,
+            seconds=seconds,
+            learning_rate=learning_rate,
+        )
+        return record if self.val_loader is None else self._validate(record)
+
+    def _train_batches(self, epoch: int) -> list[float] | None:
+        """Steps through this epoch's batches; returns the sums of the loss and the metric over
+        the samples, and their count (None when cancelled)."""
+        steps = len(self.train_loader)
         # Sums stay on the device: no host sync per batch, only at the epoch's end and for
         # the throttled progress events.
         loss_sum = torch.zeros((), device=self.device)
         metric_sum = torch.zeros((), device=self.device)
         count = 0
         classification = self.objective.task == CLASSIFICATION
-        started = last_report = time.monotonic()
+        last_report = time.monotonic()
         for step, (inputs, targets) in enumerate(self.train_loader, start=1):
             if self._stopping():
                 return None
@@ -448,28 +342,21 @@ class Trainer:
             now = time.monotonic()
             if now - last_report >= PROGRESS_INTERVAL_S and step < steps:
                 last_report = now
-                progress = events.StepProgress(epoch, step, steps, loss.item())
-                self.emit(progress)
-                if self.tensorboard is not None:
-                    self.tensorboard.step(progress, (epoch - 1) * steps + step)
-        seconds = time.monotonic() - started
-        sums = [loss_sum.item(), metric_sum.item(), float(count)]
-        if self.rank is not None:
-            sums = all_sum(sums, self.device)
-        count = int(sums[2])
-        record = events.EpochRecord(
-            epoch=epoch,
-            train_loss=sums[0] / count,
-            train_metrics={self.objective.metric: sums[1] / count},
-            samples_per_second=count / seconds if seconds > 0 else 0.0,
-            seconds=seconds,
-            learning_rate=learning_rate,
-        )
-        if self.val_loader is None:
-            return record
+                self._report_progress(events.StepProgress(epoch, step, steps, loss.item()))
+        return [loss_sum.item(), metric_sum.item(), float(count)]
+
+    def _report_progress(self, progress: events.StepProgress) -> None:
+        self.emit(progress)
+        if self.tensorboard is not None:
+            step = (progress.epoch - 1) * progress.steps_per_epoch + progress.step
+            self.tensorboard.step(progress, step)
+
+    def _validate(self, record: events.EpochRecord) -> events.EpochRecord:
+        """The epoch's record with the validation loss and metric added."""
         # Each rank validates on the whole held-out subset with its own replica (no
         # collectives inside); the mean over ranks evens out BatchNorm statistics that
         # differ slightly, so that every rank takes the same early-stopping decision.
+        assert self.val_loader is not None
         val = evaluate(
             self.module if self.rank is not None else self.model,
             self.val_loader,
@@ -497,7 +384,7 @@ class Trainer:
             self.module,
             self.model_config,
             record.epoch,
-            headline_metrics(record),
+            events.headline_metrics(record),
             optimizer=self.optimizer,
             scheduler=self.scheduler,
             history=[events.to_payload(r) for r in history],
