@@ -8,7 +8,8 @@ import grpc
 from torchwire.service.api import convert
 from torchwire.service.app.catalog import Catalog
 from torchwire.service.app.jobs import JobManager
-from torchwire.service.app.serving import ModelService, PendingPrediction
+from torchwire.service.app.prediction import PendingPrediction
+from torchwire.service.app.serving import ModelService
 from torchwire.service.core.export import DEFAULT_OPSET, DEFAULT_TOLERANCE
 from torchwire.service.core.records import check_name
 from torchwire.service.errors import InvalidArgument, TorchwireError

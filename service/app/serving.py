@@ -2,15 +2,19 @@
 evaluated and deleted."""
 
 import threading
-import time
 from collections.abc import Callable
-from concurrent.futures import Future
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from typing import Any
 
 import numpy as np
 import torch
 
+from torchwire.service.app.prediction import (
+    PendingPrediction,
+    ServedRuntime,
+    check_request,
+    done,
+)
 from torchwire.service.core.batching import Batcher, BatchingConfig
 from torchwire.service.core.cache import ModelCache
 from torchwire.service.core.checkpoint import load_model
@@ -31,16 +35,13 @@ from torchwire.service.core.pipeline import prepare
 from torchwire.service.core.records import ModelVersionRecord
 from torchwire.service.core.runtimes import (
     OnnxRuntime,
-    Prediction,
     Runtime,
     TorchRuntime,
     load_torchscript,
-    postprocess,
 )
 from torchwire.service.core.sources import FileSource
 from torchwire.service.core.transforms import preprocess_images
 from torchwire.service.errors import (
-    DeadlineExceeded,
     FailedPrecondition,
     InvalidArgument,
     ResourceExhausted,
@@ -48,90 +49,9 @@ from torchwire.service.errors import (
 from torchwire.service.store import Store
 from torchwire.service.store.versions import MissingArtifact
 
-PREDICT_OUTPUTS = ("raw", "probabilities", "top_k")
 FORMAT_OF = {runtime: fmt for fmt, runtime in RUNTIME_OF.items()}
 #: Runtimes by preference when a request names none.
 PREFERENCE = (ONNXRUNTIME, RUNTIME_OF[TORCHSCRIPT], EAGER)
-
-
-@dataclass(frozen=True)
-class ServedRuntime:
-    """A registered version loaded in one runtime, with its batcher when batching is on."""
-
-    record: ModelVersionRecord
-    runtime: Runtime
-    batcher: Batcher | None
-
-    def close(self) -> None:
-        if self.batcher is not None:
-            self.batcher.close()
-
-
-class PendingPrediction:
-    """A submitted Predict: its pieces run in the batcher; `result` joins them."""
-
-    def __init__(
-        self,
-        served: ServedRuntime,
-        futures: list[Future],
-        want_raw: bool,
-        want_probabilities: bool,
-        top_k: int,
-    ) -> None:
-        self.served = served
-        self.record = served.record
-        self._futures = futures
-        self._flags = (want_raw, want_probabilities, top_k)
-
-    def result(self, timeout: float | None = None) -> Prediction:
-        """Waits for every piece (up to `timeout` seconds in all) and post-processes."""
-        deadline = None if timeout is None else time.monotonic() + timeout
-        try:
-            parts = [
-                f.result(None if deadline is None else max(0.0, deadline - time.monotonic()))
-                for f in self._futures
-            ]
-        except TimeoutError as err:
-            raise DeadlineExceeded(f"Predict did not finish within {timeout:.3f} s") from err
-        raw = parts[0][0] if len(parts) == 1 else np.concatenate([p[0] for p in parts])
-        runtime = self.served.runtime
-        return Prediction(
-            runtime=runtime.name,
-            placement=runtime.placement,
-            batch_sizes=[size for _, size in parts],
-            **postprocess(raw, self.record.metadata.task, *self._flags),
-        )
-
-
-def _check_request(record: ModelVersionRecord, inputs: np.ndarray, outputs: set[str]) -> set[str]:
-    """Checks a batch and the outputs asked for against the version; returns the outputs,
-    the task's defaults when none were asked for."""
-    meta, which = record.metadata, f"model {record.name!r} v{record.version}"
-    expected = meta.input_shape
-    if inputs.dtype.name != meta.input_dtype:
-        raise InvalidArgument.field(
-            "inputs.dtype", inputs.dtype.name, f"{which} takes {meta.input_dtype}"
-        )
-    if inputs.ndim != len(expected) + 1 or inputs.shape[1:] != expected or not len(inputs):
-        raise InvalidArgument.field(
-            "inputs.shape",
-            list(inputs.shape),
-            f"{which} takes [n, {', '.join(map(str, expected))}] with n >= 1",
-        )
-    classifier = meta.task == CLASSIFICATION
-    if not outputs:
-        return set(PREDICT_OUTPUTS) if classifier else {"raw"}
-    if not classifier and outputs != {"raw"}:
-        raise InvalidArgument.field(
-            "outputs", sorted(outputs), f"model {record.name!r} is a {meta.task} model; ask for RAW"
-        )
-    return outputs
-
-
-def _done(value: Any) -> Future:
-    future: Future = Future()
-    future.set_result(value)
-    return future
 
 
 class ModelService:
@@ -288,12 +208,12 @@ class ModelService:
                 f"inputs has {len(inputs)} rows; max_predict_rows={self.max_predict_rows}"
             )
         served = self.served(name, version, runtime)
-        outputs = _check_request(served.record, inputs, outputs)
+        outputs = check_request(served.record, inputs, outputs)
         if served.batcher is not None:
             futures = served.batcher.submit(inputs)
         else:
             self.observe_run(name, served.runtime.name, len(inputs))
-            futures = [_done((served.runtime.run(inputs), len(inputs)))]
+            futures = [done((served.runtime.run(inputs), len(inputs)))]
         return PendingPrediction(
             served,
             futures,
