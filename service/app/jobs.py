@@ -6,6 +6,7 @@ pipe; one follower thread per running job records what they send in the
 registry's event log and wakes the watchers.
 """
 
+import contextlib
 import logging
 import multiprocessing
 import os
@@ -309,7 +310,10 @@ class JobManager:
             self._conclude(job_id, run, outcome, error)
         except Exception:
             log.exception("job %s: recording its end failed", job_id)
-            self.job_log.end(job_id, events.Failed("internal error while finishing the job"))
+            # If even this fails (a store closed by a shutdown that outlasted its bound), the
+            # job stays active in the registry, and the next start marks it interrupted.
+            with contextlib.suppress(Exception):
+                self.job_log.end(job_id, events.Failed("internal error while finishing the job"))
         with self._lock:
             del self._running[job_id]
             self._dispatch()
