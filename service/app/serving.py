@@ -25,6 +25,7 @@ from torchwire.service.core.export import export_model
 from torchwire.service.core.formats import (
     EAGER,
     FILE_NAMES,
+    FORMAT_OF,
     ONNXRUNTIME,
     RUNTIME_OF,
     RUNTIMES,
@@ -49,7 +50,6 @@ from torchwire.service.errors import (
 from torchwire.service.store import Store
 from torchwire.service.store.versions import MissingArtifact
 
-FORMAT_OF = {runtime: fmt for fmt, runtime in RUNTIME_OF.items()}
 #: Runtimes by preference when a request names none.
 PREFERENCE = (ONNXRUNTIME, RUNTIME_OF[TORCHSCRIPT], EAGER)
 
