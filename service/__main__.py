@@ -115,10 +115,12 @@ def _stop_signals() -> Callable[[], None]:
 
 def worker(argv: list[str]) -> int:
     """`torchwire worker JOB_ID`: reads the job from its server, then runs this machine's
-    processes of it (`node.join`) until the job ends; 0 when they finished, 1 on an error."""
+    processes of it (`app.remote_node.join`) until the job ends; 0 when they finished, 1 on
+    an error."""
     import grpc
 
     from torchwire.client.cli import connect, connection_flags
+    from torchwire.service.api import convert
     from torchwire.service.app.remote_node import join
 
     parser = argparse.ArgumentParser(
@@ -141,7 +143,8 @@ def worker(argv: list[str]) -> int:
         return 1
     roots = tuple(Path(p) for p in args.data_roots.split(",") if p)
     try:
-        join(job.id, job.request, Path(args.store_dir), roots, args.allow_download)
+        spec = convert.train_spec(job.request)
+        join(job.id, spec, Path(args.store_dir), roots, args.allow_download)
     except Exception as err:  # the service's errors carry a message for a person
         print(f"error: {getattr(err, 'message', err)}", file=sys.stderr)
         return 1

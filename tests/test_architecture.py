@@ -45,3 +45,42 @@ def test_every_module_in_the_map_imports(module: str) -> None:
 
 def test_the_map_names_every_module() -> None:
     assert _modules() - set(NAMED) == set()
+
+
+#: Per layer, the imports it must not make (module prefixes): arrows point down only.
+FORBIDDEN_IMPORTS = {
+    "service/core": (
+        "grpc",
+        "torchwire.v1",
+        "torchwire.kserve",
+        "torchwire.service.store",
+        "torchwire.service.app",
+        "torchwire.service.api",
+    ),
+    "service/store": ("grpc", "torchwire.v1", "torchwire.service.app", "torchwire.service.api"),
+    "service/app": ("grpc", "torchwire.service.api"),
+    "service/api": ("torchwire.service.store",),
+}
+
+
+def _imports(path: Path) -> set[str]:
+    """Every module a file imports, lazy imports inside functions included."""
+    found = set()
+    for node in ast.walk(ast.parse(path.read_text())):
+        if isinstance(node, ast.Import):
+            found.update(alias.name for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module:
+            found.add(node.module)
+    return found
+
+
+@pytest.mark.parametrize("layer", sorted(FORBIDDEN_IMPORTS))
+def test_layers_import_only_downwards(layer: str) -> None:
+    forbidden = FORBIDDEN_IMPORTS[layer]
+    wrong = {
+        f"{path.relative_to(ROOT)}: {module}"
+        for path in (ROOT / layer).rglob("*.py")
+        for module in _imports(path)
+        if module.startswith(forbidden)
+    }
+    assert wrong == set()

@@ -4,17 +4,16 @@ job that a torchwire server runs, with this machine's data and processes."""
 import tempfile
 from pathlib import Path
 
-from torchwire.service.api import convert
 from torchwire.service.app.worker_process import RankTask, launch_ranks
 from torchwire.service.core.pipeline import prepare
+from torchwire.service.core.spec import TrainSpec
 from torchwire.service.errors import FailedPrecondition, shown
 from torchwire.service.store import Store
-from torchwire.v1 import torchwire_pb2 as pb
 
 
 def join(
     job_id: str,
-    request: pb.TrainRequest,
+    spec: TrainSpec,
     store_dir: Path,
     data_roots: tuple[Path, ...] = (),
     allow_download: bool = False,
@@ -29,7 +28,6 @@ def join(
         FailedPrecondition: the job is not a multi-machine distributed job.
         TorchwireError: the data does not resolve here, or a training process failed.
     """
-    spec = convert.train_spec(request)
     if spec.distributed is None or spec.distributed.nnodes < 2:
         raise FailedPrecondition(f"job {shown(job_id)} does not train on several machines")
     store = Store(
