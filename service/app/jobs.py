@@ -332,7 +332,12 @@ class JobManager:
             elif isinstance(message, WorkerError):
                 error = message.reason
             else:
-                device = {"device": message.device} if isinstance(message, events.Started) else {}
+                device = {}
+                if isinstance(message, events.Started):
+                    device = {"device": message.device}
+                    # A distributed job's ranks restarted (elastic) from last.pt: the epoch
+                    # their writer checkpointed but did not report before it died is logged.
+                    self.job_log.backfill(job_id)
                 self.job_log.record(job_id, message, **device)
                 if isinstance(message, events.EpochEnd):
                     self.on_epoch(run.model_name, events.to_payload(message.metrics))
