@@ -80,6 +80,13 @@ def evaluate(
     if task != CLASSIFICATION:
         return EvaluationResult(count, loss, {"mse": sq_err / count, "mae": abs_err / count})
     matrix = confusion.view(num_classes, num_classes).cpu()
+    return _classification_result(matrix, count, loss, classes)
+
+
+def _classification_result(
+    matrix: torch.Tensor, count: int, loss: float, classes: tuple[str, ...]
+) -> EvaluationResult:
+    """Accuracy, per-class precision and recall, from the confusion matrix (true x predicted)."""
     true_positives = matrix.diag()
     predicted_totals = matrix.sum(dim=0)
     support = matrix.sum(dim=1)
@@ -90,7 +97,7 @@ def evaluate(
             recall=_ratio(true_positives[c], support[c]),
             support=int(support[c]),
         )
-        for c in range(num_classes)
+        for c in range(len(classes))
     ]
     accuracy = true_positives.sum().item() / count
     return EvaluationResult(count, loss, {"accuracy": accuracy}, per_class, matrix)

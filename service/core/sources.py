@@ -164,6 +164,22 @@ def _number(text: str) -> float | None:
         return None
 
 
+def _feature_matrix(body: list[list[str]], indices: list[int], names: list[str]) -> np.ndarray:
+    """The feature cells of every row as float32; each must be a finite number."""
+    x = np.empty((len(body), len(indices)), dtype=np.float32)
+    for line, row in enumerate(body, start=2):
+        for j, (column, name) in enumerate(zip(indices, names, strict=True)):
+            value = _number(row[column])
+            if value is None or not np.isfinite(value):
+                raise InvalidArgument.field(
+                    f"dataset.source.feature_columns[{name!r}]",
+                    f"{row[column]!r} on line {line}",
+                    "must be a finite number",
+                )
+            x[line - 2, j] = value
+    return x
+
+
 def _read_csv(path: Path, source: FileSource) -> tuple[np.ndarray, np.ndarray, list[str], str]:
     """Features, targets, class names and task of a CSV table with a header row."""
     with open(path, newline="") as fh:
@@ -195,17 +211,7 @@ def _read_csv(path: Path, source: FileSource) -> tuple[np.ndarray, np.ndarray, l
         raise InvalidArgument.field(
             "dataset.source.task", task, "must be 'classification' or 'regression'"
         )
-    x = np.empty((len(body), len(features)), dtype=np.float32)
-    for line, row in enumerate(body, start=2):
-        for j, name in enumerate(features):
-            value = _number(row[columns[name]])
-            if value is None or not np.isfinite(value):
-                raise InvalidArgument.field(
-                    f"dataset.source.feature_columns[{name!r}]",
-                    f"{row[columns[name]]!r} on line {line}",
-                    "must be a finite number",
-                )
-            x[line - 2, j] = value
+    x = _feature_matrix(body, [columns[name] for name in features], features)
     if task == REGRESSION:
         if not numeric:
             raise InvalidArgument.field(

@@ -64,6 +64,13 @@ class TrainConfig:
         self._validate()
 
     def _validate(self) -> None:
+        self._check_loop()
+        self._check_optimizer()
+        self._check_loss()
+        self._check_schedule_and_stopping()
+
+    def _check_loop(self) -> None:
+        """Epochs, batches, the validation split, the seed and the loader workers."""
         _require(1 <= self.epochs <= 10_000, "config.epochs", self.epochs, "must be in [1, 10000]")
         _require(
             1 <= self.batch_size <= 65_536,
@@ -71,6 +78,22 @@ class TrainConfig:
             self.batch_size,
             "must be in [1, 65536]",
         )
+        _require(
+            math.isfinite(self.val_fraction) and 0 <= self.val_fraction <= 0.9,
+            "config.val_fraction",
+            self.val_fraction,
+            "must be in [0, 0.9]",
+        )
+        _require(0 <= self.seed < 2**63, "config.seed", self.seed, "must be in [0, 2**63)")
+        _require(
+            0 <= self.num_workers <= 16,
+            "config.num_workers",
+            self.num_workers,
+            "must be in [0, 16]",
+        )
+
+    def _check_optimizer(self) -> None:
+        """The optimizer and its settings, and gradient clipping."""
         _require(
             math.isfinite(self.learning_rate) and 0 < self.learning_rate <= 10,
             "config.learning_rate",
@@ -97,29 +120,22 @@ class TrainConfig:
             "must be >= 0",
         )
         _require(
+            not self.nesterov or (self.optimizer == "sgd" and self.momentum > 0),
+            "config.nesterov",
+            self.nesterov,
+            "needs optimizer 'sgd' with momentum > 0",
+        )
+        _require(
+            math.isfinite(self.grad_clip_norm) and self.grad_clip_norm >= 0,
+            "config.grad_clip_norm",
+            self.grad_clip_norm,
+            "must be >= 0 (0 turns clipping off)",
+        )
+
+    def _check_loss(self) -> None:
+        """The loss and its label smoothing."""
+        _require(
             self.loss in OBJECTIVES, "config.loss", self.loss, f"must be one of {tuple(OBJECTIVES)}"
-        )
-        _require(
-            math.isfinite(self.val_fraction) and 0 <= self.val_fraction <= 0.9,
-            "config.val_fraction",
-            self.val_fraction,
-            "must be in [0, 0.9]",
-        )
-        _require(
-            0 <= self.patience <= 10_000, "config.patience", self.patience, "must be in [0, 10000]"
-        )
-        _require(
-            math.isfinite(self.min_delta) and self.min_delta >= 0,
-            "config.min_delta",
-            self.min_delta,
-            "must be >= 0",
-        )
-        _require(0 <= self.seed < 2**63, "config.seed", self.seed, "must be in [0, 2**63)")
-        _require(
-            0 <= self.num_workers <= 16,
-            "config.num_workers",
-            self.num_workers,
-            "must be in [0, 16]",
         )
         _require(
             math.isfinite(self.label_smoothing) and 0 <= self.label_smoothing < 1,
@@ -133,11 +149,17 @@ class TrainConfig:
             self.label_smoothing,
             f"applies to the cross_entropy loss, not {self.loss!r}",
         )
+
+    def _check_schedule_and_stopping(self) -> None:
+        """The learning-rate schedule, early stopping and the monitored metric."""
         _require(
-            not self.nesterov or (self.optimizer == "sgd" and self.momentum > 0),
-            "config.nesterov",
-            self.nesterov,
-            "needs optimizer 'sgd' with momentum > 0",
+            0 <= self.patience <= 10_000, "config.patience", self.patience, "must be in [0, 10000]"
+        )
+        _require(
+            math.isfinite(self.min_delta) and self.min_delta >= 0,
+            "config.min_delta",
+            self.min_delta,
+            "must be >= 0",
         )
         _require(
             self.scheduler in SCHEDULERS,
@@ -156,12 +178,6 @@ class TrainConfig:
             "config.gamma",
             self.gamma,
             "must be in (0, 1]",
-        )
-        _require(
-            math.isfinite(self.grad_clip_norm) and self.grad_clip_norm >= 0,
-            "config.grad_clip_norm",
-            self.grad_clip_norm,
-            "must be >= 0 (0 turns clipping off)",
         )
         prefix, _, metric = self.monitor.partition("_")
         _require(

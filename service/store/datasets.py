@@ -39,6 +39,49 @@ _FEATURE_DTYPES = {np.dtype("float32"), np.dtype("float64")}
 _CLASS_DTYPES = {np.dtype("int64"), np.dtype("int32")}
 
 
+def _chunk_task(where: str, features: np.ndarray, targets: np.ndarray) -> str:
+    """The task a chunk's targets imply, after checking its dtypes and shapes on their own."""
+    if features.dtype not in _FEATURE_DTYPES:
+        raise InvalidArgument.field(
+            f"{where}.features.dtype", str(features.dtype), "must be float32 or float64"
+        )
+    if features.ndim < 2 or features.shape[0] < 1:
+        raise InvalidArgument.field(
+            f"{where}.features.shape",
+            list(features.shape),
+            "must be [n, ...] with n >= 1 and per-sample dimensions",
+        )
+    if targets.ndim not in (1, 2) or len(targets) != len(features):
+        raise InvalidArgument.field(
+            f"{where}.targets.shape",
+            list(targets.shape),
+            f"must be [{len(features)}] or [{len(features)}, k]",
+        )
+    if targets.dtype in _CLASS_DTYPES:
+        task = CLASSIFICATION
+        if targets.ndim != 1:
+            raise InvalidArgument.field(
+                f"{where}.targets.shape",
+                list(targets.shape),
+                "class ids must be one per sample: [n]",
+            )
+        if targets.min() < 0:
+            raise InvalidArgument.field(
+                f"{where}.targets", int(targets.min()), "class ids must be >= 0"
+            )
+    elif targets.dtype in _FEATURE_DTYPES:
+        task = REGRESSION
+        if not np.isfinite(targets).all():
+            raise InvalidArgument.field(f"{where}.targets", "nan/inf", "must be finite")
+    else:
+        raise InvalidArgument.field(
+            f"{where}.targets.dtype",
+            str(targets.dtype),
+            "must be int64/int32 (classes) or float32/float64 (values)",
+        )
+    return task
+
+
 class _SplitWriter:
     """Appends validated chunks of one upload to raw files in a scratch directory."""
 
@@ -56,45 +99,9 @@ class _SplitWriter:
         self._targets: BinaryIO = open(directory / TARGETS_FILE, "wb")  # noqa: SIM115
 
     def add(self, index: int, features: np.ndarray, targets: np.ndarray) -> None:
+        """Checks a chunk against the upload so far, then appends it to both files."""
         where = f"chunk[{index}]"
-        if features.dtype not in _FEATURE_DTYPES:
-            raise InvalidArgument.field(
-                f"{where}.features.dtype", str(features.dtype), "must be float32 or float64"
-            )
-        if features.ndim < 2 or features.shape[0] < 1:
-            raise InvalidArgument.field(
-                f"{where}.features.shape",
-                list(features.shape),
-                "must be [n, ...] with n >= 1 and per-sample dimensions",
-            )
-        if targets.ndim not in (1, 2) or len(targets) != len(features):
-            raise InvalidArgument.field(
-                f"{where}.targets.shape",
-                list(targets.shape),
-                f"must be [{len(features)}] or [{len(features)}, k]",
-            )
-        if targets.dtype in _CLASS_DTYPES:
-            task = CLASSIFICATION
-            if targets.ndim != 1:
-                raise InvalidArgument.field(
-                    f"{where}.targets.shape",
-                    list(targets.shape),
-                    "class ids must be one per sample: [n]",
-                )
-            if targets.min() < 0:
-                raise InvalidArgument.field(
-                    f"{where}.targets", int(targets.min()), "class ids must be >= 0"
-                )
-        elif targets.dtype in _FEATURE_DTYPES:
-            task = REGRESSION
-            if not np.isfinite(targets).all():
-                raise InvalidArgument.field(f"{where}.targets", "nan/inf", "must be finite")
-        else:
-            raise InvalidArgument.field(
-                f"{where}.targets.dtype",
-                str(targets.dtype),
-                "must be int64/int32 (classes) or float32/float64 (values)",
-            )
+        task = _chunk_task(where, features, targets)
         sample_shape = tuple(features.shape[1:])
         if self.feature_shape is None:
             self.feature_shape, self.target_shape, self.task = (
