@@ -30,7 +30,7 @@ import numpy as np
 from google.protobuf import message_factory
 from google.protobuf.descriptor import Descriptor, FieldDescriptor, MethodDescriptor
 
-from torchwire.client import Client
+from torchwire.client import Client, demo
 from torchwire.defaults import channel_options
 from torchwire.kserve import grpc_predict_v2_pb2 as v2
 from torchwire.v1 import tensors
@@ -46,7 +46,7 @@ METHODS: list[MethodDescriptor] = [
 #: Small job limits: fuzzed Train requests may queue one job and run one, no more.
 SERVER_FLAGS = [
     *("--max-concurrent-jobs", "1", "--max-queued-jobs", "1"),
-    *("--max-upload-bytes", "1048576", "--grace-seconds", "5", "--log-level", "WARNING"),
+    *("--max-upload-bytes", "1048576", "--grace-seconds", "5"),
 ]
 
 
@@ -63,20 +63,9 @@ def start_server(
 ) -> tuple[subprocess.Popen, str]:
     """`python -m torchwire.service` on a free port of 127.0.0.1; its stderr goes to a file."""
     log = open(store / "server.log", "wb")  # noqa: SIM115 (the child keeps writing to it)
-    process = subprocess.Popen(
-        [sys.executable, "-m", "torchwire.service", "--address", "127.0.0.1:0"]
-        + ["--store-dir", str(store / "store"), *SERVER_FLAGS, *flags],
-        stdout=subprocess.PIPE,
-        stderr=log,
-        text=True,
-        env={**os.environ, **env},
+    return demo.start_server(
+        str(store / "store"), *SERVER_FLAGS, *flags, stderr=log, env={**os.environ, **env}
     )
-    assert process.stdout is not None
-    line = process.stdout.readline()
-    if not line.startswith("torchwire serving on "):
-        process.kill()
-        raise RuntimeError(f"the server did not start: {line!r}")
-    return process, line.rsplit(" ", 1)[1].strip()
 
 
 def stop(process: subprocess.Popen) -> None:

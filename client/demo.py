@@ -10,6 +10,7 @@ import subprocess
 import sys
 import tempfile
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -18,8 +19,11 @@ from torchwire.client import Client
 REQUIRED_ACCURACY = 0.95
 
 
-def start_server(store: str, *flags: str) -> tuple[subprocess.Popen, str]:
-    """Starts `torchwire serve` on port 0 and reads the address it bound."""
+def start_server(
+    store: str, *flags: str, stderr: Any = None, env: dict[str, str] | None = None
+) -> tuple[subprocess.Popen, str]:
+    """Starts `torchwire serve` on port 0 and reads the address it bound; `stderr` (a file)
+    takes the server's log, `env` replaces its environment."""
     process = subprocess.Popen(
         [
             sys.executable,
@@ -34,6 +38,8 @@ def start_server(store: str, *flags: str) -> tuple[subprocess.Popen, str]:
             *flags,
         ],
         stdout=subprocess.PIPE,
+        stderr=stderr,
+        env=env,
         text=True,
     )
     assert process.stdout is not None
