@@ -68,6 +68,7 @@ class TorchwireServer:
         try:
             self._open(config)
         except BaseException:
+            self.grpc.stop(None)  # unbinds the port
             self.lock.release()
             raise
 

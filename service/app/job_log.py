@@ -95,8 +95,6 @@ class JobLog:
                 self.record(job_id, missing)
         return int(state["epoch"])
 
-    # --------------------------------------------------------------- requests
-
     def get(self, job_id: str) -> JobRecord:
         """The job.
 

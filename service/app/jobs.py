@@ -179,7 +179,6 @@ class JobManager:
                     "can be resumed"
                 )
             self._check_capacity()
-            self.job_log.backfill(job_id)
             self.registry.update_job(job_id, state=QUEUED, finished_at=None, error="")
             self._enqueue(job_id, pipeline)
         return self.job_log.get(job_id)
@@ -335,9 +334,10 @@ class JobManager:
                 device = {}
                 if isinstance(message, events.Started):
                     device = {"device": message.device}
-                    # A distributed job's ranks restarted (elastic) from last.pt: the epoch
-                    # their writer checkpointed but did not report before it died is logged.
-                    self.job_log.backfill(job_id)
+                    if message.start_epoch > 1:
+                        # A resumed job, or ranks restarted (elastic), going on from last.pt:
+                        # an epoch checkpointed but never reported before a death is logged.
+                        self.job_log.backfill(job_id)
                 self.job_log.record(job_id, message, **device)
                 if isinstance(message, events.EpochEnd):
                     self.on_epoch(run.model_name, events.to_payload(message.metrics))

@@ -38,9 +38,9 @@ class Lifeline:
     beside the worker of a resumed job.
 
     A pidfd (Linux >= 5.3) becomes readable when its process ends: a thread blocked on it
-    exits this process at once, and `gone()` answers without a system call's delay, which
-    the trainer asks before it writes a checkpoint. Not PR_SET_PDEATHSIG: that signal fires
-    when the spawning *thread* ends, and the server's threads come and go.
+    exits this process at once, and `gone()` answers with one non-blocking poll, which the
+    trainer asks before every batch and before it writes a checkpoint. Not PR_SET_PDEATHSIG:
+    that signal fires when the spawning *thread* ends, and the server's threads come and go.
     """
 
     def __init__(self, pid: int) -> None:
