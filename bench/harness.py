@@ -17,10 +17,12 @@ from torchwire.client.demo import start_server
 
 
 @contextmanager
-def server_process(store: Path, *flags: str) -> Iterator[tuple[subprocess.Popen, str, float]]:
+def server_process(
+    store: Path, *flags: str, env: dict[str, str] | None = None
+) -> Iterator[tuple[subprocess.Popen, str, float]]:
     """`torchwire serve` on a free port; yields the process, its address and its start time."""
     started = time.perf_counter()
-    process, address = start_server(str(store), *flags)
+    process, address = start_server(str(store), *flags, env=env)
     try:
         yield process, address, started
     finally:

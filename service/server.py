@@ -1,10 +1,12 @@
-"""Builds the gRPC server: the TorchWire service, health, reflection, the error interceptor,
-explicit message limits, and an orderly shutdown."""
+"""Builds the gRPC server: the TorchWire service, the v2 protocol, health and reflection, every
+method wrapped once (metrics, errors, authentication, parsing), explicit message limits, and
+an orderly shutdown."""
 
 import logging
 import socket
 import time
 from concurrent import futures
+from functools import partial
 from pathlib import Path
 
 import grpc
@@ -14,11 +16,12 @@ from grpc_reflection.v1alpha import reflection
 from torchwire.defaults import channel_options
 from torchwire.kserve import grpc_predict_v2_pb2 as v2
 from torchwire.kserve import grpc_predict_v2_pb2_grpc as v2_grpc
-from torchwire.service.api.auth import AuthInterceptor, load_tokens
-from torchwire.service.api.decoding import DecodeInterceptor
-from torchwire.service.api.errors import ErrorInterceptor
-from torchwire.service.api.metrics import MetricsInterceptor, ServiceMetrics
-from torchwire.service.api.servicer import TorchWireServicer, add_to_server
+from torchwire.service.api.auth import Authenticator, load_tokens
+from torchwire.service.api.decoding import parse_inside
+from torchwire.service.api.errors import map_errors
+from torchwire.service.api.methods import Registrar, Wrapper, chain
+from torchwire.service.api.metrics import ServiceMetrics, measure
+from torchwire.service.api.servicer import TorchWireServicer
 from torchwire.service.api.v2 import InferenceServicer
 from torchwire.service.app.catalog import Catalog
 from torchwire.service.app.jobs import JobManager
@@ -29,6 +32,7 @@ from torchwire.service.errors import StartupError
 from torchwire.service.store import Store
 from torchwire.service.store.lock import StoreLock
 from torchwire.v1 import torchwire_pb2 as pb
+from torchwire.v1 import torchwire_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +63,6 @@ class TorchwireServer:
         self.health = health.HealthServicer()
         self.grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.rpc_threads, thread_name_prefix="rpc"),
-            interceptors=self._interceptors(),
             options=server_options(config.max_message_bytes),
         )
         self.port = self._bind()
@@ -72,19 +75,16 @@ class TorchwireServer:
             self.lock.release()
             raise
 
-    def _interceptors(self) -> list[grpc.ServerInterceptor]:
+    def _wrappers(self) -> list[Wrapper]:
         """Outermost first: metrics see every request with the status its error mapped to;
         authentication runs before the request is parsed, so garbage without a token is
         UNAUTHENTICATED, and garbage with one INVALID_ARGUMENT."""
-        interceptors: list[grpc.ServerInterceptor] = [
-            MetricsInterceptor(self.metrics),
-            ErrorInterceptor(),
-        ]
+        wrappers: list[Wrapper] = [partial(measure, self.metrics), map_errors]
         tokens = load_tokens(self.config.auth_tokens, self.config.auth_tokens_file)
         if tokens:
-            interceptors.append(AuthInterceptor(tokens))
-        interceptors.append(DecodeInterceptor())
-        return interceptors
+            wrappers.append(Authenticator(tokens))
+        wrappers.append(parse_inside)
+        return wrappers
 
     def _bind(self) -> int:
         """Binds the configured address (without SO_REUSEPORT: a port in use is refused)."""
@@ -129,7 +129,7 @@ class TorchwireServer:
             BatchingConfig(config.batching, config.max_batch_size, config.max_batch_delay_ms),
             config.ort_intra_op_threads,
             config.max_predict_rows,
-            self.metrics.observe_run,
+            self.metrics.run_observer,
         )
         self.metrics.watch(
             self.models.queued,
@@ -138,12 +138,13 @@ class TorchwireServer:
         )
         catalog = Catalog(self.store, self.models)
         servicer = TorchWireServicer(catalog, self.jobs, self.models, config.max_message_bytes)
-        add_to_server(servicer, self.grpc)
+        registrar = Registrar(self.grpc, chain(self._wrappers()))
+        pb_grpc.add_TorchWireServicer_to_server(servicer, registrar)
         self._stopping = False
         v2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(catalog, self.models, lambda: not self._stopping), self.grpc
+            InferenceServicer(catalog, self.models, lambda: not self._stopping), registrar
         )
-        health_pb2_grpc.add_HealthServicer_to_server(self.health, self.grpc)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, registrar)
         reflection.enable_server_reflection(
             (
                 SERVICE_NAME,
@@ -151,7 +152,7 @@ class TorchwireServer:
                 health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
                 reflection.SERVICE_NAME,
             ),
-            self.grpc,
+            registrar,
         )
         self.metrics_port = (
             self.metrics.serve(config.metrics_address) if config.metrics_address else 0

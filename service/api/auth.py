@@ -1,7 +1,7 @@
-"""Bearer-token authentication: a server interceptor that lets health checks through."""
+"""Bearer-token authentication: a wrapper around every method's handler but health checks."""
 
 import hmac
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -11,6 +11,7 @@ from torchwire.service.api.errors import rewrap
 from torchwire.service.errors import Unauthenticated
 
 OPEN_METHODS = frozenset({"/grpc.health.v1.Health/Check", "/grpc.health.v1.Health/Watch"})
+_REFUSAL = "a valid bearer token is required (metadata 'authorization: Bearer <token>')"
 
 
 def load_tokens(tokens: str, tokens_file: str) -> frozenset[str]:
@@ -22,48 +23,42 @@ def load_tokens(tokens: str, tokens_file: str) -> frozenset[str]:
     return frozenset(t for t in found if t)
 
 
-class AuthInterceptor(grpc.ServerInterceptor):
+class Authenticator:
     """Refuses, with UNAUTHENTICATED, every call without `authorization: Bearer <token>` for
-    one of `tokens`; health checks stay open so that orchestrators can probe the server."""
+    one of `tokens`, before its request is parsed; health checks stay open so that
+    orchestrators can probe the server."""
 
     def __init__(self, tokens: Iterable[str]) -> None:
         self._tokens = [t.encode() for t in tokens]
 
-    def _authorized(self, metadata: Any) -> bool:
-        header = dict(metadata or ()).get("authorization", "")
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token:
-            return False
+    def _check(self, context: grpc.ServicerContext) -> None:
+        header = next(
+            (value for key, value in context.invocation_metadata() if key == "authorization"), ""
+        )
+        scheme, _, token = str(header).partition(" ")
         given = token.encode()
         # Compare with every token, in constant time, so timing tells nothing.
-        return any([hmac.compare_digest(given, t) for t in self._tokens])
+        matches = [hmac.compare_digest(given, t) for t in self._tokens]
+        if scheme.lower() != "bearer" or not token or not any(matches):
+            raise Unauthenticated(_REFUSAL)
 
-    def intercept_service(self, continuation: Callable, handler_call_details: Any) -> Any:
-        handler = continuation(handler_call_details)
-        if (
-            handler is None
-            or handler_call_details.method in OPEN_METHODS
-            or self._authorized(handler_call_details.invocation_metadata)
-        ):
+    def __call__(self, method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+        """The handler, checking the caller's token first (unless the method is open)."""
+        if method in OPEN_METHODS:
             return handler
-        return _refusal(handler)
 
+        def unary(behavior: Callable) -> Callable:
+            def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
+                self._check(context)
+                return behavior(request, context)
 
-def _refusal(handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
-    """The same kind of handler, answering UNAUTHENTICATED without running the method."""
-    message = "a valid bearer token is required (metadata 'authorization: Bearer <token>')"
+            return wrapper
 
-    def deny(behavior: Callable) -> Callable:
-        def refuse(request: Any, context: grpc.ServicerContext) -> Any:
-            raise Unauthenticated(message)
+        def streaming(behavior: Callable) -> Callable:
+            def wrapper(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+                self._check(context)
+                yield from behavior(request, context)
 
-        return refuse
+            return wrapper
 
-    def deny_stream(behavior: Callable) -> Callable:
-        def refuse(request: Any, context: grpc.ServicerContext) -> Any:
-            raise Unauthenticated(message)
-            yield  # a generator, as streaming handlers are
-
-        return refuse
-
-    return rewrap(handler, deny, deny_stream)
+        return rewrap(handler, unary, streaming)

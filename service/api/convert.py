@@ -329,7 +329,7 @@ def evaluation(record: ModelVersionRecord, result: EvaluationResult) -> pb.Evalu
         per_class=[pb.ClassMetrics(**asdict(c)) for c in result.per_class],
     )
     if result.confusion_matrix is not None:
-        response.confusion_matrix.CopyFrom(tensors.encode(result.confusion_matrix.numpy()))
+        tensors.fill(response.confusion_matrix, result.confusion_matrix.numpy())
     return response
 
 
@@ -342,9 +342,9 @@ def prediction(record: ModelVersionRecord, result: Prediction) -> pb.PredictResp
         batch_sizes=result.batch_sizes,
     )
     if result.raw is not None:
-        response.raw.CopyFrom(tensors.encode(result.raw))
+        tensors.fill(response.raw, result.raw)
     if result.probabilities is not None:
-        response.probabilities.CopyFrom(tensors.encode(result.probabilities))
+        tensors.fill(response.probabilities, result.probabilities)
     if result.top_indices is not None and result.top_probabilities is not None:
         classes = record.metadata.classes
         response.top_k.extend(

@@ -1,10 +1,10 @@
 """Request messages are parsed inside the handler, where a malformed one is INVALID_ARGUMENT.
 
-Left to itself, gRPC parses request bytes before any interceptor's handler runs: bytes that are
-not a valid message get INTERNAL ("Exception deserializing request!") and an ERROR log line, a
-server fault for what is the client's mistake, and they are parsed before the caller's token
-is checked. This interceptor, the innermost, takes the parsing over for every method of every
-service: gRPC hands it the raw bytes, and it parses them after authentication.
+Left to itself, gRPC parses request bytes before the handler runs: bytes that are not a valid
+message get INTERNAL ("Exception deserializing request!") and an ERROR log line, a server
+fault for what is the client's mistake, and they are parsed before the caller's token is
+checked. This wrapper, the innermost around every method of every service, takes the parsing
+over: gRPC hands the handler the raw bytes, and it parses them after authentication.
 """
 
 from collections.abc import Callable, Iterator
@@ -39,27 +39,24 @@ def _parser(parse: Callable[[bytes], Any]) -> Callable[[bytes, str], Any]:
     return decode
 
 
-class DecodeInterceptor(grpc.ServerInterceptor):
-    """Moves request parsing from gRPC into the handler, where it fails as INVALID_ARGUMENT."""
+def parse_inside(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """The handler taking raw request bytes and parsing them itself."""
+    if handler.request_deserializer is None:
+        return handler
+    decode = _parser(handler.request_deserializer)
 
-    def intercept_service(self, continuation: Callable, handler_call_details: Any) -> Any:
-        handler = continuation(handler_call_details)
-        if handler is None or handler.request_deserializer is None:
-            return handler
-        decode = _parser(handler.request_deserializer)
+    def one(behavior: Callable) -> Callable:
+        def wrapper(request: bytes, context: grpc.ServicerContext) -> Any:
+            return behavior(decode(request, "request"), context)
 
-        def one(behavior: Callable) -> Callable:
-            def wrapper(request: bytes, context: grpc.ServicerContext) -> Any:
-                return behavior(decode(request, "request"), context)
+        return wrapper
 
-            return wrapper
+    def each(behavior: Callable) -> Callable:
+        def wrapper(requests: Iterator[bytes], context: grpc.ServicerContext) -> Any:
+            decoded = (decode(data, f"request[{i}]") for i, data in enumerate(requests))
+            return behavior(decoded, context)
 
-        def each(behavior: Callable) -> Callable:
-            def wrapper(requests: Iterator[bytes], context: grpc.ServicerContext) -> Any:
-                decoded = (decode(data, f"request[{i}]") for i, data in enumerate(requests))
-                return behavior(decoded, context)
+        return wrapper
 
-            return wrapper
-
-        wrap = each if handler.request_streaming else one
-        return rewrap(handler, wrap, wrap)._replace(request_deserializer=None)
+    wrap = each if handler.request_streaming else one
+    return rewrap(handler, wrap, wrap)._replace(request_deserializer=None)

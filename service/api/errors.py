@@ -1,4 +1,4 @@
-"""The one place where errors become gRPC statuses: a server interceptor around every handler."""
+"""The one place where errors become gRPC statuses: a wrapper around every method's handler."""
 
 import logging
 from collections.abc import Callable, Iterator
@@ -37,33 +37,28 @@ def _abort(context: grpc.ServicerContext, method: str, err: Exception) -> None:
     context.abort(grpc.StatusCode.INTERNAL, "internal error; the server log has the details")
 
 
-class ErrorInterceptor(grpc.ServerInterceptor):
-    """Maps `TorchwireError` to its status and anything unexpected to INTERNAL (logged)."""
+def map_errors(method: str, handler: grpc.RpcMethodHandler) -> grpc.RpcMethodHandler:
+    """The handler with `TorchwireError` mapped to its status and anything unexpected to
+    INTERNAL (logged)."""
 
-    def intercept_service(self, continuation: Callable, handler_call_details: Any) -> Any:
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        method = handler_call_details.method
+    def unary(behavior: Callable) -> Callable:
+        def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
+            try:
+                return behavior(request, context)
+            except Exception as err:
+                _abort(context, method, err)
+                raise  # unreachable: abort raises
 
-        def unary(behavior: Callable) -> Callable:
-            def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
-                try:
-                    return behavior(request, context)
-                except Exception as err:
-                    _abort(context, method, err)
-                    raise  # unreachable: abort raises
+        return wrapper
 
-            return wrapper
+    def streaming(behavior: Callable) -> Callable:
+        def wrapper(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            try:
+                yield from behavior(request, context)
+            except Exception as err:
+                _abort(context, method, err)
+                raise
 
-        def streaming(behavior: Callable) -> Callable:
-            def wrapper(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                try:
-                    yield from behavior(request, context)
-                except Exception as err:
-                    _abort(context, method, err)
-                    raise
+        return wrapper
 
-            return wrapper
-
-        return rewrap(handler, unary, streaming)
+    return rewrap(handler, unary, streaming)

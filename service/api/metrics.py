@@ -2,9 +2,10 @@
 protocol alike), model runs, loaded models, jobs and training, on an HTTP /metrics endpoint."""
 
 import functools
+import itertools
 import logging
+import os
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -96,8 +97,9 @@ class ServiceMetrics:
         for state in JOB_STATES:
             self.jobs.labels(state).set_function(functools.partial(jobs_in, state))
 
-    def observe_run(self, model: str, runtime: str, rows: int) -> None:
-        self.batch_size.labels(model, runtime).observe(rows)
+    def run_observer(self, model: str, runtime: str) -> Callable[[float], None]:
+        """What to tell the rows of each run of a model in a runtime."""
+        return self.batch_size.labels(model, runtime).observe
 
     def observe_epoch(self, model: str, metrics: dict[str, Any]) -> None:
         self.samples_per_second.labels(model).set(metrics["samples_per_second"])
@@ -126,54 +128,63 @@ def _ending(context: grpc.ServicerContext, failed: bool) -> grpc.StatusCode:
     return grpc.StatusCode.UNKNOWN if failed else grpc.StatusCode.OK
 
 
-class MetricsInterceptor(grpc.ServerInterceptor):
-    """Counts every request by service, method and status code, and times it; binds its request
-    id (the client's `x-request-id`, or a new one) to the log records it causes, and logs it at
-    DEBUG level."""
+_REQUEST_IDS = itertools.count(1)
+_ID_PREFIX = os.urandom(3).hex()
 
-    def __init__(self, metrics: ServiceMetrics) -> None:
-        self.metrics = metrics
 
-    def intercept_service(self, continuation: Callable, handler_call_details: Any) -> Any:
-        handler = continuation(handler_call_details)
-        if handler is None:
-            return None
-        service, _, method = handler_call_details.method.lstrip("/").partition("/")
-        latency = self.metrics.latency.labels(service, method)
-        requests = self.metrics.requests
-        given = dict(handler_call_details.invocation_metadata or ()).get("x-request-id", "")
-        request_id = given[:64] or uuid.uuid4().hex[:16]
+def _request_id(context: grpc.ServicerContext) -> str:
+    """The client's `x-request-id`, or a new one unique to this server process."""
+    for key, value in context.invocation_metadata():
+        if key == "x-request-id" and value:
+            return str(value)[:64]
+    return f"{_ID_PREFIX}-{next(_REQUEST_IDS):x}"
 
-        def record(context: grpc.ServicerContext, started: float, failed: bool) -> None:
-            seconds = time.perf_counter() - started
-            latency.observe(seconds)
-            code = context.code() or _ending(context, failed)
-            requests.labels(service, method, code.name).inc()
-            log.debug("%s/%s %s in %.2f ms", service, method, code.name, 1000 * seconds)
 
-        def unary(behavior: Callable) -> Callable:
-            def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
-                started, failed = time.perf_counter(), True
-                with logs.bound(logs.request_id, request_id):
-                    try:
-                        response = behavior(request, context)
-                        failed = False
-                        return response
-                    finally:
-                        record(context, started, failed)
+def measure(
+    metrics: ServiceMetrics, method: str, handler: grpc.RpcMethodHandler
+) -> grpc.RpcMethodHandler:
+    """The handler counted by status code and timed; its request id (the client's
+    `x-request-id`, or a new one) is bound to the log records it causes, and it is logged at
+    DEBUG level. The metric series are looked up once, here, not per call."""
+    service, _, name = method.lstrip("/").partition("/")
+    latency = metrics.latency.labels(service, name)
+    counters: dict[grpc.StatusCode, Any] = {}
 
-            return wrapper
+    def record(context: grpc.ServicerContext, started: float, failed: bool) -> None:
+        seconds = time.perf_counter() - started
+        latency.observe(seconds)
+        code = context.code() or _ending(context, failed)
+        counter = counters.get(code)
+        if counter is None:
+            counter = counters[code] = metrics.requests.labels(service, name, code.name)
+        counter.inc()
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("%s/%s %s in %.2f ms", service, name, code.name, 1000 * seconds)
 
-        def streaming(behavior: Callable) -> Callable:
-            def wrapper(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
-                started, failed = time.perf_counter(), True
-                with logs.bound(logs.request_id, request_id):
-                    try:
-                        yield from behavior(request, context)
-                        failed = False
-                    finally:
-                        record(context, started, failed)
+    def unary(behavior: Callable) -> Callable:
+        def wrapper(request: Any, context: grpc.ServicerContext) -> Any:
+            started, failed = time.perf_counter(), True
+            token = logs.request_id.set(_request_id(context))
+            try:
+                response = behavior(request, context)
+                failed = False
+                return response
+            finally:
+                record(context, started, failed)
+                logs.request_id.reset(token)
 
-            return wrapper
+        return wrapper
 
-        return rewrap(handler, unary, streaming)
+    def streaming(behavior: Callable) -> Callable:
+        def wrapper(request: Any, context: grpc.ServicerContext) -> Iterator[Any]:
+            started, failed = time.perf_counter(), True
+            with logs.bound(logs.request_id, _request_id(context)):
+                try:
+                    yield from behavior(request, context)
+                    failed = False
+                finally:
+                    record(context, started, failed)
+
+        return wrapper
+
+    return rewrap(handler, unary, streaming)

@@ -38,15 +38,64 @@ def _bounded(field: str, value: int, default: int, maximum: int) -> int:
     return value or default
 
 
-class TorchWireServicer(pb_grpc.TorchWireServicer):
+class PredictionServicer(pb_grpc.TorchWireServicer):
+    """Predict and PredictStream over the models: all that a frontend process serves itself
+    (see `torchwire.service.frontend`)."""
+
+    def __init__(self, models: ModelService) -> None:
+        self.models = models
+
+    def Predict(self, request, context):
+        return self._answer(self._submit(request), context)
+
+    def PredictStream(self, request_iterator, context):
+        # Up to STREAM_WINDOW requests are in flight: enough to keep the batcher busy, few
+        # enough that memory stays bounded while the client streams on.
+        window: deque[PendingPrediction] = deque()
+        for index, request in enumerate(request_iterator):
+            try:
+                window.append(self._submit(request))
+            except TorchwireError as err:
+                raise type(err)(f"request[{index}]: {err.message}") from err
+            if len(window) >= STREAM_WINDOW:
+                yield self._answer(window.popleft(), context)
+        while window:
+            yield self._answer(window.popleft(), context)
+
+    def _submit(self, request: pb.PredictRequest) -> PendingPrediction:
+        names = [_OUTPUT_NAMES.get(o) for o in request.outputs]
+        if None in names:
+            raise InvalidArgument.field("outputs", list(request.outputs), "unknown PredictOutput")
+        if request.top_k < 0:
+            raise InvalidArgument.field("top_k", request.top_k, "must be >= 0 (0 means 1)")
+        if request.images:
+            if request.HasField("inputs"):
+                raise InvalidArgument.field(
+                    "images", f"{len(request.images)} images", "give inputs or images, not both"
+                )
+            inputs = self.models.decode_images(
+                request.model_name, request.version, list(request.images), request.runtime
+            )
+        else:
+            inputs = convert.decode_tensor("inputs", request.inputs)
+        return self.models.submit(
+            request.model_name, request.version, inputs, set(names), request.top_k, request.runtime
+        )
+
+    @staticmethod
+    def _answer(pending: PendingPrediction, context) -> pb.PredictResponse:
+        return convert.prediction(pending.record, pending.result(time_left(context)))
+
+
+class TorchWireServicer(PredictionServicer):
     """Implements `torchwire.v1.TorchWire` on top of the store, the job manager and the models."""
 
     def __init__(
         self, catalog: Catalog, jobs: JobManager, models: ModelService, max_message_bytes: int
     ) -> None:
+        super().__init__(models)
         self.catalog = catalog
         self.jobs = jobs
-        self.models = models
         self.max_message_bytes = max_message_bytes
 
     def UploadDataset(self, request_iterator, context):
@@ -129,47 +178,6 @@ class TorchWireServicer(pb_grpc.TorchWireServicer):
         )
         return convert.evaluation(record, result)
 
-    def Predict(self, request, context):
-        return self._answer(self._submit(request), context)
-
-    def PredictStream(self, request_iterator, context):
-        # Up to STREAM_WINDOW requests are in flight: enough to keep the batcher busy, few
-        # enough that memory stays bounded while the client streams on.
-        window: deque[PendingPrediction] = deque()
-        for index, request in enumerate(request_iterator):
-            try:
-                window.append(self._submit(request))
-            except TorchwireError as err:
-                raise type(err)(f"request[{index}]: {err.message}") from err
-            if len(window) >= STREAM_WINDOW:
-                yield self._answer(window.popleft(), context)
-        while window:
-            yield self._answer(window.popleft(), context)
-
-    def _submit(self, request: pb.PredictRequest) -> PendingPrediction:
-        names = [_OUTPUT_NAMES.get(o) for o in request.outputs]
-        if None in names:
-            raise InvalidArgument.field("outputs", list(request.outputs), "unknown PredictOutput")
-        if request.top_k < 0:
-            raise InvalidArgument.field("top_k", request.top_k, "must be >= 0 (0 means 1)")
-        if request.images:
-            if request.HasField("inputs"):
-                raise InvalidArgument.field(
-                    "images", f"{len(request.images)} images", "give inputs or images, not both"
-                )
-            inputs = self.models.decode_images(
-                request.model_name, request.version, list(request.images), request.runtime
-            )
-        else:
-            inputs = convert.decode_tensor("inputs", request.inputs)
-        return self.models.submit(
-            request.model_name, request.version, inputs, set(names), request.top_k, request.runtime
-        )
-
-    @staticmethod
-    def _answer(pending: PendingPrediction, context) -> pb.PredictResponse:
-        return convert.prediction(pending.record, pending.result(time_left(context)))
-
     def Export(self, request, context):
         fmt = convert.export_format("format", request.format)
         record, meta = self.models.export(
@@ -210,8 +218,3 @@ class TorchWireServicer(pb_grpc.TorchWireServicer):
         return pb.DeleteModelResponse(
             deleted_versions=self.models.delete(request.name, request.version)
         )
-
-
-def add_to_server(servicer: TorchWireServicer, server: grpc.Server) -> None:
-    """Registers the servicer on a server."""
-    pb_grpc.add_TorchWireServicer_to_server(servicer, server)

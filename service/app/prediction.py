@@ -2,13 +2,12 @@
 pending result that joins its batched pieces."""
 
 import time
-from concurrent.futures import Future
-from dataclasses import dataclass
-from typing import Any
+from collections.abc import Callable
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from torchwire.service.core.batching import Batcher
+from torchwire.service.core.batching import Batcher, Outcome, Ran
 from torchwire.service.core.datasets import CLASSIFICATION
 from torchwire.service.core.records import ModelVersionRecord
 from torchwire.service.core.runtimes import Prediction, Runtime, postprocess
@@ -19,11 +18,28 @@ PREDICT_OUTPUTS = ("raw", "probabilities", "top_k")
 
 @dataclass(frozen=True)
 class ServedRuntime:
-    """A registered version loaded in one runtime, with its batcher when batching is on."""
+    """A registered version loaded in one runtime, with its batcher when batching is on, and
+    what every request is checked against, worked out once."""
 
     record: ModelVersionRecord
     runtime: Runtime
     batcher: Batcher | None
+    observe: Callable[[int], None] = lambda rows: None
+    """Told the rows of every model run (for metrics)."""
+    input_dtype: np.dtype = field(init=False)
+    input_shape: tuple[int, ...] = field(init=False)
+
+    def __post_init__(self) -> None:
+        meta = self.record.metadata
+        object.__setattr__(self, "input_dtype", np.dtype(meta.input_dtype))
+        object.__setattr__(self, "input_shape", tuple(meta.input_shape))
+
+    def submit(self, inputs: np.ndarray) -> list[Outcome]:
+        """Runs `inputs` through the batcher, or at once in this thread without one."""
+        if self.batcher is not None:
+            return self.batcher.submit(inputs)
+        self.observe(len(inputs))
+        return [Ran((self.runtime.run(inputs), len(inputs)))]
 
     def close(self) -> None:
         if self.batcher is not None:
@@ -36,7 +52,7 @@ class PendingPrediction:
     def __init__(
         self,
         served: ServedRuntime,
-        futures: list[Future],
+        futures: list[Outcome],
         want_raw: bool,
         want_probabilities: bool,
         top_k: int,
@@ -48,12 +64,15 @@ class PendingPrediction:
 
     def result(self, timeout: float | None = None) -> Prediction:
         """Waits for every piece (up to `timeout` seconds in all) and post-processes."""
-        deadline = None if timeout is None else time.monotonic() + timeout
         try:
-            parts = [
-                f.result(None if deadline is None else max(0.0, deadline - time.monotonic()))
-                for f in self._futures
-            ]
+            if len(self._futures) == 1:
+                parts = [self._futures[0].result(timeout)]
+            else:
+                deadline = None if timeout is None else time.monotonic() + timeout
+                parts = [
+                    f.result(None if deadline is None else max(0.0, deadline - time.monotonic()))
+                    for f in self._futures
+                ]
         except TimeoutError as err:
             raise DeadlineExceeded(f"Predict did not finish within {timeout:.3f} s") from err
         raw = parts[0][0] if len(parts) == 1 else np.concatenate([p[0] for p in parts])
@@ -66,16 +85,17 @@ class PendingPrediction:
         )
 
 
-def check_request(record: ModelVersionRecord, inputs: np.ndarray, outputs: set[str]) -> set[str]:
+def check_request(served: ServedRuntime, inputs: np.ndarray, outputs: set[str]) -> set[str]:
     """Checks a batch and the outputs asked for against the version; returns the outputs,
     the task's defaults when none were asked for."""
+    record = served.record
     meta, which = record.metadata, f"model {record.name!r} v{record.version}"
-    expected = meta.input_shape
-    if inputs.dtype.name != meta.input_dtype:
+    expected = served.input_shape
+    if inputs.dtype != served.input_dtype:
         raise InvalidArgument.field(
             "inputs.dtype", inputs.dtype.name, f"{which} takes {meta.input_dtype}"
         )
-    if inputs.ndim != len(expected) + 1 or inputs.shape[1:] != expected or not len(inputs):
+    if inputs.shape[1:] != expected or inputs.ndim != len(expected) + 1 or not len(inputs):
         raise InvalidArgument.field(
             "inputs.shape",
             list(inputs.shape),
@@ -89,9 +109,3 @@ def check_request(record: ModelVersionRecord, inputs: np.ndarray, outputs: set[s
             "outputs", sorted(outputs), f"model {record.name!r} is a {meta.task} model; ask for RAW"
         )
     return outputs
-
-
-def done(value: Any) -> Future:
-    future: Future = Future()
-    future.set_result(value)
-    return future

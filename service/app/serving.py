@@ -9,12 +9,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from torchwire.service.app.prediction import (
-    PendingPrediction,
-    ServedRuntime,
-    check_request,
-    done,
-)
+from torchwire.service.app.prediction import PendingPrediction, ServedRuntime, check_request
 from torchwire.service.core.batching import Batcher, BatchingConfig
 from torchwire.service.core.cache import ModelCache
 from torchwire.service.core.checkpoint import load_model
@@ -63,7 +58,8 @@ class ModelService:
         default_batching: batching for models without a setting of their own.
         ort_intra_op_threads: ONNX Runtime intra-op threads (0: its default).
         max_predict_rows: most samples one request may carry (RESOURCE_EXHAUSTED beyond).
-        observe_run: told (model, runtime, rows) of every model run, for metrics.
+        run_observer: for a model and a runtime, what to tell the rows of each of its runs
+            (for metrics); asked once per loaded runtime.
     """
 
     def __init__(
@@ -73,19 +69,24 @@ class ModelService:
         default_batching: BatchingConfig,
         ort_intra_op_threads: int = 0,
         max_predict_rows: int = 65536,
-        observe_run: Callable[[str, str, int], None] = lambda model, runtime, rows: None,
+        run_observer: Callable[[str, str], Callable[[int], None]] = (
+            lambda model, runtime: lambda rows: None
+        ),
     ) -> None:
         self.store = store
         self.device = choose_device("auto")
         self.default_batching = default_batching
         self.ort_intra_op_threads = ort_intra_op_threads
         self.max_predict_rows = max_predict_rows
-        self.observe_run = observe_run
+        self.run_observer = run_observer
         self.cache: ModelCache[ServedRuntime] = ModelCache(
             max_loaded_bytes, self._load, lambda s: s.runtime.size_bytes(), ServedRuntime.close
         )
         self._preferred: dict[tuple[str, int], str] = {}
         self._export_lock = threading.Lock()
+        self.on_forget: Callable[[str, int], None] = lambda name, version: None
+        """Told (model, version or 0 for all) when loaded runtimes become stale: frontend
+        processes drop theirs too."""
 
     # ---------------------------------------------------------------- loading
 
@@ -105,17 +106,13 @@ class ModelService:
         meta = record.metadata
         runtime.run(np.zeros((1, *meta.input_shape), meta.input_dtype))  # warm up
         batching = self.batching(name)
+        observe = self.run_observer(name, runtime_name)
         batcher = (
-            Batcher(
-                runtime.run,
-                batching,
-                f"{name}-{version}-{runtime_name}",
-                lambda rows: self.observe_run(name, runtime_name, rows),
-            )
+            Batcher(runtime.run, batching, f"{name}-{version}-{runtime_name}", observe)
             if batching.enabled
             else None
         )
-        return ServedRuntime(record, runtime, batcher)
+        return ServedRuntime(record, runtime, batcher, observe)
 
     def _runtime_for(self, name: str, version: int, requested: str) -> str:
         """The named runtime, or the fastest one this version has an export for."""
@@ -140,7 +137,7 @@ class ModelService:
         except MissingArtifact as err:
             raise FailedPrecondition(f"runtime={runtime!r}: {err.message}") from err
 
-    def _forget(self, name: str, version: int = 0) -> None:
+    def forget(self, name: str, version: int = 0) -> None:
         """Drops loaded runtimes and runtime choices of a model (one version, or all)."""
 
         def matches(key: Any) -> bool:
@@ -149,6 +146,7 @@ class ModelService:
         for key in [k for k in self._preferred if matches(k)]:
             self._preferred.pop(key, None)
         self.cache.evict(matches)
+        self.on_forget(name, version)
 
     # -------------------------------------------------------------- inference
 
@@ -208,15 +206,10 @@ class ModelService:
                 f"inputs has {len(inputs)} rows; max_predict_rows={self.max_predict_rows}"
             )
         served = self.served(name, version, runtime)
-        outputs = check_request(served.record, inputs, outputs)
-        if served.batcher is not None:
-            futures = served.batcher.submit(inputs)
-        else:
-            self.observe_run(name, served.runtime.name, len(inputs))
-            futures = [done((served.runtime.run(inputs), len(inputs)))]
+        outputs = check_request(served, inputs, outputs)
         return PendingPrediction(
             served,
-            futures,
+            served.submit(inputs),
             "raw" in outputs,
             "probabilities" in outputs,
             (top_k or 1) if "top_k" in outputs else 0,
@@ -298,7 +291,7 @@ class ModelService:
         meta = {k: v for k, v in asdict(result).items() if k not in ("path", "format")}
         meta["file_name"] = path.name
         self.store.registry.put_artifact(name, record.version, fmt, meta)
-        self._forget(name, record.version)
+        self.forget(name, record.version)
         return record, self.store.versions.artifacts(record)[fmt]
 
     def batching(self, name: str) -> BatchingConfig:
@@ -310,14 +303,14 @@ class ModelService:
         """Sets (or with None, clears) a model's batching; loaded runtimes pick it up."""
         self.store.versions.versions(name)
         self.store.registry.set_batching(name, None if config is None else asdict(config))
-        self._forget(name)
+        self.forget(name)
         return self.batching(name)
 
     def delete(self, name: str, version: int) -> list[int]:
         """Deletes versions and drops their loaded runtimes."""
         deleted = self.store.versions.delete(name, version)
         for number in deleted:
-            self._forget(name, number)
+            self.forget(name, number)
         return deleted
 
     def queued(self) -> int:

@@ -35,6 +35,23 @@ class _Piece:
     future: Future
 
 
+class Ran:
+    """A piece already run in the caller's thread: its result, read like a Future's, without
+    the Future's lock and condition."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value: tuple[np.ndarray, int]) -> None:
+        self.value = value
+
+    def result(self, timeout: float | None = None) -> tuple[np.ndarray, int]:
+        return self.value
+
+
+Outcome = Future | Ran
+"""What `submit` gives back for each piece: `.result(timeout)` is (its outputs, run size)."""
+
+
 class Batcher:
     """Merges pieces submitted from many threads into runs of `run`, on one thread of its own.
 
@@ -61,14 +78,15 @@ class Batcher:
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{name}", daemon=True)
         self._thread.start()
 
-    def submit(self, batch: np.ndarray) -> list[Future]:
+    def submit(self, batch: np.ndarray) -> list[Outcome]:
         """Queues `batch`, split into pieces of at most `max_batch_size` rows.
 
         Without a delay to wait for, a piece that finds the runtime idle and nothing queued
         runs at once in the caller's thread: merging would gain nothing, and the hand-off
         to the batcher thread costs more than a small model's run. Once the batcher is closed
         (a caller may still hold it while a reconfiguration, an export or an eviction
-        replaces it), the caller runs its pieces itself: no thread is left to run them.
+        replaces it), the caller runs its pieces itself: no thread is left to run them. A run
+        in the caller's thread raises its error there.
         """
         if (
             self.config.max_delay_ms == 0
@@ -84,22 +102,17 @@ class Batcher:
         pieces = [batch[start : start + size] for start in range(0, len(batch), size)]
         with self._accepting:
             if not self._closed:
-                futures: list[Future] = [Future() for _ in pieces]
-                for rows, future in zip(pieces, futures, strict=True):
-                    self._queue.put(_Piece(rows, future))
-                return futures
+                queued = [_Piece(rows, Future()) for rows in pieces]
+                for piece in queued:
+                    self._queue.put(piece)
+                return [piece.future for piece in queued]
         with self._running:
             return [self._inline(rows) for rows in pieces]
 
-    def _inline(self, batch: np.ndarray) -> Future:
+    def _inline(self, batch: np.ndarray) -> Ran:
         """Runs `batch` in the caller's thread (which holds `_running`)."""
-        future: Future = Future()
-        try:
-            self._observe(len(batch))
-            future.set_result((self._run(batch), len(batch)))
-        except BaseException as err:
-            future.set_exception(err)
-        return future
+        self._observe(len(batch))
+        return Ran((self._run(batch), len(batch)))
 
     def queued(self) -> int:
         """Pieces waiting for a run."""

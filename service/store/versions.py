@@ -3,7 +3,7 @@
 import shutil
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import replace
 from pathlib import Path
 from typing import Any
@@ -26,9 +26,12 @@ class VersionStore:
         self.layout = layout
         self.registry = registry
         # Latest version per model, for Predict's hot path. This process is the registry's
-        # only writer, and register/delete below keep it true.
+        # only writer, and register/delete below keep it true; frontend processes, which
+        # only read, are told through `on_latest_change`.
         self._latest: dict[str, int] = {}
         self._latest_lock = threading.Lock()
+        self.on_latest_change: Callable[[str], None] = lambda name: None
+        """Told the model's name when its latest version may have changed."""
 
     def register(self, name: str, job_id: str, checkpoint: Path, metadata: VersionMetadata) -> int:
         """Copies a job's checkpoint into the model's directory and records a new version.
@@ -52,7 +55,14 @@ class VersionStore:
                 )
             )
             self._latest.pop(name, None)
+        self.on_latest_change(name)
         return version
+
+    def forget_latest(self, name: str) -> None:
+        """Drops the remembered latest version of a model: the registry's writer (another
+        process) changed it."""
+        with self._latest_lock:
+            self._latest.pop(name, None)
 
     def versions(self, name: str, field: str = "name") -> list[ModelVersionRecord]:
         """All versions of a model, oldest first.
@@ -172,6 +182,7 @@ class VersionStore:
         with self._latest_lock:
             self.registry.delete_model_versions(name, numbers)
             self._latest.pop(name, None)
+        self.on_latest_change(name)
         for record in doomed:
             shutil.rmtree(self.checkpoint(record).parent, ignore_errors=True)
         if not version:

@@ -25,14 +25,32 @@ DTYPES: dict[str, np.dtype] = {
 }
 
 
-def encode(array: np.ndarray) -> pb.Tensor:
-    """Packs an array (any byte order or memory layout) as a Tensor."""
+#: Wire dtype name by NumPy dtype, for arrays already in their wire form.
+_NAMES: dict[np.dtype, str] = {dtype: name for name, dtype in DTYPES.items()}
+
+
+def fill(tensor: pb.Tensor, array: np.ndarray) -> pb.Tensor:
+    """Writes an array (any byte order or memory layout) into `tensor`, in place; returns it.
+
+    An array already little-endian and C-ordered (what NumPy makes on every common machine)
+    is copied once, into the message.
+    """
     array = np.asarray(array)
-    name = array.dtype.name
-    if name not in DTYPES:
-        raise ValueError(f"dtype {name} is not supported; use one of {sorted(DTYPES)}")
-    wire = np.ascontiguousarray(array, dtype=DTYPES[name])
-    return pb.Tensor(dtype=name, shape=list(array.shape), data=wire.tobytes())
+    name = _NAMES.get(array.dtype)
+    if name is None:  # another byte order, or a dtype the wire does not carry
+        name = array.dtype.name
+        if name not in DTYPES:
+            raise ValueError(f"dtype {name} is not supported; use one of {sorted(DTYPES)}")
+        array = array.astype(DTYPES[name])
+    tensor.dtype = name
+    tensor.shape[:] = array.shape
+    tensor.data = array.tobytes()  # C order, whatever the layout
+    return tensor
+
+
+def encode(array: np.ndarray) -> pb.Tensor:
+    """Packs an array (any byte order or memory layout) as a new Tensor."""
+    return fill(pb.Tensor(), array)
 
 
 def decode(tensor: pb.Tensor) -> np.ndarray:
@@ -46,10 +64,13 @@ def decode(tensor: pb.Tensor) -> np.ndarray:
     if dtype is None:
         raise ValueError(f"dtype {tensor.dtype!r} is not one of {sorted(DTYPES)}")
     shape = tuple(tensor.shape)
-    if any(d < 0 for d in shape):
+    if shape and min(shape) < 0:
         raise ValueError(f"shape {list(shape)} has a negative dimension")
+    data = tensor.data
     expected = math.prod(shape) * dtype.itemsize
-    if len(tensor.data) != expected:
-        raise ValueError(f"data has {len(tensor.data)} bytes but shape {list(shape)} of "
-                         f"{tensor.dtype} needs {expected}")
-    return np.frombuffer(tensor.data, dtype=dtype).reshape(shape)
+    if len(data) != expected:
+        raise ValueError(
+            f"data has {len(data)} bytes but shape {list(shape)} of "
+            f"{tensor.dtype} needs {expected}"
+        )
+    return np.frombuffer(data, dtype=dtype).reshape(shape)
