@@ -6,7 +6,7 @@ import datetime
 import tempfile
 from pathlib import Path
 
-from bench import fuzz_memory, serving, startup, training
+from bench import fuzz_memory, request_path, serving, startup, training
 from bench.harness import PeakMemory, bare_torch, machine, server_process
 from torchwire.client import Client
 
@@ -48,6 +48,7 @@ def measure(seconds: float) -> dict:
                 results["training_service"] = training.service(client)
             results["training_memory"] = memory
             results["distributed"] = training.distributed(client)
+        results["request_path"] = request_path.run(store, seconds, request_path.VARIANTS)
         results["training_classic"] = training.classic_loop()
         results["cold"] = startup.cold_start(store, "mlp")
         results["memory"] = startup.idle_memory(store, "mlp")
@@ -317,6 +318,7 @@ def report(r: dict, seconds: float) -> str:
         f"no growth across rounds: {_met(growth <= 2)}.",
         "",
     ]
+    lines += request_path_report(r["request_path"], seconds)
     hostile = r["hostile"]
     codes = ", ".join(f"{code} {n}" for code, n in hostile["codes"].most_common())
     lines += [
@@ -329,6 +331,85 @@ def report(r: dict, seconds: float) -> str:
         "",
     ]
     return "\n".join(lines)
+
+
+def request_path_report(r: dict, seconds: float) -> list[str]:
+    """Section 7: the request path against the baseline commit and a bare gRPC echo."""
+    echo = r["echo"]
+    base_label = next((label for label in r["servers"] if label.startswith("baseline")), None)
+    base = r["servers"].get(base_label) if base_label else None
+    lines = [
+        "",
+        "## 7. The request path: torchwire's own cost, and many clients",
+        "",
+        "The MLP (ONNX Runtime) through Predict, loaded by closed-loop clients in a process of "
+        "their own (`bench/load.py`: one thread and one connection per client, requests and "
+        f"answers kept as bytes), for {seconds:g} s per load. `baseline` is the server of "
+        f"commit {r['baseline']}, the last before this work, run from a `git archive` of it "
+        "on a copy of the same store; `echo` is a bare gRPC Python server answering the same "
+        "bytes (`bench/echo.py`). batch x clients: 1x1 is one client, 1x16 sixteen, 64x4 "
+        "four clients sending 64 rows each.",
+        "",
+    ]
+    rows = [
+        [
+            "bare gRPC echo",
+            "-",
+            f"{echo['1x1']['p50_ms']:.3f}",
+            f"{echo['1x1']['samples_per_s']:,.0f}",
+            f"{echo['1x16']['samples_per_s']:,.0f}",
+            "-",
+            "-",
+        ]
+    ]
+    for label, m in r["servers"].items():
+        own = m["1x1"]["p50_ms"] - echo["1x1"]["p50_ms"]
+        versus = (
+            f"**{m['1x16']['samples_per_s'] / base['1x16']['samples_per_s']:.2f}x**"
+            if base
+            else "-"
+        )
+        rows.append(
+            [
+                label,
+                f"**{own:.3f}**",
+                f"{m['1x1']['p50_ms']:.3f}",
+                f"{m['1x1']['samples_per_s']:,.0f}",
+                f"{m['1x16']['samples_per_s']:,.0f} (p50 {m['1x16']['p50_ms']:.1f} ms)",
+                versus,
+                f"{64 * m['64x4']['samples_per_s']:,.0f}",
+            ]
+        )
+    lines += _table(
+        [
+            "server",
+            "own p50 ms at 1x1 (over echo)",
+            "1x1 p50 ms",
+            "1x1 calls/s",
+            "1x16 calls/s",
+            "1x16 vs baseline",
+            "64x4 samples/s",
+        ],
+        rows,
+    )
+    ours = {k: v for k, v in r["servers"].items() if not k.startswith("baseline")}
+    one = ours[next(iter(ours))]
+    best_label = max(ours, key=lambda k: ours[k]["1x16"]["samples_per_s"])
+    own = one["1x1"]["p50_ms"] - echo["1x1"]["p50_ms"]
+    lines += [
+        "",
+        f"Targets: torchwire's own p50 at batch 1 <= 0.1 ms over the echo: {_met(own <= 0.1)} "
+        f"({own:.3f} ms, one process).",
+    ]
+    if base:
+        gain = ours[best_label]["1x16"]["samples_per_s"] / base["1x16"]["samples_per_s"]
+        ceiling = echo["1x16"]["samples_per_s"] / base["1x16"]["samples_per_s"]
+        lines[-1] += (
+            f" 16 clients >= 3x the baseline's throughput: {_met(gain >= 3)} ({gain:.2f}x, "
+            f"{best_label}; one bare gRPC Python process answers {ceiling:.2f}x the baseline "
+            "under the same load)."
+        )
+    return lines + [""]
 
 
 def main() -> None:

@@ -32,6 +32,12 @@ PREDICT = "/torchwire.v1.TorchWire/Predict"
 #: (batch rows, concurrent clients)
 LOADS = ((1, 1), (1, 16), (64, 4))
 MODEL, INPUT_SHAPE = "mlp", (1, 8, 8)
+#: This tree's server, by the flags it runs with.
+VARIANTS = {
+    "this tree, 1 process": (),
+    "this tree, --frontends 1": ("--frontends", "1"),
+    "this tree, --frontends 2": ("--frontends", "2"),
+}
 
 
 def request_bytes(rows: int) -> bytes:

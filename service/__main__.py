@@ -1,6 +1,7 @@
 """`torchwire serve` / `python -m torchwire.service`: configuration from flags and environment,
-then serve until SIGTERM or SIGINT; and `torchwire worker` / `python -m torchwire.service worker`:
-this machine's share of a distributed job."""
+then serve until SIGTERM or SIGINT; `torchwire worker` / `python -m torchwire.service worker`:
+this machine's share of a distributed job; and `python -m torchwire.service frontend`: a
+frontend process, which only its server starts."""
 
 import argparse
 import ctypes
@@ -153,12 +154,34 @@ def worker(argv: list[str]) -> int:
     return 0
 
 
+def frontend(argv: list[str]) -> int:
+    """`python -m torchwire.service frontend FD`: a frontend process, started by its server,
+    which talks to it over the connection on file descriptor FD."""
+    from multiprocessing.connection import Connection
+
+    from torchwire.service.frontend import run
+
+    parser = argparse.ArgumentParser(prog="torchwire frontend")
+    parser.add_argument("fd", type=int)
+    parser.add_argument("--log-level", default="INFO")
+    parser.add_argument("--log-format", default="text", choices=logs.FORMATS)
+    args = parser.parse_args(argv)
+    logs.configure(args.log_level, args.log_format)
+    _bound_malloc()
+    code = run(Connection(args.fd))
+    # RPC threads still winding down must not hold the exit: the server waits for it.
+    logging.shutdown()
+    os._exit(code)
+
+
 def main(argv: list[str] | None = None) -> int:
     """Serves until SIGTERM or SIGINT, then shuts down in order and returns 0; with `worker`
-    first, runs `worker` instead."""
+    or `frontend` first, runs that instead."""
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["worker"]:
         return worker(argv[1:])
+    if argv[:1] == ["frontend"]:
+        return frontend(argv[1:])
     config, (log_level, log_format) = parse_config(argv)
     logs.configure(log_level, log_format)
     _bound_malloc()
@@ -170,7 +193,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"torchwire serve: {err}", file=sys.stderr, flush=True)
         return 2
     stop = _stop_signals()
-    server.start()
+    try:
+        server.start()
+    except StartupError as err:
+        server.stop(0)
+        print(f"torchwire serve: {err}", file=sys.stderr, flush=True)
+        return 2
     print(f"torchwire serving on {server.address}", flush=True)
     stop()
     if not server.stop():

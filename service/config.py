@@ -36,7 +36,10 @@ class ServerConfig:
             network.
         allow_download: let torchvision datasets download into a data root when their files
             are missing (off: the server reads only what is there).
-        rpc_threads: threads serving RPCs.
+        rpc_threads: threads serving RPCs (in the server and in each frontend).
+        frontends: extra processes that serve Predict on the same port (SO_REUSEPORT), each
+            with its own interpreter and loaded runtimes, forwarding other methods to the
+            server; 0 serves everything in one process.
         grace_seconds: how long in-flight RPCs may run on after shutdown begins.
     """
 
@@ -62,6 +65,7 @@ class ServerConfig:
     allow_download: bool = False
     multi_node: bool = False
     rpc_threads: int = 16
+    frontends: int = 0
     grace_seconds: float = 10.0
 
     @property
@@ -89,6 +93,7 @@ class ServerConfig:
                 raise ValueError(f"{name}={getattr(self, name)}: must be >= 1")
         for name in (
             "max_queued_jobs",
+            "frontends",
             "grace_seconds",
             "max_batch_delay_ms",
             "ort_intra_op_threads",

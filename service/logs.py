@@ -54,6 +54,13 @@ def configure(level: str, fmt: str) -> None:
     logging.basicConfig(level=level, handlers=[handler], force=True)
 
 
+def current() -> tuple[str, str]:
+    """The level and format `configure` set up (for child processes to log alike)."""
+    root = logging.getLogger()
+    json_lines = any(isinstance(h.formatter, JsonFormatter) for h in root.handlers)
+    return logging.getLevelName(root.getEffectiveLevel()), "json" if json_lines else "text"
+
+
 @contextlib.contextmanager
 def bound(var: contextvars.ContextVar[str], value: str) -> Iterator[None]:
     """Log records made inside carry `value` in `var` (a request or a job id)."""

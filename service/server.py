@@ -1,26 +1,26 @@
 """Builds the gRPC server: the TorchWire service, the v2 protocol, health and reflection, every
-method wrapped once (metrics, errors, authentication, parsing), explicit message limits, and
-an orderly shutdown."""
+method wrapped once (metrics, errors, authentication, parsing), explicit message limits, the
+frontend processes when asked for, and an orderly shutdown."""
 
 import logging
+import os
+import shutil
 import socket
+import tempfile
+import threading
 import time
 from concurrent import futures
-from functools import partial
-from pathlib import Path
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
-from torchwire.defaults import channel_options
 from torchwire.kserve import grpc_predict_v2_pb2 as v2
 from torchwire.kserve import grpc_predict_v2_pb2_grpc as v2_grpc
-from torchwire.service.api.auth import Authenticator, load_tokens
-from torchwire.service.api.decoding import parse_inside
-from torchwire.service.api.errors import map_errors
-from torchwire.service.api.methods import Registrar, Wrapper, chain
-from torchwire.service.api.metrics import ServiceMetrics, measure
+from torchwire.service import logs
+from torchwire.service.api.listening import bind, server_options, serving_wrappers
+from torchwire.service.api.methods import Registrar, chain
+from torchwire.service.api.metrics import ServiceMetrics
 from torchwire.service.api.servicer import TorchWireServicer
 from torchwire.service.api.v2 import InferenceServicer
 from torchwire.service.app.catalog import Catalog
@@ -29,6 +29,8 @@ from torchwire.service.app.serving import ModelService
 from torchwire.service.config import ServerConfig
 from torchwire.service.core.batching import BatchingConfig
 from torchwire.service.errors import StartupError
+from torchwire.service.frontend import FrontendSetup
+from torchwire.service.frontend_pool import FrontendPool
 from torchwire.service.store import Store
 from torchwire.service.store.lock import StoreLock
 from torchwire.v1 import torchwire_pb2 as pb
@@ -40,12 +42,6 @@ SERVICE_NAME = pb.DESCRIPTOR.services_by_name["TorchWire"].full_name
 V2_SERVICE_NAME = v2.DESCRIPTOR.services_by_name["GRPCInferenceService"].full_name
 SHUTDOWN_MARGIN_S = 3.0
 """How long shutdown waits for cancelled RPCs to end after the grace period."""
-
-
-def server_options(max_message_bytes: int) -> list[tuple[str, int]]:
-    """The message limits, and no SO_REUSEPORT: gRPC sets it by default, which lets a second
-    server bind a port in use and the kernel split the clients between the two."""
-    return [*channel_options(max_message_bytes), ("grpc.so_reuseport", 0)]
 
 
 class TorchwireServer:
@@ -63,41 +59,27 @@ class TorchwireServer:
         self.health = health.HealthServicer()
         self.grpc = grpc.server(
             futures.ThreadPoolExecutor(max_workers=config.rpc_threads, thread_name_prefix="rpc"),
-            options=server_options(config.max_message_bytes),
+            options=server_options(config.max_message_bytes, share_port=config.frontends > 0),
         )
         self.port = self._bind()
         self.address = f"{config.address.rsplit(':', 1)[0]}:{self.port}"
         self.lock = StoreLock(config.store_dir, self.address)
+        self.frontends: FrontendPool | None = None
+        self._local_dir: str | None = None
         try:
             self._open(config)
         except BaseException:
             self.grpc.stop(None)  # unbinds the port
+            self._remove_local_socket()
             self.lock.release()
             raise
 
-    def _wrappers(self) -> list[Wrapper]:
-        """Outermost first: metrics see every request with the status its error mapped to;
-        authentication runs before the request is parsed, so garbage without a token is
-        UNAUTHENTICATED, and garbage with one INVALID_ARGUMENT."""
-        wrappers: list[Wrapper] = [partial(measure, self.metrics), map_errors]
-        tokens = load_tokens(self.config.auth_tokens, self.config.auth_tokens_file)
-        if tokens:
-            wrappers.append(Authenticator(tokens))
-        wrappers.append(parse_inside)
-        return wrappers
-
     def _bind(self) -> int:
-        """Binds the configured address (without SO_REUSEPORT: a port in use is refused)."""
+        """Binds the configured address; a port in use is refused (SO_REUSEPORT is set only
+        with frontends, and only after this process checked the port is free)."""
         config = self.config
         _check_free(config.address)
-        try:
-            port = (
-                self.grpc.add_secure_port(config.address, _tls_credentials(config))
-                if config.tls_cert
-                else self.grpc.add_insecure_port(config.address)
-            )
-        except RuntimeError:
-            port = 0
+        port = bind(self.grpc, config.address, config)
         if port == 0:
             raise StartupError(
                 f"cannot listen on {config.address}: the address is in use (another torchwire "
@@ -138,7 +120,7 @@ class TorchwireServer:
         )
         catalog = Catalog(self.store, self.models)
         servicer = TorchWireServicer(catalog, self.jobs, self.models, config.max_message_bytes)
-        registrar = Registrar(self.grpc, chain(self._wrappers()))
+        registrar = Registrar(self.grpc, chain(serving_wrappers(self.metrics, config)))
         pb_grpc.add_TorchWireServicer_to_server(servicer, registrar)
         self._stopping = False
         v2_grpc.add_GRPCInferenceServiceServicer_to_server(
@@ -154,16 +136,52 @@ class TorchwireServer:
             ),
             registrar,
         )
+        if config.frontends:
+            self.frontends = self._frontend_pool(config)
         self.metrics_port = (
-            self.metrics.serve(config.metrics_address) if config.metrics_address else 0
+            self.metrics.serve(
+                config.metrics_address, self.frontends.metrics if self.frontends else None
+            )
+            if config.metrics_address
+            else 0
         )
 
+    def _frontend_pool(self, config: ServerConfig) -> FrontendPool:
+        """The frontends, which reach this process on a Unix socket in a directory only this
+        user can enter (the same authentication applies there as on the port), and are told
+        whenever a model's loaded runtimes or latest version change."""
+        self._local_dir = tempfile.mkdtemp(prefix="torchwire-")
+        local = f"unix:{self._local_dir}/server.sock"
+        if not self.grpc.add_insecure_port(local):
+            raise StartupError(f"cannot listen on {local} for the frontends")
+        pool = FrontendPool(
+            FrontendSetup(config, self.address, local, os.getpid()),
+            config.frontends,
+            *logs.current(),
+        )
+        self.models.on_forget = pool.forget
+        self.store.versions.on_latest_change = lambda name: pool.forget(name, None)
+        return pool
+
+    def _remove_local_socket(self) -> None:
+        if self._local_dir is not None:
+            shutil.rmtree(self._local_dir, ignore_errors=True)
+
     def start(self) -> None:
-        """Starts serving and reports SERVING to health checks."""
+        """Starts serving (and the frontends), then reports SERVING to health checks.
+
+        Raises:
+            StartupError: a frontend could not start.
+        """
         self.grpc.start()
+        if self.frontends is not None:
+            self.frontends.start()
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving on %s (store %s)", self.address, self.config.store_dir)
+        if self.metrics_port:
+            host = self.config.metrics_address.rsplit(":", 1)[0]
+            log.info("metrics on %s:%d /metrics", host, self.metrics_port)
 
     def stop(self, grace: float | None = None) -> bool:
         """Shuts down in order, within `grace` plus SHUTDOWN_MARGIN_S whatever happens: stop
@@ -174,9 +192,19 @@ class TorchwireServer:
         bound = time.monotonic() + grace + SHUTDOWN_MARGIN_S
         self._stopping = True
         self.health.enter_graceful_shutdown()
+        # Frontends drain alongside: a call they forwarded already is this server's to finish.
+        frontends = threading.Thread(
+            target=self.frontends.stop if self.frontends else lambda grace: None,
+            args=(grace,),
+            name="frontends-stop",
+        )
+        frontends.start()
         drained = self.grpc.stop(grace)
         self.jobs.shutdown(timeout=grace)
         clean = drained.wait(max(0.0, bound - time.monotonic()))
+        # A frontend still draining past the bound exits with this process (its lifeline).
+        frontends.join(max(0.0, bound - time.monotonic()))
+        self._remove_local_socket()
         if not clean:
             log.warning("RPCs still running %.0f s after the grace period", SHUTDOWN_MARGIN_S)
         self.models.close()
@@ -213,16 +241,6 @@ def _check_free(address: str) -> None:
                 raise StartupError(
                     f"cannot listen on {address}: {why} (another torchwire server?)"
                 ) from None
-
-
-def _tls_credentials(config: ServerConfig) -> grpc.ServerCredentials:
-    """TLS from PEM files; with a client CA, clients must present a certificate it signed."""
-    chain = Path(config.tls_cert).read_bytes()
-    key = Path(config.tls_key).read_bytes()
-    client_ca = Path(config.tls_client_ca).read_bytes() if config.tls_client_ca else None
-    return grpc.ssl_server_credentials(
-        [(key, chain)], root_certificates=client_ca, require_client_auth=client_ca is not None
-    )
 
 
 def create_server(config: ServerConfig) -> tuple[TorchwireServer, int]:

@@ -11,6 +11,10 @@ from typing import Any
 
 import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+from prometheus_client.metrics_core import Metric
+from prometheus_client.parser import text_string_to_metric_families
+from prometheus_client.registry import Collector
+from prometheus_client.samples import Sample
 
 from torchwire.service import logs
 from torchwire.service.api.errors import rewrap
@@ -105,10 +109,19 @@ class ServiceMetrics:
         self.samples_per_second.labels(model).set(metrics["samples_per_second"])
         self.epoch_seconds.labels(model).observe(metrics["seconds"])
 
-    def serve(self, address: str) -> int:
-        """Serves /metrics over HTTP on host:port (port 0 picks one); returns the port."""
+    def serve(self, address: str, others: Callable[[], list[bytes]] | None = None) -> int:
+        """Serves /metrics over HTTP on host:port (port 0 picks one); returns the port.
+
+        Args:
+            others: the metrics of other processes (frontends) in Prometheus' text format,
+                summed into this process' own at every scrape.
+        """
         host, port = address.rsplit(":", 1)
-        server, _ = start_http_server(int(port), host, registry=self.registry)
+        registry = self.registry
+        if others is not None:
+            registry = CollectorRegistry(auto_describe=False)
+            registry.register(_Summed(self.registry, others))
+        server, _ = start_http_server(int(port), host, registry=registry)
         self._http = server
         return server.server_port
 
@@ -116,6 +129,40 @@ class ServiceMetrics:
         http = getattr(self, "_http", None)
         if http is not None:
             http.shutdown()
+
+
+class _Summed(Collector):
+    """A registry's metrics with other processes' added: samples of the same name and labels
+    are summed (counters, histogram buckets, gauges), creation times take the earliest."""
+
+    def __init__(self, own: CollectorRegistry, others: Callable[[], list[bytes]]) -> None:
+        self.own = own
+        self.others = others
+
+    def collect(self) -> Iterator[Metric]:
+        families = {family.name: family for family in self.own.collect()}
+        for text in self.others():
+            for family in text_string_to_metric_families(text.decode()):
+                into = families.setdefault(family.name, family)
+                if into is not family:
+                    _add(into, family.samples)
+        yield from families.values()
+
+
+def _add(family: Metric, samples: list[Sample]) -> None:
+    index = {(s.name, tuple(sorted(s.labels.items()))): i for i, s in enumerate(family.samples)}
+    for sample in samples:
+        at = index.get((sample.name, tuple(sorted(sample.labels.items()))))
+        if at is None:
+            family.samples.append(sample)
+            continue
+        mine = family.samples[at]
+        total = (
+            min(mine.value, sample.value)
+            if sample.name.endswith("_created")
+            else mine.value + sample.value
+        )
+        family.samples[at] = mine._replace(value=total)
 
 
 def _ending(context: grpc.ServicerContext, failed: bool) -> grpc.StatusCode:

@@ -1,0 +1,161 @@
+"""A frontend process: more Python interpreters for Predict, on the server's own port.
+
+One interpreter's GIL bounds how many Predicts a server can parse, run and answer: past a few
+thousand a second its RPC threads mostly wait for one another. With `--frontends N` the
+server starts N frontend processes that listen on the same port (SO_REUSEPORT: the kernel
+spreads connections over the server and its frontends). Each frontend serves Predict,
+PredictStream and the v2 ModelInfer itself, with runtimes (and batchers) of its own loaded
+from the store's files, and health checks; every other method is forwarded, as bytes, to the
+server, the store's only writer (`api.forwarding`).
+
+The server tells its frontends, over a control connection, when what they hold goes stale
+(an export, a batching change, a deletion, a new latest version) and waits for their
+acknowledgement, so a change answered to one client is seen by the next Predict on any
+connection. It collects their metrics into its /metrics, replaces a frontend that dies, and
+stops them at shutdown; a frontend whose server dies exits at once (a pidfd lifeline).
+"""
+
+import logging
+import os
+import signal
+from concurrent import futures
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from prometheus_client import generate_latest
+
+from torchwire.defaults import channel_options
+from torchwire.kserve import grpc_predict_v2_pb2_grpc as v2_grpc
+from torchwire.service.api.forwarding import forwarder
+from torchwire.service.api.listening import bind, server_options, serving_wrappers
+from torchwire.service.api.methods import Registrar, chain, split
+from torchwire.service.api.metrics import ServiceMetrics
+from torchwire.service.api.servicer import PredictionServicer
+from torchwire.service.api.v2 import InferenceServicer
+from torchwire.service.app.catalog import Catalog
+from torchwire.service.app.serving import ModelService
+from torchwire.service.app.worker_process import Lifeline
+from torchwire.service.config import ServerConfig
+from torchwire.service.core.batching import BatchingConfig
+from torchwire.service.store import Store
+from torchwire.v1 import torchwire_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+SERVED_HERE = frozenset(
+    {
+        "/torchwire.v1.TorchWire/Predict",
+        "/torchwire.v1.TorchWire/PredictStream",
+        "/inference.GRPCInferenceService/ModelInfer",
+        "/grpc.health.v1.Health/Check",
+        "/grpc.health.v1.Health/Watch",
+    }
+)
+"""Methods a frontend answers itself; it forwards the others to the server."""
+
+
+@dataclass(frozen=True)
+class FrontendSetup:
+    """What the server sends a frontend it starts, first thing on the control connection."""
+
+    config: ServerConfig
+    address: str
+    """host:port the server bound: the frontend binds it too."""
+    primary: str
+    """The server's local gRPC target (a Unix socket) for forwarded calls."""
+    primary_pid: int
+
+
+class FrontendServer:
+    """The frontend's gRPC server: Predict served here, everything else forwarded."""
+
+    def __init__(self, setup: FrontendSetup) -> None:
+        config = setup.config
+        self.metrics = ServiceMetrics()
+        self.health = health.HealthServicer()
+        self.grpc = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=config.rpc_threads, thread_name_prefix="rpc"),
+            options=server_options(config.max_message_bytes, share_port=True),
+        )
+        if not bind(self.grpc, setup.address, config):
+            raise RuntimeError(f"frontend: cannot bind {setup.address}")
+        self.store = Store(config.store_dir, config.max_upload_bytes, config.data_root_paths, False)
+        self.models = ModelService(
+            self.store,
+            config.max_loaded_bytes,
+            BatchingConfig(config.batching, config.max_batch_size, config.max_batch_delay_ms),
+            config.ort_intra_op_threads,
+            config.max_predict_rows,
+            self.metrics.run_observer,
+        )
+        self.metrics.watch(
+            self.models.queued, lambda: len(self.models.cache.loaded()), lambda state: 0
+        )
+        self.upstream = grpc.insecure_channel(
+            setup.primary, options=channel_options(config.max_message_bytes)
+        )
+        registrar = Registrar(
+            self.grpc,
+            split(
+                SERVED_HERE,
+                chain(serving_wrappers(self.metrics, config)),
+                forwarder(self.upstream),
+            ),
+        )
+        catalog = Catalog(self.store, self.models)
+        pb_grpc.add_TorchWireServicer_to_server(PredictionServicer(self.models), registrar)
+        v2_grpc.add_GRPCInferenceServiceServicer_to_server(
+            InferenceServicer(catalog, self.models, lambda: True), registrar
+        )
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, registrar)
+
+    def start(self) -> None:
+        self.grpc.start()
+        self.health.set("", health_pb2.HealthCheckResponse.SERVING)
+
+    def forget(self, name: str, version: int | None) -> None:
+        """Drops what this process holds of a model: with a version (0: all of them), its
+        loaded runtimes; in any case, its remembered latest version."""
+        self.store.versions.forget_latest(name)
+        if version is not None:
+            self.models.forget(name, version)
+
+    def stop(self, grace: float) -> None:
+        self.health.enter_graceful_shutdown()
+        self.grpc.stop(grace).wait(grace + 3.0)
+        self.models.close()
+        self.upstream.close()
+        self.store.close()
+
+
+def run(conn: Connection) -> int:
+    """A frontend's life: set up from the server's first message, serve, and answer the
+    server's requests (forget, metrics, stop) until it says stop or goes away."""
+    setup: FrontendSetup = conn.recv()
+    # Ctrl-C reaches the whole process group: the server decides when its frontends stop.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    Lifeline(setup.primary_pid)
+    try:
+        server = FrontendServer(setup)
+    except Exception as err:
+        conn.send(("failed", str(err)))
+        return 1
+    server.start()
+    conn.send(("ready", os.getpid()))
+    while True:
+        try:
+            request = conn.recv()
+        except EOFError:  # the server is gone; the lifeline exits too
+            return 1
+        kind = request[0]
+        if kind == "forget":
+            server.forget(request[1], request[2])
+            conn.send(("ok",))
+        elif kind == "metrics":
+            conn.send(("metrics", generate_latest(server.metrics.registry)))
+        elif kind == "stop":
+            server.stop(request[1])
+            conn.send(("stopped",))
+            return 0

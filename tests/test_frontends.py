@@ -1,0 +1,238 @@
+"""Frontend processes (`--frontends N`): Predict served by several interpreters on one port,
+every other method forwarded to the server, changes seen everywhere, and processes that are
+replaced, stopped or taken down with their server; through real server processes, on real
+connections that the kernel spreads over the processes."""
+
+import os
+import signal
+import time
+import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from tests.conftest import assert_status
+from tests.test_operations import GARBAGE, ServerProcess
+from torchwire.client import Client
+from torchwire.v1 import tensors
+from torchwire.v1 import torchwire_pb2 as pb
+from torchwire.v1 import torchwire_pb2_grpc as pb_grpc
+
+TOKEN = "frontend-secret"
+AUTH = (("authorization", f"Bearer {TOKEN}"),)
+#: Connections per check: with the server and 2 frontends on the port, the chance that one
+#: process gets none of 30 connections is 3 * (2/3)^30, about 2e-5.
+CONNECTIONS = 30
+FRONTENDS = 2
+
+
+def frontend_pids(server_pid: int) -> set[int]:
+    """The server's frontend processes."""
+    found = set()
+    for task in Path(f"/proc/{server_pid}/task").iterdir():
+        for child in (task / "children").read_text().split():
+            try:
+                command = Path(f"/proc/{child}/cmdline").read_bytes().split(b"\0")
+            except FileNotFoundError:
+                continue
+            if b"frontend" in command:
+                found.add(int(child))
+    return found
+
+
+def alive(pid: int) -> bool:
+    """The process exists and is not a zombie waiting for its parent."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
+
+
+@contextmanager
+def connections(address: str, count: int = CONNECTIONS) -> Iterator[list[pb_grpc.TorchWireStub]]:
+    """Stubs on `count` connections of their own (not one shared subchannel)."""
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    channels = [grpc.insecure_channel(address, options=options) for _ in range(count)]
+    try:
+        yield [pb_grpc.TorchWireStub(channel) for channel in channels]
+    finally:
+        for channel in channels:
+            channel.close()
+
+
+def predict_request(model: str, rows: int = 1) -> pb.PredictRequest:
+    batch = np.random.default_rng(rows).random((rows, 1, 8, 8), dtype=np.float32)
+    return pb.PredictRequest(
+        model_name=model, inputs=tensors.encode(batch), outputs=[pb.PREDICT_OUTPUT_RAW]
+    )
+
+
+def metric(metrics_port: int, line_start: str) -> float:
+    text = urllib.request.urlopen(f"http://127.0.0.1:{metrics_port}/metrics").read().decode()
+    return sum(
+        float(line.rsplit(" ", 1)[1]) for line in text.splitlines() if line.startswith(line_start)
+    )
+
+
+@pytest.fixture(scope="module")
+def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerProcess, int]]:
+    """A server with two frontends, a token, metrics, and the MLP on the digits."""
+    root = tmp_path_factory.mktemp("frontends")
+    server = ServerProcess(
+        root / "store",
+        root / "server.log",
+        "--frontends",
+        str(FRONTENDS),
+        "--auth-tokens",
+        TOKEN,
+        "--metrics-address",
+        "127.0.0.1:0",
+        "--log-level",
+        "INFO",
+    )
+    assert server.address, server.log.read_text()
+    with Client(server.address, token=TOKEN) as client:
+        client.train("front", "digits", epochs=1, val_fraction=0, seed=0).wait()
+        client.export("front", "onnx")
+    log = server.log.read_text()
+    metrics_port = int(log.split("metrics on ")[1].split()[0].rsplit(":", 1)[1])
+    yield server, metrics_port
+    pids = frontend_pids(server.process.pid)
+    server.stop()
+    assert not any(alive(pid) for pid in pids)
+    assert server.errors() == []
+
+
+def test_every_process_serves_predict_and_counts_it(served: tuple[ServerProcess, int]) -> None:
+    server, metrics_port = served
+    assert len(frontend_pids(server.process.pid)) == FRONTENDS
+    calls = 'torchwire_grpc_requests_total{code="OK",method="Predict"'
+    before = metric(metrics_port, calls)
+    answers = set()
+    with connections(server.address) as stubs:
+        for stub in stubs:
+            for _ in range(3):
+                answer = stub.Predict(predict_request("front"), metadata=AUTH)
+                answers.add(answer.SerializeToString())
+    assert len(answers) == 1  # the same answer from every process
+    # The server's /metrics sums its frontends': every call counted once, and the model
+    # loaded in each of the three processes.
+    assert metric(metrics_port, calls) - before == 3 * CONNECTIONS
+    assert metric(metrics_port, "torchwire_models_loaded ") == 1 + FRONTENDS
+
+
+def test_other_methods_are_forwarded_with_their_status(served: tuple[ServerProcess, int]) -> None:
+    server, _ = served
+    with connections(server.address, 10) as stubs:
+        for stub in stubs:
+            models = stub.ListModels(pb.ListModelsRequest(), metadata=AUTH).models
+            assert "front" in [m.name for m in models]
+            with pytest.raises(grpc.RpcError) as info:
+                stub.GetModel(pb.GetModelRequest(name="no/such"), metadata=AUTH)
+            assert_status(info.value, grpc.StatusCode.INVALID_ARGUMENT, "name", "no/such")
+            with pytest.raises(grpc.RpcError) as info:
+                stub.GetModel(pb.GetModelRequest(name="missing"), metadata=AUTH)
+            assert_status(info.value, grpc.StatusCode.NOT_FOUND, "missing")
+
+
+def test_garbage_and_missing_tokens_are_refused_everywhere(
+    served: tuple[ServerProcess, int],
+) -> None:
+    server, _ = served
+    for _ in range(10):
+        with grpc.insecure_channel(
+            server.address, options=[("grpc.use_local_subchannel_pool", 1)]
+        ) as channel:
+            for method in ("Predict", "ListModels"):
+                call = channel.unary_unary(f"/torchwire.v1.TorchWire/{method}")
+                with pytest.raises(grpc.RpcError) as info:
+                    call(GARBAGE, metadata=AUTH, timeout=30)
+                assert_status(info.value, grpc.StatusCode.INVALID_ARGUMENT, "not a valid")
+                with pytest.raises(grpc.RpcError) as info:
+                    call(b"", timeout=30)
+                assert_status(info.value, grpc.StatusCode.UNAUTHENTICATED, "bearer token")
+
+
+def test_a_forwarded_call_keeps_its_deadline(served: tuple[ServerProcess, int]) -> None:
+    server, _ = served
+    with Client(server.address, token=TOKEN) as client:
+        job = client.train("slow", "digits", epochs=200, val_fraction=0)
+        try:
+            with connections(server.address, 6) as stubs:
+                for stub in stubs:
+                    began = time.monotonic()
+                    with pytest.raises(grpc.RpcError) as info:
+                        for _ in stub.WatchJob(
+                            pb.WatchJobRequest(job_id=job.id), metadata=AUTH, timeout=1.0
+                        ):
+                            pass
+                    assert info.value.code() == grpc.StatusCode.DEADLINE_EXCEEDED
+                    assert time.monotonic() - began < 10
+        finally:
+            job.cancel()
+
+
+def test_changes_reach_every_frontend_before_the_call_returns(
+    served: tuple[ServerProcess, int],
+) -> None:
+    server, _ = served
+    with (
+        Client(server.address, token=TOKEN) as client,
+        connections(server.address, 12) as stubs,
+    ):
+        client.train("changing", "digits", epochs=1, val_fraction=0, seed=0).wait()
+        for stub in stubs:  # loaded in every process
+            assert stub.Predict(predict_request("changing"), metadata=AUTH).version == 1
+        client.configure_batching("changing", max_batch_size=1)
+        for stub in stubs:
+            answer = stub.Predict(predict_request("changing", 3), metadata=AUTH)
+            assert list(answer.batch_sizes) == [1, 1, 1]
+        client.train("changing", "digits", epochs=1, val_fraction=0, seed=1).wait()
+        for stub in stubs:
+            assert stub.Predict(predict_request("changing"), metadata=AUTH).version == 2
+        client.delete_model("changing")
+        for stub in stubs:
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Predict(predict_request("changing"), metadata=AUTH)
+            assert_status(info.value, grpc.StatusCode.NOT_FOUND, "changing")
+
+
+def test_a_killed_frontend_is_replaced(served: tuple[ServerProcess, int]) -> None:
+    server, _ = served
+    before = frontend_pids(server.process.pid)
+    victim = min(before)
+    os.kill(victim, signal.SIGKILL)
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        now = frontend_pids(server.process.pid)
+        if victim not in now and len(now) == FRONTENDS:
+            break
+        time.sleep(0.2)
+    assert victim not in now
+    assert len(now) == FRONTENDS
+    with connections(server.address) as stubs:
+        for stub in stubs:
+            assert stub.Predict(predict_request("front"), metadata=AUTH).raw.shape == [1, 10]
+    assert f"frontend process {victim} exited" in server.log.read_text()
+
+
+def test_frontends_end_with_a_killed_server(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "store", tmp_path / "server.log", "--frontends", "1")
+    assert server.address, server.log.read_text()
+    (frontend,) = frontend_pids(server.process.pid)
+    server.process.kill()
+    server.process.wait()
+    deadline = time.monotonic() + 30
+    while alive(frontend) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    assert not alive(frontend)
+
+
+def test_frontends_is_a_count(tmp_path: Path) -> None:
+    server = ServerProcess(tmp_path / "store", tmp_path / "server.log", "--frontends", "-1")
+    assert server.process.wait(timeout=60) == 2
+    assert "frontends=-1: must be >= 0" in server.log.read_text()
