@@ -318,7 +318,6 @@ def report(r: dict, seconds: float) -> str:
         f"no growth across rounds: {_met(growth <= 2)}.",
         "",
     ]
-    lines += request_path_report(r["request_path"], seconds)
     hostile = r["hostile"]
     codes = ", ".join(f"{code} {n}" for code, n in hostile["codes"].most_common())
     lines += [
@@ -330,6 +329,7 @@ def report(r: dict, seconds: float) -> str:
         f"Target <= 1.10x: {_met(hostile['ratio'] <= 1.10)}.",
         "",
     ]
+    lines += request_path_report(r["request_path"], seconds)
     return "\n".join(lines)
 
 
