@@ -125,6 +125,16 @@ def test_every_process_serves_predict_and_counts_it(served: tuple[ServerProcess,
     assert metric(metrics_port, "torchwire_models_loaded ") == 1 + FRONTENDS
 
 
+def test_streams_stay_in_order_in_every_process(served: tuple[ServerProcess, int]) -> None:
+    server, _ = served
+    requests = [predict_request("front", rows) for rows in (1, 3, 2, 5, 1, 4, 2) * 3]
+    with connections(server.address, 10) as stubs:
+        expected = [stubs[0].Predict(r, metadata=AUTH).raw.data for r in requests]
+        for stub in stubs:
+            answers = stub.PredictStream(iter(requests), metadata=AUTH)
+            assert [a.raw.data for a in answers] == expected
+
+
 def test_other_methods_are_forwarded_with_their_status(served: tuple[ServerProcess, int]) -> None:
     server, _ = served
     with connections(server.address, 10) as stubs:
