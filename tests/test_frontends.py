@@ -170,7 +170,7 @@ def test_garbage_and_missing_tokens_are_refused_everywhere(
 def test_a_forwarded_call_keeps_its_deadline(served: tuple[ServerProcess, int]) -> None:
     server, _ = served
     with Client(server.address, token=TOKEN) as client:
-        job = client.train("slow", "digits", epochs=200, val_fraction=0)
+        job = client.train("slow", "digits", epochs=10_000, val_fraction=0)
         try:
             with connections(server.address, 6) as stubs:
                 for stub in stubs:
