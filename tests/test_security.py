@@ -154,24 +154,29 @@ def test_tls(tmp_path: Path, certificates: Path) -> None:
         server.stop(grace=1)
 
 
-def test_mutual_tls(tmp_path: Path, certificates: Path) -> None:
+@pytest.mark.parametrize("frontends", [0, 1])
+def test_mutual_tls(tmp_path: Path, certificates: Path, frontends: int) -> None:
+    """With a frontend, connections land on either process: each needs the certificates."""
     d = certificates
     server = start_server(
         tmp_path,
         tls_cert=str(d / "server.pem"),
         tls_key=str(d / "server.key"),
         tls_client_ca=str(d / "ca.pem"),
+        frontends=frontends,
     )
     try:
         mine = {"tls_ca": d / "ca.pem", "tls_cert": d / "client.pem", "tls_key": d / "client.key"}
-        assert "digits" in _datasets(server.address, **mine)
-        # Without a client certificate the handshake fails.
-        assert_rejected(
-            lambda: _datasets(server.address, tls_ca=d / "ca.pem"), grpc.StatusCode.UNAVAILABLE
-        )
-        with Client(server.address, **mine) as client:
-            x = np.zeros((1, 1, 8, 8), np.float32)
-            assert_rejected(lambda: client.predict("nope", x), grpc.StatusCode.NOT_FOUND)
+        x = np.zeros((1, 1, 8, 8), np.float32)
+        for _ in range(4 if frontends else 1):
+            assert "digits" in _datasets(server.address, **mine)
+            # Without a client certificate the handshake fails.
+            assert_rejected(
+                lambda: _datasets(server.address, tls_ca=d / "ca.pem"),
+                grpc.StatusCode.UNAVAILABLE,
+            )
+            with Client(server.address, **mine) as client:
+                assert_rejected(lambda c=client: c.predict("nope", x), grpc.StatusCode.NOT_FOUND)
     finally:
         server.stop(grace=1)
 
