@@ -68,6 +68,18 @@ class FrontendSetup:
     primary_pid: int
 
 
+def model_service(config: ServerConfig, store: Store, metrics: ServiceMetrics) -> ModelService:
+    """The models as the configuration says to serve them: the server's and each frontend's."""
+    return ModelService(
+        store,
+        config.max_loaded_bytes,
+        BatchingConfig(config.batching, config.max_batch_size, config.max_batch_delay_ms),
+        config.ort_intra_op_threads,
+        config.max_predict_rows,
+        metrics.run_observer,
+    )
+
+
 class FrontendServer:
     """The frontend's gRPC server: Predict served here, everything else forwarded."""
 
@@ -82,14 +94,7 @@ class FrontendServer:
         if not bind(self.grpc, setup.address, config):
             raise RuntimeError(f"frontend: cannot bind {setup.address}")
         self.store = Store(config.store_dir, config.max_upload_bytes, config.data_root_paths, False)
-        self.models = ModelService(
-            self.store,
-            config.max_loaded_bytes,
-            BatchingConfig(config.batching, config.max_batch_size, config.max_batch_delay_ms),
-            config.ort_intra_op_threads,
-            config.max_predict_rows,
-            self.metrics.run_observer,
-        )
+        self.models = model_service(config, self.store, self.metrics)
         self.metrics.watch(
             self.models.queued, lambda: len(self.models.cache.loaded()), lambda state: 0
         )

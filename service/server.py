@@ -25,11 +25,9 @@ from torchwire.service.api.servicer import TorchWireServicer
 from torchwire.service.api.v2 import InferenceServicer
 from torchwire.service.app.catalog import Catalog
 from torchwire.service.app.jobs import JobManager
-from torchwire.service.app.serving import ModelService
 from torchwire.service.config import ServerConfig
-from torchwire.service.core.batching import BatchingConfig
 from torchwire.service.errors import StartupError
-from torchwire.service.frontend import FrontendSetup
+from torchwire.service.frontend import FrontendSetup, model_service
 from torchwire.service.frontend_pool import FrontendPool
 from torchwire.service.store import Store
 from torchwire.service.store.lock import StoreLock
@@ -105,14 +103,7 @@ class TorchwireServer:
             self.metrics.observe_epoch,
             config.multi_node,
         )
-        self.models = ModelService(
-            self.store,
-            config.max_loaded_bytes,
-            BatchingConfig(config.batching, config.max_batch_size, config.max_batch_delay_ms),
-            config.ort_intra_op_threads,
-            config.max_predict_rows,
-            self.metrics.run_observer,
-        )
+        self.models = model_service(config, self.store, self.metrics)
         self.metrics.watch(
             self.models.queued,
             lambda: len(self.models.cache.loaded()),

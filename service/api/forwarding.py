@@ -12,20 +12,19 @@ from typing import Any
 
 import grpc
 
+from torchwire.service.api.methods import time_left
+
 _NOT_FORWARDED = ("user-agent", "grpc-")
 """Metadata gRPC sets itself on the second hop."""
-NO_DEADLINE_S = 10 * 365 * 24 * 3600.0
 
 
 def _call_options(context: grpc.ServicerContext) -> dict[str, Any]:
-    remaining = context.time_remaining()
     metadata = tuple(
         (key, value)
         for key, value in context.invocation_metadata()
         if not key.startswith(_NOT_FORWARDED)
     )
-    timeout = remaining if remaining is not None and remaining < NO_DEADLINE_S else None
-    return {"metadata": metadata, "timeout": timeout}
+    return {"metadata": metadata, "timeout": time_left(context)}
 
 
 def _relay(context: grpc.ServicerContext, err: grpc.RpcError) -> None:

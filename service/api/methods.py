@@ -11,6 +11,16 @@ from collections.abc import Callable, Collection, Sequence
 
 import grpc
 
+NO_DEADLINE_S = 10 * 365 * 24 * 3600.0
+
+
+def time_left(context: grpc.ServicerContext) -> float | None:
+    """The call's remaining deadline in seconds, None without one."""
+    # Without a deadline gRPC reports an enormous time remaining, too large to wait on.
+    remaining = context.time_remaining()
+    return remaining if remaining is not None and remaining < NO_DEADLINE_S else None
+
+
 Wrapper = Callable[[str, grpc.RpcMethodHandler], grpc.RpcMethodHandler]
 """Takes a method's full name (`/package.Service/Method`) and its handler, and returns the
 handler to serve it with."""

@@ -3,9 +3,8 @@
 from collections import deque
 from collections.abc import Iterator
 
-import grpc
-
 from torchwire.service.api import convert
+from torchwire.service.api.methods import time_left
 from torchwire.service.app.catalog import Catalog
 from torchwire.service.app.jobs import JobManager
 from torchwire.service.app.prediction import PendingPrediction
@@ -17,19 +16,11 @@ from torchwire.v1 import torchwire_pb2 as pb
 from torchwire.v1 import torchwire_pb2_grpc as pb_grpc
 
 STREAM_WINDOW = 8
-NO_DEADLINE_S = 10 * 365 * 24 * 3600.0
 _OUTPUT_NAMES = {
     pb.PREDICT_OUTPUT_RAW: "raw",
     pb.PREDICT_OUTPUT_PROBABILITIES: "probabilities",
     pb.PREDICT_OUTPUT_TOP_K: "top_k",
 }
-
-
-def time_left(context: grpc.ServicerContext) -> float | None:
-    """The call's remaining deadline in seconds, None without one."""
-    # Without a deadline gRPC reports an enormous time remaining, too large to wait on.
-    remaining = context.time_remaining()
-    return remaining if remaining is not None and remaining < NO_DEADLINE_S else None
 
 
 def _bounded(field: str, value: int, default: int, maximum: int) -> int:

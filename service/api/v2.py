@@ -9,7 +9,7 @@ import numpy as np
 from torchwire import __version__
 from torchwire.kserve import grpc_predict_v2_pb2 as v2
 from torchwire.kserve import grpc_predict_v2_pb2_grpc as v2_grpc
-from torchwire.service.api.servicer import time_left
+from torchwire.service.api.methods import time_left
 from torchwire.service.app.catalog import Catalog
 from torchwire.service.app.serving import ModelService
 from torchwire.service.errors import InvalidArgument, NotFound
