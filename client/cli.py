@@ -16,6 +16,7 @@ from torchwire.client.commands import (
     cmd_datasets,
     cmd_evaluate,
     cmd_export,
+    cmd_import,
     cmd_job,
     cmd_jobs,
     cmd_models,
@@ -27,7 +28,7 @@ from torchwire.client.commands import (
     dump,
 )
 from torchwire.client.jobs import JobError
-from torchwire.client.messages import EXPORT_FORMATS, JOB_STATES
+from torchwire.client.messages import EXPORT_FORMATS, IMPORT_FORMATS, JOB_STATES
 from torchwire.defaults import DEFAULT_ADDRESS
 from torchwire.v1 import torchwire_pb2 as pb
 
@@ -178,6 +179,24 @@ def _catalog_commands(command: Command) -> None:
     export.add_argument("--version", type=int, default=0)
     export.add_argument("--opset", type=int, default=0, help="ONNX opset (default 18)")
 
+    imported = command("import", cmd_import, "import an ONNX, TorchScript or state_dict file")
+    imported.add_argument("model", help="model name to register a new version of")
+    imported.add_argument("file")
+    imported.add_argument(
+        "--format", choices=tuple(IMPORT_FORMATS), help="default: onnx for a .onnx file"
+    )
+    imported.add_argument(
+        "--arch", help="a state_dict's architecture: mlp, cnn, torchvision:NAME or plugin:NAME"
+    )
+    imported.add_argument("--input-shape", type=_ints, default=[], help="e.g. 3,224,224")
+    imported.add_argument("--input-dtype", default="", help="default: the file's, or float32")
+    imported.add_argument("--task", choices=("classification", "regression"), default="")
+    imported.add_argument("--classes", nargs="*", default=[])
+    imported.add_argument(
+        "--eval-transforms", help='image preprocessing in JSON: [{"resize": {"size": [256]}}, ...]'
+    )
+    imported.add_argument("--image-mode", choices=("L", "RGB"), default="")
+    imported.add_argument("--output-size", type=int, default=0, help="a state_dict's head width")
     command("models", cmd_models, "list models and versions")
     command("datasets", cmd_datasets, "list datasets")
     upload = command("upload", cmd_upload, "upload .npy features and targets as a dataset")
@@ -231,7 +250,7 @@ def main(argv: list[str] | None = None) -> int:
     except grpc.RpcError as err:
         print(f"error: {err.code().name}: {err.details()}", file=sys.stderr)
         return 1
-    except JobError as err:
+    except (JobError, ValueError, OSError) as err:  # a failed job, a bad value, a bad file
         print(f"error: {err}", file=sys.stderr)
         return 1
     print(dump(output) if args.json else output)

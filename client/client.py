@@ -2,7 +2,7 @@
 
 import hashlib
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -14,8 +14,10 @@ from torchwire.client.jobs import Job, JobError
 from torchwire.client.messages import (
     EXPORT_FORMATS,
     PredictResult,
+    architecture_spec,
     as_array,
     dataset_ref,
+    import_format,
     message,
     model_spec,
     predict_request,
@@ -362,6 +364,79 @@ class Client:
         return self.stub.ConfigureBatching(request, timeout=self.timeout)
 
     # --------------------------------------------------------------- models
+
+    def import_model(
+        self,
+        model_name: str,
+        path: str | Path,
+        *,
+        format: str | None = None,
+        input_shape: Iterable[int] = (),
+        input_dtype: str = "",
+        task: str = "",
+        classes: Iterable[str] = (),
+        eval_transforms: Iterable[pb.Transform | dict[str, Any]] = (),
+        image_mode: str = "",
+        architecture: str | pb.ModelSpec | dict[str, Any] | None = None,
+        output_size: int = 0,
+        progress: Callable[[int, int], None] | None = None,
+        chunk_bytes: int = 1 << 20,
+    ) -> pb.ImportModelResponse:
+        """Uploads a model file made elsewhere and registers it as a new version.
+
+        The server checks the file in a child process and runs it once before registering
+        anything; the upload ends with the file's sha256, which the server checks.
+
+        Args:
+            model_name: the model to register a new version of.
+            path: the file.
+            format: "onnx", "torchscript" or "state_dict"; None guesses from ".onnx".
+            input_shape: one sample's shape, e.g. (3, 224, 224); ONNX files declare theirs.
+            input_dtype: e.g. "float32"; ONNX files declare theirs, others default to float32.
+            task: "classification" (the default) or "regression".
+            classes: class names, index = class id.
+            eval_transforms: image preprocessing for Predict and Evaluate (`Transform`s, or
+                their JSON dicts such as `{"normalize": {"mean": [0.5], "std": [0.5]}}`).
+            image_mode: "L" or "RGB"; empty derives it from the channels when
+                eval_transforms are given.
+            architecture: a state_dict's architecture: "mlp", "cnn", "torchvision:resnet18",
+                "plugin:NAME", or a whole `ModelSpec` (message or dict).
+            output_size: a state_dict's head width; 0 reads it from the file.
+            progress: called with (bytes sent, file size) after each chunk.
+            chunk_bytes: bytes per streamed chunk.
+        """
+        path = Path(path)
+        size = path.stat().st_size
+        header = pb.ImportHeader(
+            model_name=model_name,
+            format=import_format(str(path), format),
+            file_name=path.name,
+            size_bytes=size,
+            input_shape=list(input_shape),
+            input_dtype=input_dtype,
+            task=task,
+            classes=list(classes),
+            eval_transforms=[message(t, pb.Transform) for t in eval_transforms],
+            image_mode=image_mode,
+            output_size=output_size,
+        )
+        if architecture is not None:
+            header.architecture.CopyFrom(architecture_spec(architecture))
+        chunk_bytes = max(1, min(chunk_bytes, self.max_message_bytes - 4096))
+
+        def messages() -> Iterator[pb.ImportModelRequest]:
+            yield pb.ImportModelRequest(header=header)
+            digest, sent = hashlib.sha256(), 0
+            with open(path, "rb") as fh:
+                while block := fh.read(chunk_bytes):
+                    digest.update(block)
+                    yield pb.ImportModelRequest(chunk=block)
+                    sent += len(block)
+                    if progress is not None:
+                        progress(sent, size)
+            yield pb.ImportModelRequest(trailer=pb.ImportTrailer(sha256=digest.hexdigest()))
+
+        return self.stub.ImportModel(messages(), timeout=self.timeout)
 
     def models(self) -> list[pb.Model]:
         """Registered models with their versions."""

@@ -3,6 +3,7 @@ its answer into text, or into a value that `--json` prints."""
 
 import argparse
 import json
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -225,19 +226,50 @@ def cmd_batching(client: Client, args: argparse.Namespace) -> Any:
     )
 
 
+def _version_line(name: str, v: pb.ModelVersion) -> str:
+    origin = f"job {v.job_id}" if v.job_id else f"imported {v.imported.file_name}"
+    metrics = ", ".join(f"{k}={x:.4f}" for k, x in sorted(v.metrics.items()))
+    return (
+        f"{name} v{v.version}  {v.task}  input {v.input_dtype}{list(v.input_shape)}  "
+        f"{origin}  runtimes {','.join(v.runtimes)}  {metrics}"
+    ).rstrip()
+
+
 def cmd_models(client: Client, args: argparse.Namespace) -> Any:
     models = client.models()
     if args.json:
         return models
-    lines = []
-    for model in models:
-        for v in model.versions:
-            metrics = ", ".join(f"{k}={x:.4f}" for k, x in sorted(v.metrics.items()))
-            lines.append(
-                f"{model.name} v{v.version}  {v.task}  input {v.input_dtype}"
-                f"{list(v.input_shape)}  {metrics}"
-            )
+    lines = [_version_line(model.name, v) for model in models for v in model.versions]
     return "\n".join(lines) or "no models"
+
+
+def cmd_import(client: Client, args: argparse.Namespace) -> Any:
+    from tqdm.auto import tqdm
+
+    transforms = json.loads(args.eval_transforms) if args.eval_transforms else []
+    with tqdm(
+        total=Path(args.file).stat().st_size,
+        unit="B",
+        unit_scale=True,
+        desc=f"import {Path(args.file).name}",
+        file=sys.stderr,
+        disable=args.json,
+    ) as bar:
+        response = client.import_model(
+            args.model,
+            args.file,
+            format=args.format,
+            input_shape=args.input_shape,
+            input_dtype=args.input_dtype,
+            task=args.task,
+            classes=args.classes,
+            eval_transforms=transforms,
+            image_mode=args.image_mode,
+            architecture=args.arch,
+            output_size=args.output_size,
+            progress=lambda sent, total: bar.update(sent - bar.n),
+        )
+    return response if args.json else _version_line(response.model_name, response.version)
 
 
 def cmd_datasets(client: Client, args: argparse.Namespace) -> Any:

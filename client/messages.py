@@ -22,6 +22,7 @@ def short_names(enum: Any) -> dict[str, int]:
 
 OUTPUTS = short_names(pb.PredictOutput)
 EXPORT_FORMATS = short_names(pb.ExportFormat)
+IMPORT_FORMATS = short_names(pb.ImportFormat)
 JOB_STATES = short_names(pb.JobState)
 
 
@@ -141,3 +142,31 @@ def model_spec(
     if architecture == "cnn":
         return pb.ModelSpec(cnn=pb.CNNSpec(channels=list(channels), dropout=dropout))
     raise ValueError(f"architecture={architecture!r}: use 'mlp', 'cnn' or model=")
+
+
+def architecture_spec(value: Any) -> pb.ModelSpec:
+    """A ModelSpec as given (a message or its JSON dict), or from a short name: "mlp" and
+    "cnn" with their defaults, "torchvision:NAME" or "plugin:NAME"."""
+    if not isinstance(value, str):
+        return message(value, pb.ModelSpec)
+    kind, _, name = value.partition(":")
+    if kind in ("mlp", "cnn") and not name:
+        return model_spec(kind, (), (), 0.0)
+    if kind == "torchvision" and name:
+        return pb.ModelSpec(torchvision=pb.TorchvisionSpec(name=name))
+    if kind == "plugin" and name:
+        return pb.ModelSpec(plugin=pb.PluginModelSpec(name=name))
+    raise ValueError(f"architecture={value!r}: use mlp, cnn, torchvision:NAME or plugin:NAME")
+
+
+def import_format(path: str, format: str | None) -> int:
+    """The ImportFormat of a file: as named, or .onnx for ONNX."""
+    if format is None:
+        if not path.lower().endswith(".onnx"):
+            raise ValueError(
+                f"{path}: give the format ({', '.join(IMPORT_FORMATS)}); only .onnx is guessed"
+            )
+        format = "onnx"
+    if format not in IMPORT_FORMATS:
+        raise ValueError(f"format={format!r}: must be one of {', '.join(IMPORT_FORMATS)}")
+    return IMPORT_FORMATS[format]

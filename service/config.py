@@ -29,6 +29,7 @@ class ServerConfig:
         tls_client_ca: PEM file of the CA that signs client certificates: require mutual TLS.
         metrics_address: host:port for Prometheus' /metrics over HTTP; empty turns it off.
         max_upload_bytes: largest dataset an upload may store.
+        max_import_bytes: largest model file ImportModel accepts.
         data_roots: folders that file sources (image folders, CSV, torchvision datasets) may
             read, comma-separated; `<store_dir>/data` is always one.
         multi_node: accept distributed jobs that span machines (nnodes > 1). Their c10d
@@ -61,6 +62,7 @@ class ServerConfig:
     tls_client_ca: str = ""
     metrics_address: str = ""
     max_upload_bytes: int = 2 * 1024 * 1024 * 1024
+    max_import_bytes: int = 4 * 1024 * 1024 * 1024
     data_roots: str = ""
     allow_download: bool = False
     multi_node: bool = False
@@ -85,6 +87,7 @@ class ServerConfig:
             "max_concurrent_jobs",
             "max_loaded_bytes",
             "max_upload_bytes",
+            "max_import_bytes",
             "rpc_threads",
             "max_batch_size",
             "max_predict_rows",

@@ -24,6 +24,7 @@ from torchwire.service.api.metrics import ServiceMetrics
 from torchwire.service.api.servicer import TorchWireServicer
 from torchwire.service.api.v2 import InferenceServicer
 from torchwire.service.app.catalog import Catalog
+from torchwire.service.app.importing import ModelImporter
 from torchwire.service.app.jobs import JobManager
 from torchwire.service.config import ServerConfig
 from torchwire.service.errors import StartupError
@@ -110,7 +111,10 @@ class TorchwireServer:
             self.store.registry.count_jobs,
         )
         catalog = Catalog(self.store, self.models)
-        servicer = TorchWireServicer(catalog, self.jobs, self.models, config.max_message_bytes)
+        importer = ModelImporter(self.store, config.max_import_bytes)
+        servicer = TorchWireServicer(
+            catalog, self.jobs, self.models, importer, config.max_message_bytes
+        )
         registrar = Registrar(self.grpc, chain(serving_wrappers(self.metrics, config)))
         pb_grpc.add_TorchWireServicer_to_server(servicer, registrar)
         self._stopping = False

@@ -8,10 +8,12 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
+from torch import nn
 
 from torchwire.client import Client
 from torchwire.service.core.datasets import BUILTIN_DATASETS
@@ -102,3 +104,37 @@ def test_client_commands(client: Client, digits_model: str, tmp_path: Path) -> N
     failed = run("job", "nope", *server, check=False)
     assert failed.returncode == 1
     assert "NOT_FOUND" in failed.stderr
+
+
+def test_import_command(client: Client, tmp_path: Path) -> None:
+    server = ["--server", client.address]
+    path = tmp_path / "linear.pt"
+    torch.jit.script(nn.Sequential(nn.Flatten(), nn.Linear(4, 3))).save(str(path))
+    imported = run(
+        "import",
+        "cli-import",
+        str(path),
+        "--format",
+        "torchscript",
+        "--input-shape",
+        "2,2",
+        "--classes",
+        "a",
+        "b",
+        "c",
+        *server,
+    )
+    assert imported.stdout.startswith("cli-import v1  classification  input float32[2, 2]")
+    assert "imported linear.pt  runtimes torchscript" in imported.stdout
+    assert "100%" in imported.stderr  # the progress bar
+    assert "imported linear.pt" in run("models", *server).stdout
+
+    refused = run("import", "cli-import", str(path), *server, check=False)
+    assert refused.returncode == 1
+    assert refused.stderr.startswith("error: ")
+    assert "give the format" in refused.stderr
+    refused = run(
+        "import", "cli-import", str(path), "--format", "torchscript", *server, check=False
+    )
+    assert refused.returncode == 1
+    assert "INVALID_ARGUMENT: input_shape=[]" in refused.stderr

@@ -100,7 +100,7 @@ def test_upload_train_watch_evaluate_predict(client: Client, server) -> None:
 
     # The served outputs are those of the stored state_dict run in plain PyTorch.
     record = server.store.versions.get("cnn-digits", final.model_version)
-    module, _ = load_model(server.store.versions.checkpoint(record), torch.device("cpu"))
+    module, _ = load_model(server.store.versions.verified_checkpoint(record), torch.device("cpu"))
     with torch.no_grad():
         expected = module(torch.from_numpy(x_test[:16])).numpy()
     np.testing.assert_allclose(prediction.raw, expected, rtol=1e-4, atol=1e-5)

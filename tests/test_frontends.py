@@ -14,6 +14,8 @@ from pathlib import Path
 import grpc
 import numpy as np
 import pytest
+import torch
+from torch import nn
 
 from tests.conftest import assert_status
 from tests.test_operations import GARBAGE, ServerProcess
@@ -246,3 +248,22 @@ def test_frontends_is_a_count(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path / "store", tmp_path / "server.log", "--frontends", "-1")
     assert server.process.wait(timeout=60) == 2
     assert "frontends=-1: must be >= 0" in server.log.read_text()
+
+
+def test_an_imported_torchscript_serves_in_every_process(
+    served: tuple[ServerProcess, int], tmp_path: Path
+) -> None:
+    server, _ = served
+    torch.manual_seed(0)
+    module = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
+    path = tmp_path / "front.torchscript.pt"
+    torch.jit.script(module).save(str(path))
+    with Client(server.address, token=TOKEN) as client:  # forwarded when a frontend takes it
+        client.import_model("front-ts", path, format="torchscript", input_shape=(1, 8, 8))
+    request = predict_request("front-ts", 2)
+    with torch.no_grad():
+        expected = module(torch.from_numpy(tensors.decode(request.inputs).copy())).numpy()
+    with connections(server.address, 12) as stubs:
+        for stub in stubs:  # each process runs it in a child of its own
+            answer = stub.Predict(request, metadata=AUTH)
+            np.testing.assert_allclose(tensors.decode(answer.raw), expected, atol=1e-5)

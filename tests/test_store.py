@@ -54,21 +54,23 @@ def test_model_versions_register_and_delete(store: Store, tmp_path: Path) -> Non
     save_checkpoint(checkpoint, config.build(), config, 1, {"loss": 0.5})
     spec = TrainSpec("m", "digits", "train", "mlp", MLPParams((4,)), TrainConfig())
     meta = VersionMetadata("classification", (3,), "float32", 2, ("a", "b"), spec, {}, 1, ())
-    assert store.versions.register("m", "job1", checkpoint, meta) == 1
-    assert store.versions.register("m", "job2", checkpoint, meta) == 2
+    assert store.versions.register("m", meta, job_id="job1", checkpoint=checkpoint) == 1
+    assert store.versions.register("m", meta, job_id="job2", checkpoint=checkpoint) == 2
     assert store.versions.get("m", 0).version == 2
     stored = store.versions.get("m", 2).metadata
     assert stored.training == spec
     assert stored.checkpoint_sha256  # set by the store, checked on load
     assert (
-        store.versions.checkpoint(store.versions.get("m", 1)).read_bytes()
+        store.versions.verified_checkpoint(store.versions.get("m", 1)).read_bytes()
         == checkpoint.read_bytes()
     )
     assert store.versions.delete("m", 2) == [2]
     assert store.versions.get("m", 0).version == 1
     with pytest.raises(NotFound, match="no version 2"):
         store.versions.get("m", 2)
-    assert store.versions.register("m", "job3", checkpoint, meta) == 3  # never reused
+    assert (
+        store.versions.register("m", meta, job_id="job3", checkpoint=checkpoint) == 3
+    )  # never reused
     assert store.versions.delete("m", 0) == [1, 3]
     assert not store.layout.model_dir("m").exists()
     with pytest.raises(NotFound):

@@ -9,6 +9,7 @@ from google.protobuf.message import Message
 from google.protobuf.timestamp_pb2 import Timestamp
 
 from torchwire.service.app.catalog import ModelView
+from torchwire.service.app.importing import STATE_DICT, ImportRequest
 from torchwire.service.core.architectures import (
     CNNParams,
     MLPParams,
@@ -19,9 +20,15 @@ from torchwire.service.core.batching import BatchingConfig
 from torchwire.service.core.datasets import DatasetInfo
 from torchwire.service.core.distributed import DistributedConfig
 from torchwire.service.core.evaluation import EvaluationResult
-from torchwire.service.core.formats import ONNX, TORCHSCRIPT
+from torchwire.service.core.formats import ONNX, TORCHSCRIPT, runtimes_of
 from torchwire.service.core.jobstates import JOB_STATES
-from torchwire.service.core.records import EventRecord, JobRecord, ModelVersionRecord, check_name
+from torchwire.service.core.records import (
+    EventRecord,
+    ImportedFile,
+    JobRecord,
+    ModelVersionRecord,
+    check_name,
+)
 from torchwire.service.core.runtimes import Prediction
 from torchwire.service.core.sources import FileSource
 from torchwire.service.core.spec import TrainConfig, TrainSpec
@@ -254,6 +261,53 @@ def artifact(fmt: str, meta: dict[str, Any]) -> pb.Artifact:
         max_abs_diff=meta["max_abs_diff"],
         parity_batch_sizes=meta["parity_batch_sizes"],
         created_at=timestamp(meta["created_at"]),
+        imported=meta.get("imported", False),
+    )
+
+
+IMPORT_FORMAT_TO_PB = {
+    ONNX: pb.IMPORT_FORMAT_ONNX,
+    TORCHSCRIPT: pb.IMPORT_FORMAT_TORCHSCRIPT,
+    STATE_DICT: pb.IMPORT_FORMAT_STATE_DICT,
+}
+IMPORT_FORMAT_FROM_PB = {value: fmt for fmt, value in IMPORT_FORMAT_TO_PB.items()}
+
+
+def import_request(header: pb.ImportHeader) -> ImportRequest:
+    """An ImportHeader in core terms (the importer validates the values)."""
+    if header.format not in IMPORT_FORMAT_FROM_PB:
+        raise InvalidArgument.field(
+            "format",
+            header.format,
+            "must be IMPORT_FORMAT_ONNX (1), IMPORT_FORMAT_TORCHSCRIPT (2) or "
+            "IMPORT_FORMAT_STATE_DICT (3)",
+        )
+    architecture, params = (
+        model_params(header.architecture) if header.HasField("architecture") else ("", None)
+    )
+    return ImportRequest(
+        model_name=header.model_name,
+        format=IMPORT_FORMAT_FROM_PB[header.format],
+        file_name=header.file_name.replace("\\", "/").rpartition("/")[2],
+        size_bytes=header.size_bytes,
+        input_shape=tuple(header.input_shape),
+        input_dtype=header.input_dtype,
+        task=header.task,
+        classes=tuple(header.classes),
+        eval_transforms=transform_specs("eval_transforms", header.eval_transforms),
+        image_mode=header.image_mode,
+        architecture=architecture,
+        params=params,
+        output_size=header.output_size,
+    )
+
+
+def imported_file(source: ImportedFile) -> pb.ImportedFile:
+    return pb.ImportedFile(
+        format=IMPORT_FORMAT_TO_PB[source.format],
+        file_name=source.file_name,
+        sha256=source.sha256,
+        size_bytes=source.size_bytes,
     )
 
 
@@ -288,12 +342,14 @@ def model_version(
         output_size=meta.output_size,
         classes=meta.classes,
         metrics=meta.metrics,
-        training=train_request(meta.training),
+        training=train_request(meta.training) if meta.training is not None else None,
         best_epoch=meta.best_epoch,
         history=[epoch_metrics(h) for h in meta.history] if with_history else [],
         artifacts=[artifact(fmt, m) for fmt, m in artifacts.items()],
         eval_transforms=_transforms(meta.eval_transforms),
         image_mode=meta.image_mode,
+        imported=imported_file(meta.imported) if meta.imported is not None else None,
+        runtimes=runtimes_of(bool(record.checkpoint), artifacts),
     )
 
 

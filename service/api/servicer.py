@@ -6,6 +6,7 @@ from collections.abc import Iterator
 from torchwire.service.api import convert
 from torchwire.service.api.methods import time_left
 from torchwire.service.app.catalog import Catalog
+from torchwire.service.app.importing import ModelImporter
 from torchwire.service.app.jobs import JobManager
 from torchwire.service.app.prediction import PendingPrediction
 from torchwire.service.app.serving import ModelService
@@ -82,21 +83,21 @@ class TorchWireServicer(PredictionServicer):
     """Implements `torchwire.v1.TorchWire` on top of the store, the job manager and the models."""
 
     def __init__(
-        self, catalog: Catalog, jobs: JobManager, models: ModelService, max_message_bytes: int
+        self,
+        catalog: Catalog,
+        jobs: JobManager,
+        models: ModelService,
+        importer: ModelImporter,
+        max_message_bytes: int,
     ) -> None:
         super().__init__(models)
         self.catalog = catalog
         self.jobs = jobs
+        self.importer = importer
         self.max_message_bytes = max_message_bytes
 
     def UploadDataset(self, request_iterator, context):
-        first = next(request_iterator, None)
-        if first is None or first.WhichOneof("part") != "header":
-            raise InvalidArgument.field(
-                "header",
-                first and first.WhichOneof("part"),
-                "the first message must be the upload header",
-            )
+        first = _header(request_iterator, "upload header")
 
         def chunks():
             for index, message in enumerate(request_iterator):
@@ -209,3 +210,42 @@ class TorchWireServicer(PredictionServicer):
         return pb.DeleteModelResponse(
             deleted_versions=self.models.delete(request.name, request.version)
         )
+
+    def ImportModel(self, request_iterator, context):
+        header = convert.import_request(_header(request_iterator, "import header").header)
+        self.importer.check(header)  # before a byte of the file is received
+        trailer: list[str] = []
+
+        def chunks() -> Iterator[bytes]:
+            for index, message in enumerate(request_iterator, start=1):
+                part = message.WhichOneof("part")
+                if part == "chunk" and not trailer:
+                    yield message.chunk
+                elif part == "trailer" and not trailer:
+                    trailer.append(message.trailer.sha256)
+                else:
+                    raise InvalidArgument.field(
+                        f"message[{index}]",
+                        part,
+                        "after the header come chunks, then one trailer, and nothing else",
+                    )
+
+        record = self.importer.import_model(
+            header, chunks(), lambda: trailer[0] if trailer else None
+        )
+        return pb.ImportModelResponse(
+            model_name=record.name,
+            version=convert.model_version(
+                record, with_history=False, artifacts=self.catalog.artifacts(record)
+            ),
+        )
+
+
+def _header(request_iterator: Iterator, what: str):
+    """The first message of a client stream, which must be its header."""
+    first = next(request_iterator, None)
+    if first is None or first.WhichOneof("part") != "header":
+        raise InvalidArgument.field(
+            "header", first and first.WhichOneof("part"), f"the first message must be the {what}"
+        )
+    return first

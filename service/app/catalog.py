@@ -84,6 +84,10 @@ class Catalog:
         """
         return self._store.versions.get(name, version, field)
 
+    def artifacts(self, record: ModelVersionRecord) -> dict[str, dict[str, Any]]:
+        """A version's artifacts: format -> metadata."""
+        return self._store.versions.artifacts(record)
+
     def _view(self, name: str, versions: list[ModelVersionRecord]) -> ModelView:
         return ModelView(
             name,

@@ -148,9 +148,10 @@ class JobManager:
         name, version = spec.init_from
         record = self.store.versions.get(name, version, "init_from.name")
         self.store.versions.verified_checkpoint(record)
-        trained = record.metadata.training
+        architecture = record.metadata.architecture()
+        assert architecture is not None  # a version with a checkpoint has a module
         mine = (spec.architecture, spec.params, tuple(built["input_shape"]))
-        theirs = (trained.architecture, trained.params, record.metadata.input_shape)
+        theirs = (*architecture, record.metadata.input_shape)
         if mine != theirs:
             raise InvalidArgument.field(
                 "init_from",
@@ -372,7 +373,9 @@ class JobManager:
             image_mode=run.pipeline.source.image_mode,
         )
         checkpoint = self.store.layout.job_dir(job_id) / "best.pt"
-        version = self.store.versions.register(job.model_name, job_id, checkpoint, metadata)
+        version = self.store.versions.register(
+            job.model_name, metadata, job_id=job_id, checkpoint=checkpoint
+        )
         finished = events.Finished(
             model_name=job.model_name,
             model_version=version,

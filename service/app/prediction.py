@@ -44,6 +44,7 @@ class ServedRuntime:
     def close(self) -> None:
         if self.batcher is not None:
             self.batcher.close()
+        self.runtime.close()
 
 
 class PendingPrediction:

@@ -22,17 +22,18 @@ from torchwire.service.core.formats import (
     FILE_NAMES,
     FORMAT_OF,
     ONNXRUNTIME,
-    RUNTIME_OF,
     RUNTIMES,
-    TORCHSCRIPT,
+    runtimes_of,
 )
 from torchwire.service.core.loaders import eval_loader
 from torchwire.service.core.pipeline import prepare
 from torchwire.service.core.records import ModelVersionRecord
 from torchwire.service.core.runtimes import (
+    IsolatedTorchScript,
     OnnxRuntime,
     Runtime,
     TorchRuntime,
+    as_module,
     load_torchscript,
 )
 from torchwire.service.core.sources import FileSource
@@ -44,9 +45,6 @@ from torchwire.service.errors import (
 )
 from torchwire.service.store import Store
 from torchwire.service.store.versions import MissingArtifact
-
-#: Runtimes by preference when a request names none.
-PREFERENCE = (ONNXRUNTIME, RUNTIME_OF[TORCHSCRIPT], EAGER)
 
 
 class ModelService:
@@ -98,9 +96,12 @@ class ModelService:
             module, _ = load_model(self.store.versions.verified_checkpoint(record), self.device)
             runtime = TorchRuntime(EAGER, module, self.device)
         else:
-            _, path = self.store.versions.artifact(record, FORMAT_OF[runtime_name])
+            artifact, path = self.store.versions.artifact(record, FORMAT_OF[runtime_name])
             if runtime_name == ONNXRUNTIME:
                 runtime = OnnxRuntime(path, self.device.type == "cuda", self.ort_intra_op_threads)
+            elif artifact.get("imported"):  # not ours: its code runs in a child process
+                label = f"the TorchScript process of {name!r} v{record.version}"
+                runtime = IsolatedTorchScript(path, self.device, label)
             else:
                 runtime = load_torchscript(path, self.device)
         meta = record.metadata
@@ -122,10 +123,9 @@ class ModelService:
             return requested
         key = (name, version)
         if key not in self._preferred:
-            formats = self.store.versions.artifacts(self.store.versions.get(name, version))
-            self._preferred[key] = next(
-                r for r in PREFERENCE if r == EAGER or FORMAT_OF[r] in formats
-            )
+            record = self.store.versions.get(name, version)
+            formats = self.store.versions.artifacts(record)
+            self._preferred[key] = runtimes_of(bool(record.checkpoint), formats)[0]
         return self._preferred[key]
 
     def served(self, name: str, version: int, runtime: str = "") -> ServedRuntime:
@@ -224,14 +224,16 @@ class ModelService:
         batch_size: int,
         source: FileSource | None = None,
     ) -> tuple[ModelVersionRecord, EvaluationResult]:
-        """Evaluates a version (in eager PyTorch) on a dataset split, or on the files of a
-        source, with its evaluation transforms and its training loss.
+        """Evaluates a version on a dataset split, or on the files of a source, with its
+        evaluation transforms and its training loss (an import's: its task's usual loss).
+        Eager PyTorch runs it when it has a checkpoint, else its fastest runtime.
 
         Raises:
             NotFound: the model, version, dataset, split or path does not exist.
             InvalidArgument: the data does not fit the model's input, task or classes.
         """
-        served = self.served(name, version, EAGER)
+        has_checkpoint = bool(self.store.versions.get(name, version).checkpoint)
+        served = self.served(name, version, EAGER if has_checkpoint else "")
         record, meta = served.record, served.record.metadata
         eval_transforms = meta.eval_transforms
         located = self.store.datasets.locate(dataset, split, source)
@@ -260,14 +262,12 @@ class ModelService:
                 f"has the classes {list(info.classes)}, but model {name!r} "
                 f"v{record.version} was trained on {meta.classes}",
             )
-        assert isinstance(served.runtime, TorchRuntime)
-        config = meta.training.config
         loader = eval_loader(pipeline.eval_set(), batch_size, self.device)
         return record, evaluate(
-            served.runtime.module,
+            as_module(served.runtime),
             loader,
-            config.objective,
-            config.objective.make(config.label_smoothing),
+            meta.objective,
+            meta.objective.make(meta.label_smoothing()),
             tuple(meta.classes),
             self.device,
         )

@@ -1,6 +1,7 @@
 """Export formats and inference runtimes: the one table of which file holds each format and
-which runtime serves it, read by export, serving and the API."""
+which runtime serves it, read by export, import, serving and the API."""
 
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 TORCHSCRIPT, ONNX = "torchscript", "onnx"
@@ -29,3 +30,12 @@ RUNTIME_OF = {fmt: spec.runtime for fmt, spec in FORMATS.items()}
 """The runtime that serves each export format."""
 FORMAT_OF = {runtime: fmt for fmt, runtime in RUNTIME_OF.items()}
 """The export format each runtime but eager serves."""
+PREFERENCE = (ONNXRUNTIME, TORCHSCRIPT, EAGER)
+"""Runtimes, fastest first: a request that names none gets the first a version has."""
+
+
+def runtimes_of(has_checkpoint: bool, formats: Iterable[str]) -> tuple[str, ...]:
+    """The runtimes a version can run on, fastest first: eager with a checkpoint, and the
+    runtime of each of its artifacts' formats."""
+    available = {RUNTIME_OF[f] for f in formats} | ({EAGER} if has_checkpoint else set())
+    return tuple(r for r in PREFERENCE if r in available)

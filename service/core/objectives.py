@@ -68,3 +68,11 @@ OBJECTIVES: dict[str, Objective] = {
         Objective("l1", REGRESSION, lambda s: nn.L1Loss()),
     )
 }
+
+
+def default_objective(task: str, output_size: int) -> Objective:
+    """The loss that evaluates a model trained elsewhere (an import): cross-entropy for a
+    classifier (BCE with logits for a single logit), MSE for regression."""
+    if task != CLASSIFICATION:
+        return OBJECTIVES["mse"]
+    return OBJECTIVES["bce_with_logits" if output_size == 1 else "cross_entropy"]

@@ -1,7 +1,9 @@
-"""Inference runtimes: eager PyTorch, TorchScript and ONNX Runtime behind one `run(batch)`,
-and the post-processing (softmax, top-k) that they share."""
+"""Inference runtimes: eager PyTorch, TorchScript (in this process, or in a child process for
+an imported file) and ONNX Runtime behind one `run(batch)`, and the post-processing (softmax,
+top-k) that they share."""
 
 import logging
+import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -12,6 +14,7 @@ from torch import nn
 
 from torchwire.service.core.datasets import CLASSIFICATION
 from torchwire.service.core.formats import ONNXRUNTIME, TORCHSCRIPT
+from torchwire.service.core.isolation import Child, Handler
 from torchwire.service.errors import FailedPrecondition
 
 log = logging.getLogger(__name__)
@@ -42,6 +45,9 @@ class TorchRuntime:
         """Bytes of parameters and buffers: what keeping it loaded costs."""
         tensors = [*self.module.parameters(), *self.module.buffers()]
         return sum(t.numel() * t.element_size() for t in tensors)
+
+    def close(self) -> None:
+        """Nothing to release but memory."""
 
 
 def load_torchscript(path: Path, device: torch.device) -> TorchRuntime:
@@ -93,19 +99,110 @@ class OnnxRuntime:
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Raw outputs for `batch`, as float32 on the CPU."""
         if not self.use_cuda:
-            return self.session.run(None, {self.input_name: batch})[0]
-        binding = self.session.io_binding()
-        binding.bind_cpu_input(self.input_name, np.ascontiguousarray(batch))
-        binding.bind_output(self.session.get_outputs()[0].name, "cuda")
-        self.session.run_with_iobinding(binding)
-        return binding.copy_outputs_to_cpu()[0]
+            output = self.session.run(None, {self.input_name: batch})[0]
+        else:
+            binding = self.session.io_binding()
+            binding.bind_cpu_input(self.input_name, np.ascontiguousarray(batch))
+            binding.bind_output(self.session.get_outputs()[0].name, "cuda")
+            self.session.run_with_iobinding(binding)
+            output = binding.copy_outputs_to_cpu()[0]
+        return output.astype(np.float32, copy=False)  # an imported model may give float16
 
     def size_bytes(self) -> int:
         """About the weights' size: the self-contained file's size."""
         return self._size
 
+    def close(self) -> None:
+        """The session goes with its last reference."""
 
-Runtime = TorchRuntime | OnnxRuntime
+
+LOAD_TIMEOUT_S = 300.0
+"""How long a child may take to load a TorchScript file."""
+RUN_TIMEOUT_S = 300.0
+"""How long one run in a child may take before the child is stopped."""
+
+
+def torchscript_child(path: str, device: str) -> tuple[dict, Handler]:
+    """In the child: loads a TorchScript file on the CPU in eval mode, moves it to `device`,
+    and answers batches (dtype and shape, then the raw bytes) with float32 outputs."""
+    place = torch.device(device)
+    module = load_torchscript(Path(path), torch.device("cpu")).module.to(place)
+
+    def run(request: dict, payload: bytes) -> tuple[dict, bytes]:
+        batch = np.frombuffer(payload, np.dtype(request["dtype"])).reshape(request["shape"])
+        with torch.inference_mode():
+            output = module(torch.from_numpy(batch).to(place))
+        if not isinstance(output, torch.Tensor):
+            raise FailedPrecondition(
+                f"the TorchScript module returned a {type(output).__name__}, not a tensor"
+            )
+        array = np.ascontiguousarray(output.float().cpu().numpy())
+        return {"shape": list(array.shape)}, array.tobytes()
+
+    return {}, run
+
+
+class IsolatedTorchScript:
+    """A TorchScript file torchwire did not write (an import), loaded and run in a child
+    process (`core.isolation`): its code never runs in the server. A child that dies is
+    started again on the next run."""
+
+    name = TORCHSCRIPT
+
+    def __init__(self, path: Path, device: torch.device, label: str) -> None:
+        self._args = (str(path), str(device))
+        self._label = label
+        self._lock = threading.Lock()
+        self._child = self._start()
+        self.placement = str(device)
+        self._size = path.stat().st_size
+
+    def _start(self) -> Child:
+        return Child(self._label, torchscript_child, self._args, LOAD_TIMEOUT_S)
+
+    def run(self, batch: np.ndarray) -> np.ndarray:
+        """Raw outputs for `batch`, as float32, computed in the child."""
+        with self._lock:
+            if not self._child.alive:
+                log.warning("%s had exited; starting it again", self._label)
+                self._child = self._start()
+            child = self._child
+        batch = np.ascontiguousarray(batch)
+        header, data = child.call(
+            {"dtype": batch.dtype.str, "shape": list(batch.shape)},
+            batch.reshape(-1).view(np.uint8),
+            RUN_TIMEOUT_S,
+        )
+        return np.frombuffer(data, np.float32).reshape(header["shape"])
+
+    def size_bytes(self) -> int:
+        """About the weights' size: the file's size."""
+        return self._size
+
+    def close(self) -> None:
+        """Stops the child."""
+        self._child.close()
+
+
+Runtime = TorchRuntime | OnnxRuntime | IsolatedTorchScript
+
+
+class _RunnerModule(nn.Module):
+    """A runtime that is not a module, as one: tensors in and out through `run`."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        super().__init__()
+        self.runtime = runtime
+
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        output = self.runtime.run(inputs.cpu().numpy())
+        return torch.from_numpy(np.array(output, copy=True)).to(inputs.device)
+
+
+def as_module(runtime: Runtime) -> nn.Module:
+    """The runtime as an `nn.Module` (for evaluation): its own module for eager PyTorch and
+    TorchScript, an adapter around `run` for the others."""
+    return runtime.module if isinstance(runtime, TorchRuntime) else _RunnerModule(runtime)
 
 
 @dataclass(frozen=True)

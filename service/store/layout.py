@@ -28,5 +28,14 @@ class StoreLayout:
     def model_dir(self, name: str) -> Path:
         return self.root / "models" / name
 
+    def version_dir(self, name: str, version: int) -> Path:
+        """A version's files: its checkpoint and its artifacts."""
+        return self.model_dir(name) / str(version)
+
     def model_checkpoint(self, name: str, version: int) -> Path:
-        return self.model_dir(name) / str(version) / "model.pt"
+        return self.version_dir(name, version) / "model.pt"
+
+    @property
+    def imports(self) -> Path:
+        """Uploads of ImportModel while they arrive and are checked; emptied at start."""
+        return self.root / "imports"

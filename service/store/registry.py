@@ -224,8 +224,11 @@ class Registry:
         rows = self._query("SELECT MAX(version) FROM model_versions WHERE name = ?", (name,))
         return int(rows[0][0] or 0)
 
-    def add_model_version(self, record: ModelVersionRecord) -> None:
-        """Registers a model version whose checkpoint is already in place."""
+    def add_model_version(
+        self, record: ModelVersionRecord, artifacts: dict[str, dict[str, Any]] | None = None
+    ) -> None:
+        """Registers a model version whose files are already in place, with its artifacts
+        (format -> metadata), in one transaction."""
         self._write(
             (
                 "INSERT INTO model_versions VALUES (?, ?, ?, ?, ?, ?)",
@@ -237,7 +240,11 @@ class Registry:
                     record.checkpoint,
                     json.dumps(record.metadata.to_dict()),
                 ),
-            )
+            ),
+            *(
+                self._artifact_row(record.name, record.version, fmt, meta)
+                for fmt, meta in (artifacts or {}).items()
+            ),
         )
 
     def model_versions(self, name: str = "") -> list[ModelVersionRecord]:
@@ -271,11 +278,15 @@ class Registry:
 
     def put_artifact(self, name: str, version: int, fmt: str, metadata: dict[str, Any]) -> None:
         """Records (or replaces) an artifact of a model version."""
-        self._write(
-            (
-                "INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?, ?, ?)",
-                (name, version, fmt, time.time(), json.dumps(metadata)),
-            )
+        self._write(self._artifact_row(name, version, fmt, metadata))
+
+    @staticmethod
+    def _artifact_row(
+        name: str, version: int, fmt: str, metadata: dict[str, Any]
+    ) -> tuple[str, tuple]:
+        return (
+            "INSERT OR REPLACE INTO artifacts VALUES (?, ?, ?, ?, ?)",
+            (name, version, fmt, time.time(), json.dumps(metadata)),
         )
 
     def artifacts(self, name: str, version: int) -> dict[str, dict[str, Any]]:

@@ -33,30 +33,50 @@ class VersionStore:
         self.on_latest_change: Callable[[str], None] = lambda name: None
         """Told the model's name when its latest version may have changed."""
 
-    def register(self, name: str, job_id: str, checkpoint: Path, metadata: VersionMetadata) -> int:
-        """Copies a job's checkpoint into the model's directory and records a new version.
+    def register(
+        self,
+        name: str,
+        metadata: VersionMetadata,
+        *,
+        job_id: str = "",
+        checkpoint: Path | None = None,
+        artifacts: dict[str, tuple[Path, dict[str, Any]]] | None = None,
+    ) -> int:
+        """Copies a version's files into its directory and records it: a job's checkpoint, or
+        an import's checkpoint or artifact files (format -> (file, metadata); the metadata's
+        `file_name` names the copy).
 
-        The copy is complete and on disk before the registry names it.
+        The files are complete and on disk before the registry names them, and the registry
+        names the version and its artifacts in one transaction: a failure on the way
+        leaves no version behind (its number stays used).
         """
         version = self.registry.next_model_version(name)
-        target = self.layout.model_checkpoint(name, version)
-        with atomic_write(target, sync_dir=True) as scratch:
-            shutil.copyfile(checkpoint, scratch)
-        metadata = replace(metadata, checkpoint_sha256=sha256_of(target))
-        with self._latest_lock:
-            self.registry.add_model_version(
-                ModelVersionRecord(
-                    name,
-                    version,
-                    time.time(),
-                    job_id,
-                    str(target.relative_to(self.layout.root)),
-                    metadata,
+        folder = self.layout.version_dir(name, version)
+        try:
+            stored = ""
+            if checkpoint is not None:
+                target = self.layout.model_checkpoint(name, version)
+                self._copy(checkpoint, target)
+                metadata = replace(metadata, checkpoint_sha256=sha256_of(target))
+                stored = str(target.relative_to(self.layout.root))
+            for source, meta in (artifacts or {}).values():
+                self._copy(source, folder / meta["file_name"])
+            with self._latest_lock:
+                self.registry.add_model_version(
+                    ModelVersionRecord(name, version, time.time(), job_id, stored, metadata),
+                    {fmt: meta for fmt, (_, meta) in (artifacts or {}).items()},
                 )
-            )
-            self._latest.pop(name, None)
+                self._latest.pop(name, None)
+        except BaseException:
+            shutil.rmtree(folder, ignore_errors=True)
+            raise
         self.on_latest_change(name)
         return version
+
+    @staticmethod
+    def _copy(source: Path, target: Path) -> None:
+        with atomic_write(target, sync_dir=True) as scratch:
+            shutil.copyfile(source, scratch)
 
     def forget_latest(self, name: str) -> None:
         """Drops the remembered latest version of a model: the registry's writer (another
@@ -117,17 +137,21 @@ class VersionStore:
             grouped.setdefault(record.name, []).append(record)
         return grouped
 
-    def checkpoint(self, record: ModelVersionRecord) -> Path:
-        """The version's checkpoint file."""
-        return self.layout.root / record.checkpoint
-
     def verified_checkpoint(self, record: ModelVersionRecord) -> Path:
         """The checkpoint file, after checking it against the sha256 recorded at registration.
 
         Raises:
-            FailedPrecondition: the file is missing or has changed since.
+            FailedPrecondition: the version has no checkpoint (an ONNX or TorchScript import),
+                or the file is missing or has changed since.
         """
-        path = self.checkpoint(record)
+        if not record.checkpoint:
+            imported = record.metadata.imported
+            kind = imported.format if imported is not None else "a file"
+            raise FailedPrecondition(
+                f"model {record.name!r} v{record.version} was imported from {kind} and has no "
+                "state_dict checkpoint: it runs only on its imported runtime"
+            )
+        path = self.layout.root / record.checkpoint
         if not path.exists() or sha256_of(path) != record.metadata.checkpoint_sha256:
             raise FailedPrecondition(
                 f"the checkpoint of {record.name!r} v{record.version} is "
@@ -136,8 +160,8 @@ class VersionStore:
         return path
 
     def artifact_path(self, record: ModelVersionRecord, file_name: str) -> Path:
-        """Where an artifact of the version lives: beside its checkpoint."""
-        return self.checkpoint(record).parent / file_name
+        """Where an artifact of the version lives: in its directory, beside its checkpoint."""
+        return self.layout.version_dir(record.name, record.version) / file_name
 
     def artifacts(self, record: ModelVersionRecord) -> dict[str, dict[str, Any]]:
         """The version's artifacts: format -> metadata."""
@@ -184,7 +208,7 @@ class VersionStore:
             self._latest.pop(name, None)
         self.on_latest_change(name)
         for record in doomed:
-            shutil.rmtree(self.checkpoint(record).parent, ignore_errors=True)
+            shutil.rmtree(self.layout.version_dir(name, record.version), ignore_errors=True)
         if not version:
             self.registry.set_batching(name, None)
             shutil.rmtree(self.layout.model_dir(name), ignore_errors=True)

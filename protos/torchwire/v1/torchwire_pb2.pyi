@@ -33,6 +33,13 @@ class ExportFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     EXPORT_FORMAT_UNSPECIFIED: _ClassVar[ExportFormat]
     EXPORT_FORMAT_TORCHSCRIPT: _ClassVar[ExportFormat]
     EXPORT_FORMAT_ONNX: _ClassVar[ExportFormat]
+
+class ImportFormat(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    IMPORT_FORMAT_UNSPECIFIED: _ClassVar[ImportFormat]
+    IMPORT_FORMAT_ONNX: _ClassVar[ImportFormat]
+    IMPORT_FORMAT_TORCHSCRIPT: _ClassVar[ImportFormat]
+    IMPORT_FORMAT_STATE_DICT: _ClassVar[ImportFormat]
 JOB_STATE_UNSPECIFIED: JobState
 JOB_STATE_QUEUED: JobState
 JOB_STATE_RUNNING: JobState
@@ -47,6 +54,10 @@ PREDICT_OUTPUT_TOP_K: PredictOutput
 EXPORT_FORMAT_UNSPECIFIED: ExportFormat
 EXPORT_FORMAT_TORCHSCRIPT: ExportFormat
 EXPORT_FORMAT_ONNX: ExportFormat
+IMPORT_FORMAT_UNSPECIFIED: ImportFormat
+IMPORT_FORMAT_ONNX: ImportFormat
+IMPORT_FORMAT_TORCHSCRIPT: ImportFormat
+IMPORT_FORMAT_STATE_DICT: ImportFormat
 
 class Tensor(_message.Message):
     __slots__ = ("dtype", "shape", "data")
@@ -695,7 +706,7 @@ class ExportRequest(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., version: _Optional[int] = ..., format: _Optional[_Union[ExportFormat, str]] = ..., opset: _Optional[int] = ..., tolerance: _Optional[float] = ...) -> None: ...
 
 class Artifact(_message.Message):
-    __slots__ = ("format", "file_name", "size_bytes", "sha256", "opset", "max_abs_diff", "parity_batch_sizes", "created_at")
+    __slots__ = ("format", "file_name", "size_bytes", "sha256", "opset", "max_abs_diff", "parity_batch_sizes", "created_at", "imported")
     FORMAT_FIELD_NUMBER: _ClassVar[int]
     FILE_NAME_FIELD_NUMBER: _ClassVar[int]
     SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
@@ -704,6 +715,7 @@ class Artifact(_message.Message):
     MAX_ABS_DIFF_FIELD_NUMBER: _ClassVar[int]
     PARITY_BATCH_SIZES_FIELD_NUMBER: _ClassVar[int]
     CREATED_AT_FIELD_NUMBER: _ClassVar[int]
+    IMPORTED_FIELD_NUMBER: _ClassVar[int]
     format: ExportFormat
     file_name: str
     size_bytes: int
@@ -712,7 +724,8 @@ class Artifact(_message.Message):
     max_abs_diff: float
     parity_batch_sizes: _containers.RepeatedScalarFieldContainer[int]
     created_at: _timestamp_pb2.Timestamp
-    def __init__(self, format: _Optional[_Union[ExportFormat, str]] = ..., file_name: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., opset: _Optional[int] = ..., max_abs_diff: _Optional[float] = ..., parity_batch_sizes: _Optional[_Iterable[int]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ...) -> None: ...
+    imported: bool
+    def __init__(self, format: _Optional[_Union[ExportFormat, str]] = ..., file_name: _Optional[str] = ..., size_bytes: _Optional[int] = ..., sha256: _Optional[str] = ..., opset: _Optional[int] = ..., max_abs_diff: _Optional[float] = ..., parity_batch_sizes: _Optional[_Iterable[int]] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., imported: _Optional[bool] = ...) -> None: ...
 
 class DownloadArtifactRequest(_message.Message):
     __slots__ = ("model_name", "version", "format", "chunk_bytes")
@@ -757,7 +770,7 @@ class ConfigureBatchingRequest(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., batching: _Optional[_Union[BatchingConfig, _Mapping]] = ...) -> None: ...
 
 class ModelVersion(_message.Message):
-    __slots__ = ("version", "created_at", "job_id", "task", "input_shape", "input_dtype", "output_size", "classes", "metrics", "training", "best_epoch", "history", "artifacts", "eval_transforms", "image_mode")
+    __slots__ = ("version", "created_at", "job_id", "task", "input_shape", "input_dtype", "output_size", "classes", "metrics", "training", "best_epoch", "history", "artifacts", "eval_transforms", "image_mode", "imported", "runtimes")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -780,6 +793,8 @@ class ModelVersion(_message.Message):
     ARTIFACTS_FIELD_NUMBER: _ClassVar[int]
     EVAL_TRANSFORMS_FIELD_NUMBER: _ClassVar[int]
     IMAGE_MODE_FIELD_NUMBER: _ClassVar[int]
+    IMPORTED_FIELD_NUMBER: _ClassVar[int]
+    RUNTIMES_FIELD_NUMBER: _ClassVar[int]
     version: int
     created_at: _timestamp_pb2.Timestamp
     job_id: str
@@ -795,7 +810,73 @@ class ModelVersion(_message.Message):
     artifacts: _containers.RepeatedCompositeFieldContainer[Artifact]
     eval_transforms: _containers.RepeatedCompositeFieldContainer[Transform]
     image_mode: str
-    def __init__(self, version: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., job_id: _Optional[str] = ..., task: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., input_dtype: _Optional[str] = ..., output_size: _Optional[int] = ..., classes: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., training: _Optional[_Union[TrainRequest, _Mapping]] = ..., best_epoch: _Optional[int] = ..., history: _Optional[_Iterable[_Union[EpochMetrics, _Mapping]]] = ..., artifacts: _Optional[_Iterable[_Union[Artifact, _Mapping]]] = ..., eval_transforms: _Optional[_Iterable[_Union[Transform, _Mapping]]] = ..., image_mode: _Optional[str] = ...) -> None: ...
+    imported: ImportedFile
+    runtimes: _containers.RepeatedScalarFieldContainer[str]
+    def __init__(self, version: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., job_id: _Optional[str] = ..., task: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., input_dtype: _Optional[str] = ..., output_size: _Optional[int] = ..., classes: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., training: _Optional[_Union[TrainRequest, _Mapping]] = ..., best_epoch: _Optional[int] = ..., history: _Optional[_Iterable[_Union[EpochMetrics, _Mapping]]] = ..., artifacts: _Optional[_Iterable[_Union[Artifact, _Mapping]]] = ..., eval_transforms: _Optional[_Iterable[_Union[Transform, _Mapping]]] = ..., image_mode: _Optional[str] = ..., imported: _Optional[_Union[ImportedFile, _Mapping]] = ..., runtimes: _Optional[_Iterable[str]] = ...) -> None: ...
+
+class ImportHeader(_message.Message):
+    __slots__ = ("model_name", "format", "file_name", "size_bytes", "input_shape", "input_dtype", "task", "classes", "eval_transforms", "image_mode", "architecture", "output_size")
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    FILE_NAME_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    INPUT_SHAPE_FIELD_NUMBER: _ClassVar[int]
+    INPUT_DTYPE_FIELD_NUMBER: _ClassVar[int]
+    TASK_FIELD_NUMBER: _ClassVar[int]
+    CLASSES_FIELD_NUMBER: _ClassVar[int]
+    EVAL_TRANSFORMS_FIELD_NUMBER: _ClassVar[int]
+    IMAGE_MODE_FIELD_NUMBER: _ClassVar[int]
+    ARCHITECTURE_FIELD_NUMBER: _ClassVar[int]
+    OUTPUT_SIZE_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    format: ImportFormat
+    file_name: str
+    size_bytes: int
+    input_shape: _containers.RepeatedScalarFieldContainer[int]
+    input_dtype: str
+    task: str
+    classes: _containers.RepeatedScalarFieldContainer[str]
+    eval_transforms: _containers.RepeatedCompositeFieldContainer[Transform]
+    image_mode: str
+    architecture: ModelSpec
+    output_size: int
+    def __init__(self, model_name: _Optional[str] = ..., format: _Optional[_Union[ImportFormat, str]] = ..., file_name: _Optional[str] = ..., size_bytes: _Optional[int] = ..., input_shape: _Optional[_Iterable[int]] = ..., input_dtype: _Optional[str] = ..., task: _Optional[str] = ..., classes: _Optional[_Iterable[str]] = ..., eval_transforms: _Optional[_Iterable[_Union[Transform, _Mapping]]] = ..., image_mode: _Optional[str] = ..., architecture: _Optional[_Union[ModelSpec, _Mapping]] = ..., output_size: _Optional[int] = ...) -> None: ...
+
+class ImportTrailer(_message.Message):
+    __slots__ = ("sha256",)
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    sha256: str
+    def __init__(self, sha256: _Optional[str] = ...) -> None: ...
+
+class ImportModelRequest(_message.Message):
+    __slots__ = ("header", "chunk", "trailer")
+    HEADER_FIELD_NUMBER: _ClassVar[int]
+    CHUNK_FIELD_NUMBER: _ClassVar[int]
+    TRAILER_FIELD_NUMBER: _ClassVar[int]
+    header: ImportHeader
+    chunk: bytes
+    trailer: ImportTrailer
+    def __init__(self, header: _Optional[_Union[ImportHeader, _Mapping]] = ..., chunk: _Optional[bytes] = ..., trailer: _Optional[_Union[ImportTrailer, _Mapping]] = ...) -> None: ...
+
+class ImportModelResponse(_message.Message):
+    __slots__ = ("model_name", "version")
+    MODEL_NAME_FIELD_NUMBER: _ClassVar[int]
+    VERSION_FIELD_NUMBER: _ClassVar[int]
+    model_name: str
+    version: ModelVersion
+    def __init__(self, model_name: _Optional[str] = ..., version: _Optional[_Union[ModelVersion, _Mapping]] = ...) -> None: ...
+
+class ImportedFile(_message.Message):
+    __slots__ = ("format", "file_name", "sha256", "size_bytes")
+    FORMAT_FIELD_NUMBER: _ClassVar[int]
+    FILE_NAME_FIELD_NUMBER: _ClassVar[int]
+    SHA256_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    format: ImportFormat
+    file_name: str
+    sha256: str
+    size_bytes: int
+    def __init__(self, format: _Optional[_Union[ImportFormat, str]] = ..., file_name: _Optional[str] = ..., sha256: _Optional[str] = ..., size_bytes: _Optional[int] = ...) -> None: ...
 
 class Model(_message.Message):
     __slots__ = ("name", "versions", "latest_version", "batching")

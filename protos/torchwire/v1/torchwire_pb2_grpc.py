@@ -120,6 +120,11 @@ class TorchWireStub:
                 request_serializer=torchwire_dot_v1_dot_torchwire__pb2.DeleteModelRequest.SerializeToString,
                 response_deserializer=torchwire_dot_v1_dot_torchwire__pb2.DeleteModelResponse.FromString,
                 _registered_method=True)
+        self.ImportModel = channel.stream_unary(
+                '/torchwire.v1.TorchWire/ImportModel',
+                request_serializer=torchwire_dot_v1_dot_torchwire__pb2.ImportModelRequest.SerializeToString,
+                response_deserializer=torchwire_dot_v1_dot_torchwire__pb2.ImportModelResponse.FromString,
+                _registered_method=True)
 
 
 class TorchWireServicer:
@@ -265,6 +270,20 @@ class TorchWireServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def ImportModel(self, request_iterator, context):
+        """Registers a model made outside torchwire as a new version of
+        `model_name`: an ONNX file, a TorchScript file, or a state_dict for an
+        architecture the server builds. A client stream: one ImportHeader, the
+        file's bytes in chunks, then an ImportTrailer with the file's sha256.
+        The file is checked in a child process (nothing in it is loaded by the
+        server process itself) and run once on a batch of zeros; the version is
+        registered only when every check passes, so a failed import leaves
+        nothing behind. A version number is used up either way.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_TorchWireServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -352,6 +371,11 @@ def add_TorchWireServicer_to_server(servicer, server):
                     servicer.DeleteModel,
                     request_deserializer=torchwire_dot_v1_dot_torchwire__pb2.DeleteModelRequest.FromString,
                     response_serializer=torchwire_dot_v1_dot_torchwire__pb2.DeleteModelResponse.SerializeToString,
+            ),
+            'ImportModel': grpc.stream_unary_rpc_method_handler(
+                    servicer.ImportModel,
+                    request_deserializer=torchwire_dot_v1_dot_torchwire__pb2.ImportModelRequest.FromString,
+                    response_serializer=torchwire_dot_v1_dot_torchwire__pb2.ImportModelResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -814,6 +838,33 @@ class TorchWire:
             '/torchwire.v1.TorchWire/DeleteModel',
             torchwire_dot_v1_dot_torchwire__pb2.DeleteModelRequest.SerializeToString,
             torchwire_dot_v1_dot_torchwire__pb2.DeleteModelResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def ImportModel(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_unary(
+            request_iterator,
+            target,
+            '/torchwire.v1.TorchWire/ImportModel',
+            torchwire_dot_v1_dot_torchwire__pb2.ImportModelRequest.SerializeToString,
+            torchwire_dot_v1_dot_torchwire__pb2.ImportModelResponse.FromString,
             options,
             channel_credentials,
             insecure,
