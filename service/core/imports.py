@@ -108,7 +108,7 @@ def _onnx_input(model: Any, shape: tuple[int, ...], dtype: str) -> tuple[tuple[i
             f"the file's input {inputs[0].name!r} is {described}: give input_shape "
             "to fix its symbolic dimensions",
         )
-    return tuple(int(d) for d in sample), found
+    return tuple(d for d in sample if d is not None), found  # (none is None here)
 
 
 def _onnx_ops(model: Any) -> None:
