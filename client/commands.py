@@ -3,7 +3,6 @@ its answer into text, or into a value that `--json` prints."""
 
 import argparse
 import json
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -247,14 +246,15 @@ def cmd_import(client: Client, args: argparse.Namespace) -> Any:
     from tqdm.auto import tqdm
 
     transforms = json.loads(args.eval_transforms) if args.eval_transforms else []
-    with tqdm(
-        total=Path(args.file).stat().st_size,
-        unit="B",
-        unit_scale=True,
-        desc=f"import {Path(args.file).name}",
-        file=sys.stderr,
-        disable=args.json,
-    ) as bar:
+    bars: list[Any] = []  # drawn from the first chunk on: a refusal before it prints one line
+
+    def progress(sent: int, total: int) -> None:
+        if not bars:
+            name = Path(args.file).name
+            bars.append(tqdm(total=total, unit="B", unit_scale=True, desc=f"import {name}"))
+        bars[0].update(sent - bars[0].n)
+
+    try:
         response = client.import_model(
             args.model,
             args.file,
@@ -267,8 +267,11 @@ def cmd_import(client: Client, args: argparse.Namespace) -> Any:
             image_mode=args.image_mode,
             architecture=args.arch,
             output_size=args.output_size,
-            progress=lambda sent, total: bar.update(sent - bar.n),
+            progress=None if args.json else progress,
         )
+    finally:
+        for bar in bars:
+            bar.close()
     return response if args.json else _version_line(response.model_name, response.version)
 
 

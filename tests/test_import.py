@@ -207,7 +207,7 @@ def _pretrain(model: nn.Module, epochs: int) -> nn.Module:
 
 
 def test_resnet18_state_dict_imports_and_fine_tunes(client: Client, files: Path) -> None:
-    model = _pretrain(_resnet18_for_digits(), epochs=3)
+    model = _pretrain(_resnet18_for_digits(), epochs=2)
     path = files / "resnet18-digits.pth"
     torch.save(model.state_dict(), path)
     response = client.import_model(
@@ -232,6 +232,7 @@ def test_resnet18_state_dict_imports_and_fine_tunes(client: Client, files: Path)
             "digits",
             model={"torchvision": {"name": "resnet18"}},
             epochs=1,
+            batch_size=128,
             learning_rate=1e-4,
             val_fraction=0.0,
             seed=0,
@@ -245,6 +246,7 @@ def test_resnet18_state_dict_imports_and_fine_tunes(client: Client, files: Path)
     fresh, cold = first_epoch("resnet-fresh")
     assert warm == len(model.state_dict())
     assert cold == 0
+    print(f"first epoch's loss: {tuned:.3f} fine-tuned, {fresh:.3f} fresh")
     assert tuned < 0.5 * fresh, (tuned, fresh)
 
 
