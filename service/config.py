@@ -28,6 +28,8 @@ class ServerConfig:
         tls_cert, tls_key: PEM files of the server's certificate chain and key: serve TLS.
         tls_client_ca: PEM file of the CA that signs client certificates: require mutual TLS.
         metrics_address: host:port for Prometheus' /metrics over HTTP; empty turns it off.
+        http_address: host:port for the v2 protocol over HTTP/JSON (REST); empty turns it
+            off. The same tokens and TLS apply as on the gRPC port.
         max_upload_bytes: largest dataset an upload may store.
         max_import_bytes: largest model file ImportModel accepts.
         data_roots: folders that file sources (image folders, CSV, torchvision datasets) may
@@ -61,6 +63,7 @@ class ServerConfig:
     tls_key: str = ""
     tls_client_ca: str = ""
     metrics_address: str = ""
+    http_address: str = ""
     max_upload_bytes: int = 2 * 1024 * 1024 * 1024
     max_import_bytes: int = 4 * 1024 * 1024 * 1024
     data_roots: str = ""

@@ -57,6 +57,12 @@ class NotFound(TorchwireError):
     status = "NOT_FOUND"
 
 
+class AlreadyExists(TorchwireError):
+    """Something of that name exists already."""
+
+    status = "ALREADY_EXISTS"
+
+
 class FailedPrecondition(TorchwireError):
     """The request is well-formed but the target is in the wrong state."""
 

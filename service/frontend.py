@@ -27,15 +27,19 @@ from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from prometheus_client import generate_latest
 
 from torchwire.defaults import channel_options
+from torchwire.kserve import grpc_predict_v2_pb2 as v2
 from torchwire.kserve import grpc_predict_v2_pb2_grpc as v2_grpc
-from torchwire.service.api.forwarding import forwarder
+from torchwire.service.api.forwarding import forward_call, forwarder
 from torchwire.service.api.listening import bind, server_options, serving_wrappers
 from torchwire.service.api.methods import Registrar, chain, split
 from torchwire.service.api.metrics import ServiceMetrics
 from torchwire.service.api.servicer import PredictionServicer
 from torchwire.service.api.v2 import InferenceServicer
+from torchwire.service.api.v2_convert import SHM_REGION
 from torchwire.service.app.catalog import Catalog
+from torchwire.service.app.open_inference import OpenInference
 from torchwire.service.app.serving import ModelService
+from torchwire.service.app.shared_memory import SharedMemoryRegistry
 from torchwire.service.app.worker_process import Lifeline
 from torchwire.service.config import ServerConfig
 from torchwire.service.core.batching import BatchingConfig
@@ -44,11 +48,12 @@ from torchwire.v1 import torchwire_pb2_grpc as pb_grpc
 
 log = logging.getLogger(__name__)
 
+INFER = "/inference.GRPCInferenceService/ModelInfer"
 SERVED_HERE = frozenset(
     {
         "/torchwire.v1.TorchWire/Predict",
         "/torchwire.v1.TorchWire/PredictStream",
-        "/inference.GRPCInferenceService/ModelInfer",
+        INFER,
         "/grpc.health.v1.Health/Check",
         "/grpc.health.v1.Health/Watch",
     }
@@ -111,8 +116,9 @@ class FrontendServer:
         )
         catalog = Catalog(self.store, self.models)
         pb_grpc.add_TorchWireServicer_to_server(PredictionServicer(self.models), registrar)
+        plane = OpenInference(catalog, self.models, SharedMemoryRegistry(), lambda: True)
         v2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(catalog, self.models, lambda: True), registrar
+            FrontendInferenceServicer(plane, self.upstream), registrar
         )
         health_pb2_grpc.add_HealthServicer_to_server(self.health, registrar)
 
@@ -133,6 +139,22 @@ class FrontendServer:
         self.models.close()
         self.upstream.close()
         self.store.close()
+
+
+class FrontendInferenceServicer(InferenceServicer):
+    """ModelInfer served here, but for requests that name shared-memory regions: the server
+    holds the regions (it answered their registration), so those are forwarded to it."""
+
+    def __init__(self, plane: OpenInference, upstream: grpc.Channel) -> None:
+        super().__init__(plane)
+        self._upstream = upstream.unary_unary(INFER)
+
+    def ModelInfer(self, request, context):
+        tensors = [*request.inputs, *request.outputs]
+        if not any(SHM_REGION in tensor.parameters for tensor in tensors):
+            return super().ModelInfer(request, context)
+        answer = forward_call(self._upstream, request.SerializeToString(), context)
+        return v2.ModelInferResponse.FromString(answer)
 
 
 def run(conn: Connection) -> int:
@@ -160,6 +182,8 @@ def run(conn: Connection) -> int:
             conn.send(("ok",))
         elif kind == "metrics":
             conn.send(("metrics", generate_latest(server.metrics.registry)))
+        elif kind == "statistics":
+            conn.send(("statistics", server.models.statistics.snapshot()))
         elif kind == "stop":
             server.stop(request[1])
             conn.send(("stopped",))

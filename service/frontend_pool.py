@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Connection
 from typing import Any
 
+from torchwire.service.app.statistics import Key, VersionStatistics
 from torchwire.service.errors import StartupError
 from torchwire.service.frontend import FrontendSetup
 
@@ -178,6 +179,10 @@ class FrontendPool:
     def metrics(self) -> list[bytes]:
         """Every frontend's metrics, in Prometheus' text format."""
         return [reply[1] for reply in self._ask(("metrics",))]
+
+    def statistics(self) -> list[dict[Key, VersionStatistics]]:
+        """Every frontend's inference statistics (for the v2 ModelStatistics)."""
+        return [reply[1] for reply in self._ask(("statistics",))]
 
     def stop(self, grace: float) -> None:
         """Stops every frontend (each drains its calls within `grace`), then ends them."""

@@ -18,14 +18,18 @@ from grpc_reflection.v1alpha import reflection
 from torchwire.kserve import grpc_predict_v2_pb2 as v2
 from torchwire.kserve import grpc_predict_v2_pb2_grpc as v2_grpc
 from torchwire.service import logs
+from torchwire.service.api.auth import Authenticator, load_tokens
 from torchwire.service.api.listening import bind, server_options, serving_wrappers
 from torchwire.service.api.methods import Registrar, chain
 from torchwire.service.api.metrics import ServiceMetrics
+from torchwire.service.api.rest import RestApi, RestServer
 from torchwire.service.api.servicer import TorchWireServicer
 from torchwire.service.api.v2 import InferenceServicer
 from torchwire.service.app.catalog import Catalog
 from torchwire.service.app.importing import ModelImporter
 from torchwire.service.app.jobs import JobManager
+from torchwire.service.app.open_inference import OpenInference
+from torchwire.service.app.shared_memory import SharedMemoryRegistry
 from torchwire.service.config import ServerConfig
 from torchwire.service.errors import StartupError
 from torchwire.service.frontend import FrontendSetup, model_service
@@ -64,11 +68,15 @@ class TorchwireServer:
         self.address = f"{config.address.rsplit(':', 1)[0]}:{self.port}"
         self.lock = StoreLock(config.store_dir, self.address)
         self.frontends: FrontendPool | None = None
+        self.rest: RestServer | None = None
+        self.http_port = 0
         self._local_dir: str | None = None
         try:
             self._open(config)
         except BaseException:
             self.grpc.stop(None)  # unbinds the port
+            if self.rest is not None:
+                self.rest.stop(0)
             self._remove_local_socket()
             self.lock.release()
             raise
@@ -118,9 +126,16 @@ class TorchwireServer:
         registrar = Registrar(self.grpc, chain(serving_wrappers(self.metrics, config)))
         pb_grpc.add_TorchWireServicer_to_server(servicer, registrar)
         self._stopping = False
-        v2_grpc.add_GRPCInferenceServiceServicer_to_server(
-            InferenceServicer(catalog, self.models, lambda: not self._stopping), registrar
+        if config.frontends:
+            self.frontends = self._frontend_pool(config)
+        plane = OpenInference(
+            catalog,
+            self.models,
+            SharedMemoryRegistry(),
+            lambda: not self._stopping,
+            self.frontends.statistics if self.frontends else list,
         )
+        v2_grpc.add_GRPCInferenceServiceServicer_to_server(InferenceServicer(plane), registrar)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, registrar)
         reflection.enable_server_reflection(
             (
@@ -131,8 +146,16 @@ class TorchwireServer:
             ),
             registrar,
         )
-        if config.frontends:
-            self.frontends = self._frontend_pool(config)
+        if config.http_address:
+            tokens = load_tokens(config.auth_tokens, config.auth_tokens_file)
+            api = RestApi(
+                plane,
+                self.metrics,
+                Authenticator(tokens) if tokens else None,
+                config.max_message_bytes,
+            )
+            self.rest = RestServer(api, config)
+            self.http_port = self.rest.port
         self.metrics_port = (
             self.metrics.serve(
                 config.metrics_address, self.frontends.metrics if self.frontends else None
@@ -171,12 +194,17 @@ class TorchwireServer:
         self.grpc.start()
         if self.frontends is not None:
             self.frontends.start()
+        if self.rest is not None:
+            self.rest.start()
         for name in ("", SERVICE_NAME):
             self.health.set(name, health_pb2.HealthCheckResponse.SERVING)
         log.info("serving on %s (store %s)", self.address, self.config.store_dir)
         if self.metrics_port:
             host = self.config.metrics_address.rsplit(":", 1)[0]
             log.info("metrics on %s:%d /metrics", host, self.metrics_port)
+        if self.http_port:
+            host = self.config.http_address.rsplit(":", 1)[0]
+            log.info("v2 REST on %s:%d /v2", host, self.http_port)
 
     def stop(self, grace: float | None = None) -> bool:
         """Shuts down in order, within `grace` plus SHUTDOWN_MARGIN_S whatever happens: stop
@@ -194,11 +222,18 @@ class TorchwireServer:
             name="frontends-stop",
         )
         frontends.start()
+        rest = threading.Thread(
+            target=self.rest.stop if self.rest else lambda grace: None,
+            args=(grace,),
+            name="http-stop",
+        )
+        rest.start()
         drained = self.grpc.stop(grace)
         self.jobs.shutdown(timeout=grace)
         clean = drained.wait(max(0.0, bound - time.monotonic()))
         # A frontend still draining past the bound exits with this process (its lifeline).
         frontends.join(max(0.0, bound - time.monotonic()))
+        rest.join(max(0.0, bound - time.monotonic()))
         self._remove_local_socket()
         if not clean:
             log.warning("RPCs still running %.0f s after the grace period", SHUTDOWN_MARGIN_S)

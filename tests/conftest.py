@@ -23,7 +23,9 @@ def start_server(store: Path, **overrides) -> TorchwireServer:
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[TorchwireServer]:
     """One server for the session; tests that need other limits start their own."""
-    server = start_server(tmp_path_factory.mktemp("store"), max_concurrent_jobs=2)
+    server = start_server(
+        tmp_path_factory.mktemp("store"), max_concurrent_jobs=2, http_address="127.0.0.1:0"
+    )
     yield server
     server.stop(grace=5)
 

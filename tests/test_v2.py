@@ -136,7 +136,7 @@ def test_model_infer_rejects(stub, digits_model: str) -> None:
         (lambda r: setattr(r.inputs[0], "datatype", "INT64"), INVALID, "raw_input_contents[0]"),
         (lambda r: r.inputs.add(name="input", datatype="FP32"), INVALID, "inputs=2"),
         (lambda r: r.raw_input_contents.__setitem__(0, b"1234"), INVALID, "has 4 bytes"),
-        (lambda r: r.outputs.add(name="logits"), INVALID, "outputs.name='logits'"),
+        (lambda r: r.outputs.add(name="logits"), INVALID, "outputs[0].name='logits'"),
         (
             lambda r: (
                 r.ClearField("raw_input_contents"),
@@ -151,7 +151,9 @@ def test_model_infer_rejects(stub, digits_model: str) -> None:
     int_model_input = _raw_request(digits_model, X_TEST[:2])
     int_model_input.inputs[0].datatype = "FP64"
     int_model_input.raw_input_contents[0] = X_TEST[:2].astype("<f8").tobytes()
-    assert_rejected(lambda: stub.ModelInfer(int_model_input), INVALID, "inputs.dtype='float64'")
+    assert_rejected(
+        lambda: stub.ModelInfer(int_model_input), INVALID, "inputs[0].datatype='FP64'", "takes FP32"
+    )
 
 
 TRITON_PYTHON = os.environ.get("TORCHWIRE_TRITON_PYTHON", "")

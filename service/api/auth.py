@@ -35,7 +35,15 @@ class Authenticator:
         header = next(
             (value for key, value in context.invocation_metadata() if key == "authorization"), ""
         )
-        scheme, _, token = str(header).partition(" ")
+        self.check(str(header))
+
+    def check(self, header: str) -> None:
+        """Refuses an `authorization` header value that is not `Bearer <a valid token>`.
+
+        Raises:
+            Unauthenticated: it is not.
+        """
+        scheme, _, token = header.partition(" ")
         given = token.encode()
         # Compare with every token, in constant time, so timing tells nothing.
         matches = [hmac.compare_digest(given, t) for t in self._tokens]

@@ -34,6 +34,21 @@ def _relay(context: grpc.ServicerContext, err: grpc.RpcError) -> None:
     context.abort(code, details or "")
 
 
+def forward_call(
+    call: grpc.UnaryUnaryMultiCallable, request: bytes, context: grpc.ServicerContext
+) -> bytes:
+    """Makes a unary call on the server with the caller's metadata and deadline; the
+    caller's cancellation cancels it, and its status becomes the caller's.
+    """
+    future = call.future(request, **_call_options(context))
+    context.add_callback(future.cancel)
+    try:
+        return future.result()
+    except grpc.RpcError as err:
+        _relay(context, err)
+        raise
+
+
 def forwarder(channel: grpc.Channel) -> Callable[[str, grpc.RpcMethodHandler], Any]:
     """A wrapper that replaces a method's handler with one forwarding its calls on `channel`."""
 
@@ -47,13 +62,7 @@ def forwarder(channel: grpc.Channel) -> Callable[[str, grpc.RpcMethodHandler], A
         }[(streaming_in, streaming_out)](method)
 
         def unary(request: Any, context: grpc.ServicerContext) -> bytes:
-            call = open_call.future(request, **_call_options(context))
-            context.add_callback(call.cancel)
-            try:
-                return call.result()
-            except grpc.RpcError as err:
-                _relay(context, err)
-                raise
+            return forward_call(open_call, request, context)
 
         def streaming(request: Any, context: grpc.ServicerContext) -> Iterator[bytes]:
             responses = open_call(request, **_call_options(context))

@@ -60,6 +60,19 @@ class ServiceMetrics:
             buckets=LATENCY_BUCKETS,
             registry=self.registry,
         )
+        self.http_requests = Counter(
+            "torchwire_http_requests",
+            "HTTP (v2 REST) requests handled.",
+            ["route", "code"],
+            registry=self.registry,
+        )
+        self.http_latency = Histogram(
+            "torchwire_http_request_seconds",
+            "HTTP (v2 REST) request latency.",
+            ["route"],
+            buckets=LATENCY_BUCKETS,
+            registry=self.registry,
+        )
         self.batch_size = Histogram(
             "torchwire_model_run_batch_size",
             "Rows per model run (after dynamic batching).",
@@ -101,9 +114,18 @@ class ServiceMetrics:
         for state in JOB_STATES:
             self.jobs.labels(state).set_function(functools.partial(jobs_in, state))
 
-    def run_observer(self, model: str, runtime: str) -> Callable[[float], None]:
-        """What to tell the rows of each run of a model in a runtime."""
-        return self.batch_size.labels(model, runtime).observe
+    def http_series(self, route: str) -> tuple[Callable[[int], Any], Any]:
+        """For an HTTP route (its template, not the path): the request counter of a status
+        code, and the latency histogram."""
+        return (
+            lambda code: self.http_requests.labels(route, str(code)),
+            self.http_latency.labels(route),
+        )
+
+    def run_observer(self, model: str, runtime: str) -> Callable[[int, float], None]:
+        """What to tell the size and time of each run of a model in a runtime."""
+        series = self.batch_size.labels(model, runtime)
+        return lambda rows, seconds: series.observe(rows)
 
     def observe_epoch(self, model: str, metrics: dict[str, Any]) -> None:
         self.samples_per_second.labels(model).set(metrics["samples_per_second"])

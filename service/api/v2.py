@@ -1,159 +1,136 @@
-"""The Open Inference Protocol v2 (KServe / Triton `inference.GRPCInferenceService`), served by
-the same ModelService as torchwire.v1 Predict: same runtimes, batching, cache and limits."""
+"""The Open Inference Protocol v2 over gRPC (KServe / Triton `inference.GRPCInferenceService`):
+decode, call the data plane, encode."""
 
-import math
-from collections.abc import Callable
+import logging
+from collections import deque
 
-import numpy as np
-
-from torchwire import __version__
 from torchwire.kserve import grpc_predict_v2_pb2 as v2
 from torchwire.kserve import grpc_predict_v2_pb2_grpc as v2_grpc
+from torchwire.service.api import v2_convert as convert
 from torchwire.service.api.methods import time_left
-from torchwire.service.app.catalog import Catalog
-from torchwire.service.app.serving import ModelService
-from torchwire.service.errors import InvalidArgument, NotFound
-from torchwire.v1 import tensors
-from torchwire.v1 import torchwire_pb2 as pb
+from torchwire.service.app.open_inference import OpenInference, PendingInference
+from torchwire.service.errors import TorchwireError
 
-#: v2 datatype -> (NumPy dtype name, the typed-contents field that carries it).
-DATATYPES = {
-    "FP32": ("float32", "fp32_contents"),
-    "FP64": ("float64", "fp64_contents"),
-    "FP16": ("float16", ""),  # raw only: no typed field holds half floats
-    "INT64": ("int64", "int64_contents"),
-    "INT32": ("int32", "int_contents"),
-    "UINT8": ("uint8", "uint_contents"),
-    "BOOL": ("bool", "bool_contents"),
-}
-DATATYPE_OF = {dtype: name for name, (dtype, _) in DATATYPES.items()}
-INPUT = "input"
-#: Output name -> (what ModelService returns, v2 datatype); the last two for classifiers only.
-OUTPUTS = {"output": "raw", "probabilities": "probabilities", "class": "top_k"}
+log = logging.getLogger(__name__)
 
-
-def _version(field: str, text: str) -> int:
-    if text and not text.isdigit():
-        raise InvalidArgument.field(field, text, "must be a version number, or empty for latest")
-    return int(text or 0)
+STREAM_WINDOW = 8
+"""Requests of one ModelStreamInfer in flight at once (answered in order)."""
+INTERNAL = "internal error; the server log has the details"
 
 
 class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
-    """Implements `inference.GRPCInferenceService` on top of the model store and service."""
+    """Implements `inference.GRPCInferenceService` on the v2 data plane."""
 
-    def __init__(self, catalog: Catalog, models: ModelService, ready: Callable[[], bool]) -> None:
-        self.catalog = catalog
-        self.models = models
-        self.ready = ready
+    def __init__(self, plane: OpenInference) -> None:
+        self.plane = plane
 
     def ServerLive(self, request, context):
         return v2.ServerLiveResponse(live=True)
 
     def ServerReady(self, request, context):
-        return v2.ServerReadyResponse(ready=self.ready())
+        return v2.ServerReadyResponse(ready=self.plane.ready())
 
     def ModelReady(self, request, context):
-        try:
-            self.models.served(request.name, _version("version", request.version))
-        except NotFound:
-            return v2.ModelReadyResponse(ready=False)
-        return v2.ModelReadyResponse(ready=self.ready())
+        return v2.ModelReadyResponse(ready=self.plane.model_ready(request.name, request.version))
 
     def ServerMetadata(self, request, context):
-        return v2.ServerMetadataResponse(name="torchwire", version=__version__)
+        name, version, extensions = self.plane.server_metadata()
+        return v2.ServerMetadataResponse(name=name, version=version, extensions=extensions)
 
     def ModelMetadata(self, request, context):
-        versions = self.catalog.model(request.name).versions
-        record = self.catalog.version(request.name, _version("version", request.version), "name")
-        meta = record.metadata
+        meta = self.plane.model_metadata(request.name, request.version)
         tensor = v2.ModelMetadataResponse.TensorMetadata
-        outputs = [tensor(name="output", datatype="FP32", shape=[-1, meta.output_size])]
-        if meta.task == "classification":
-            outputs += [
-                tensor(name="probabilities", datatype="FP32", shape=[-1, len(meta.classes)]),
-                tensor(name="class", datatype="INT64", shape=[-1, 1]),
-            ]
         return v2.ModelMetadataResponse(
-            name=record.name,
-            versions=[str(v.version) for v in versions],
-            platform="pytorch_torchwire",
-            inputs=[
-                tensor(
-                    name=INPUT,
-                    datatype=DATATYPE_OF[meta.input_dtype],
-                    shape=[-1, *meta.input_shape],
-                )
-            ],
-            outputs=outputs,
+            name=meta.name,
+            versions=meta.versions,
+            platform=meta.platform,
+            inputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in meta.inputs],
+            outputs=[tensor(name=t.name, datatype=t.datatype, shape=t.shape) for t in meta.outputs],
         )
 
     def ModelInfer(self, request, context):
-        inputs = _input(request)
-        wanted = [o.name for o in request.outputs]
-        unknown = [name for name in wanted if name not in OUTPUTS]
-        if unknown:
-            raise InvalidArgument.field(
-                "outputs.name", unknown[0], f"must be one of {sorted(OUTPUTS)}"
-            )
-        pending = self.models.submit(
-            request.model_name,
-            _version("model_version", request.model_version),
-            inputs,
-            {OUTPUTS[name] for name in wanted},
-            top_k=1,
-        )
-        result = pending.result(time_left(context))
-        response = v2.ModelInferResponse(
-            model_name=pending.record.name, model_version=str(pending.record.version), id=request.id
-        )
-        produced = {
-            "output": result.raw,
-            "probabilities": result.probabilities,
-            "class": result.top_indices,
-        }
-        for name in wanted or OUTPUTS:
-            array = produced[name]
-            if array is None:
-                continue
-            array = np.ascontiguousarray(array, dtype=array.dtype.newbyteorder("<"))
-            response.outputs.add(
-                name=name, datatype=DATATYPE_OF[array.dtype.name], shape=list(array.shape)
-            )
-            response.raw_output_contents.append(array.tobytes())
-        return response
+        response = self.plane.infer(convert.infer_request(request), time_left(context))
+        return convert.infer_response(response)
 
+    def ModelStreamInfer(self, request_iterator, context):
+        # Up to STREAM_WINDOW requests are in flight, answered in order; a request that fails
+        # is answered with its error in its place, and the stream goes on.
+        window: deque[PendingInference | Exception] = deque()
+        for request in request_iterator:
+            window.append(self._start(request))
+            if len(window) >= STREAM_WINDOW:
+                yield self._answer(window.popleft(), time_left(context))
+        while window:
+            yield self._answer(window.popleft(), time_left(context))
 
-def _input(request: v2.ModelInferRequest) -> np.ndarray:
-    """The request's one input tensor as an array, from raw or typed contents."""
-    if len(request.inputs) != 1:
-        raise InvalidArgument.field(
-            "inputs", len(request.inputs), f"torchwire models take exactly one input, {INPUT!r}"
-        )
-    tensor = request.inputs[0]
-    if tensor.name != INPUT:
-        raise InvalidArgument.field("inputs[0].name", tensor.name, f"must be {INPUT!r}")
-    if tensor.datatype not in DATATYPES:
-        raise InvalidArgument.field(
-            "inputs[0].datatype", tensor.datatype, f"must be one of {sorted(DATATYPES)}"
-        )
-    dtype, field = DATATYPES[tensor.datatype]
-    if request.raw_input_contents:
-        if len(request.raw_input_contents) != 1:
-            raise InvalidArgument.field(
-                "raw_input_contents",
-                len(request.raw_input_contents),
-                "must hold one entry per input",
-            )
-        raw = pb.Tensor(dtype=dtype, shape=tensor.shape, data=request.raw_input_contents[0])
+    def _start(self, request: v2.ModelInferRequest) -> PendingInference | Exception:
         try:
-            return tensors.decode(raw)
-        except ValueError as err:
-            raise InvalidArgument(f"raw_input_contents[0]: {err}") from err
-    values = getattr(tensor.contents, field) if field else ()
-    if any(d < 0 for d in tensor.shape) or len(values) != math.prod(tensor.shape):
-        raise InvalidArgument.field(
-            "inputs[0].shape",
-            list(tensor.shape),
-            f"holds {len(values)} values in contents.{field or 'raw_input_contents'}",
+            return self.plane.start(convert.infer_request(request))
+        except Exception as err:  # answered in its place by _answer
+            return err
+
+    @staticmethod
+    def _answer(
+        started: PendingInference | Exception, timeout: float | None
+    ) -> v2.ModelStreamInferResponse:
+        try:
+            if isinstance(started, Exception):
+                raise started
+            response = started.finish(timeout)
+        except TorchwireError as err:
+            return v2.ModelStreamInferResponse(error_message=err.message)
+        except Exception:
+            log.exception("ModelStreamInfer: a request failed")
+            return v2.ModelStreamInferResponse(error_message=INTERNAL)
+        return v2.ModelStreamInferResponse(infer_response=convert.infer_response(response))
+
+    def ModelConfig(self, request, context):
+        return convert.model_config(self.plane.model_config(request.name, request.version))
+
+    def ModelStatistics(self, request, context):
+        reports = self.plane.statistics(request.name, request.version)
+        return convert.statistics(reports, str(self.plane.models.device))
+
+    def RepositoryIndex(self, request, context):
+        entries = self.plane.repository_index(request.repository_name, request.ready)
+        index = v2.RepositoryIndexResponse.ModelIndex
+        return v2.RepositoryIndexResponse(
+            models=[
+                index(
+                    name=e.name,
+                    version=str(e.version),
+                    state="READY" if e.ready else "UNAVAILABLE",
+                    reason=e.reason,
+                )
+                for e in entries
+            ]
         )
-    return np.asarray(values, dtype=dtype).reshape(tuple(tensor.shape))
+
+    def RepositoryModelLoad(self, request, context):
+        parameters = {k: convert.parameter(p) for k, p in request.parameters.items()}
+        self.plane.load(request.repository_name, request.model_name, parameters)
+        return v2.RepositoryModelLoadResponse()
+
+    def RepositoryModelUnload(self, request, context):
+        parameters = {k: convert.parameter(p) for k, p in request.parameters.items()}
+        self.plane.unload(request.repository_name, request.model_name, parameters)
+        return v2.RepositoryModelUnloadResponse()
+
+    def SystemSharedMemoryStatus(self, request, context):
+        region = v2.SystemSharedMemoryStatusResponse.RegionStatus
+        return v2.SystemSharedMemoryStatusResponse(
+            regions={
+                r.name: region(name=r.name, key=r.key, offset=r.offset, byte_size=r.byte_size)
+                for r in self.plane.shared_memory.status(request.name)
+            }
+        )
+
+    def SystemSharedMemoryRegister(self, request, context):
+        self.plane.shared_memory.register(
+            request.name, request.key, request.offset, request.byte_size
+        )
+        return v2.SystemSharedMemoryRegisterResponse()
+
+    def SystemSharedMemoryUnregister(self, request, context):
+        self.plane.shared_memory.unregister(request.name)
+        return v2.SystemSharedMemoryUnregisterResponse()

@@ -7,7 +7,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from torchwire.service.core.batching import Batcher, Outcome, Ran
+from torchwire.service.app.statistics import InferenceStatistics
+from torchwire.service.core.batching import Batcher, Outcome, Ran, RunObserver, timed_run
 from torchwire.service.core.datasets import CLASSIFICATION
 from torchwire.service.core.records import ModelVersionRecord
 from torchwire.service.core.runtimes import Prediction, Runtime, postprocess
@@ -24,8 +25,8 @@ class ServedRuntime:
     record: ModelVersionRecord
     runtime: Runtime
     batcher: Batcher | None
-    observe: Callable[[int], None] = lambda rows: None
-    """Told the rows of every model run (for metrics)."""
+    observe: RunObserver = lambda rows, seconds: None
+    """Told the size and time of every model run (for metrics and statistics)."""
     input_dtype: np.dtype = field(init=False)
     input_shape: tuple[int, ...] = field(init=False)
 
@@ -38,8 +39,9 @@ class ServedRuntime:
         """Runs `inputs` through the batcher, or at once in this thread without one."""
         if self.batcher is not None:
             return self.batcher.submit(inputs)
-        self.observe(len(inputs))
-        return [Ran((self.runtime.run(inputs), len(inputs)))]
+        ran = timed_run(self.runtime.run, inputs)
+        self.observe(ran.rows, ran.seconds)
+        return [Ran(ran)]
 
     def close(self) -> None:
         if self.batcher is not None:
@@ -48,7 +50,8 @@ class ServedRuntime:
 
 
 class PendingPrediction:
-    """A submitted Predict: its pieces run in the batcher; `result` joins them."""
+    """A submitted Predict: its pieces run in the batcher; `result` joins them and records
+    the request in the statistics."""
 
     def __init__(
         self,
@@ -57,14 +60,19 @@ class PendingPrediction:
         want_raw: bool,
         want_probabilities: bool,
         top_k: int,
+        statistics: InferenceStatistics,
+        submitted: float,
     ) -> None:
         self.served = served
         self.record = served.record
         self._futures = futures
         self._flags = (want_raw, want_probabilities, top_k)
+        self._statistics = statistics
+        self._submitted = submitted
 
     def result(self, timeout: float | None = None) -> Prediction:
         """Waits for every piece (up to `timeout` seconds in all) and post-processes."""
+        key = (self.record.name, self.record.version)
         try:
             if len(self._futures) == 1:
                 parts = [self._futures[0].result(timeout)]
@@ -74,19 +82,45 @@ class PendingPrediction:
                     f.result(None if deadline is None else max(0.0, deadline - time.monotonic()))
                     for f in self._futures
                 ]
-        except TimeoutError as err:
-            raise DeadlineExceeded(f"Predict did not finish within {timeout:.3f} s") from err
-        raw = parts[0][0] if len(parts) == 1 else np.concatenate([p[0] for p in parts])
+        except BaseException as err:
+            self._statistics.failed(key, time.perf_counter() - self._submitted)
+            if isinstance(err, TimeoutError):
+                raise DeadlineExceeded(f"Predict did not finish within {timeout:.3f} s") from err
+            raise
+        raw = parts[0].outputs if len(parts) == 1 else np.concatenate([p.outputs for p in parts])
         runtime = self.served.runtime
-        return Prediction(
+        prediction = Prediction(
             runtime=runtime.name,
             placement=runtime.placement,
-            batch_sizes=[size for _, size in parts],
+            batch_sizes=[part.rows for part in parts],
             **postprocess(raw, self.record.metadata.task, *self._flags),
         )
+        self._statistics.succeeded(
+            key,
+            len(raw),
+            time.perf_counter() - self._submitted,
+            queue=max(0.0, min(p.started for p in parts) - self._submitted),
+            compute=sum(p.seconds for p in parts),
+        )
+        return prediction
 
 
-def check_request(served: ServedRuntime, inputs: np.ndarray, outputs: set[str]) -> set[str]:
+@dataclass(frozen=True)
+class InputFields:
+    """How a protocol names a request's input fields in its errors."""
+
+    dtype: str = "inputs.dtype"
+    shape: str = "inputs.shape"
+    type_name: Callable[[str], str] = str
+    """A NumPy dtype's name as the protocol spells it."""
+
+
+def check_request(
+    served: ServedRuntime,
+    inputs: np.ndarray,
+    outputs: set[str],
+    fields: InputFields = InputFields(),
+) -> set[str]:
     """Checks a batch and the outputs asked for against the version; returns the outputs,
     the task's defaults when none were asked for."""
     record = served.record
@@ -94,11 +128,13 @@ def check_request(served: ServedRuntime, inputs: np.ndarray, outputs: set[str]) 
     expected = served.input_shape
     if inputs.dtype != served.input_dtype:
         raise InvalidArgument.field(
-            "inputs.dtype", inputs.dtype.name, f"{which} takes {meta.input_dtype}"
+            fields.dtype,
+            fields.type_name(inputs.dtype.name),
+            f"{which} takes {fields.type_name(meta.input_dtype)}",
         )
     if inputs.shape[1:] != expected or inputs.ndim != len(expected) + 1 or not len(inputs):
         raise InvalidArgument.field(
-            "inputs.shape",
+            fields.shape,
             list(inputs.shape),
             f"{which} takes [n, {', '.join(map(str, expected))}] with n >= 1",
         )

@@ -2,6 +2,7 @@
 evaluated and deleted."""
 
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import asdict
 from typing import Any
@@ -9,8 +10,14 @@ from typing import Any
 import numpy as np
 import torch
 
-from torchwire.service.app.prediction import PendingPrediction, ServedRuntime, check_request
-from torchwire.service.core.batching import Batcher, BatchingConfig
+from torchwire.service.app.prediction import (
+    InputFields,
+    PendingPrediction,
+    ServedRuntime,
+    check_request,
+)
+from torchwire.service.app.statistics import InferenceStatistics
+from torchwire.service.core.batching import Batcher, BatchingConfig, RunObserver
 from torchwire.service.core.cache import ModelCache
 from torchwire.service.core.checkpoint import load_model
 from torchwire.service.core.datasets import CLASSIFICATION
@@ -56,8 +63,8 @@ class ModelService:
         default_batching: batching for models without a setting of their own.
         ort_intra_op_threads: ONNX Runtime intra-op threads (0: its default).
         max_predict_rows: most samples one request may carry (RESOURCE_EXHAUSTED beyond).
-        run_observer: for a model and a runtime, what to tell the rows of each of its runs
-            (for metrics); asked once per loaded runtime.
+        run_observer: for a model and a runtime, what to tell the size and time of each of
+            its runs (for metrics); asked once per loaded runtime.
     """
 
     def __init__(
@@ -67,8 +74,8 @@ class ModelService:
         default_batching: BatchingConfig,
         ort_intra_op_threads: int = 0,
         max_predict_rows: int = 65536,
-        run_observer: Callable[[str, str], Callable[[int], None]] = (
-            lambda model, runtime: lambda rows: None
+        run_observer: Callable[[str, str], RunObserver] = (
+            lambda model, runtime: lambda rows, seconds: None
         ),
     ) -> None:
         self.store = store
@@ -77,6 +84,7 @@ class ModelService:
         self.ort_intra_op_threads = ort_intra_op_threads
         self.max_predict_rows = max_predict_rows
         self.run_observer = run_observer
+        self.statistics = InferenceStatistics()
         self.cache: ModelCache[ServedRuntime] = ModelCache(
             max_loaded_bytes, self._load, lambda s: s.runtime.size_bytes(), ServedRuntime.close
         )
@@ -107,7 +115,15 @@ class ModelService:
         meta = record.metadata
         runtime.run(np.zeros((1, *meta.input_shape), meta.input_dtype))  # warm up
         batching = self.batching(name)
-        observe = self.run_observer(name, runtime_name)
+        observers = (
+            self.run_observer(name, runtime_name),
+            self.statistics.run_observer(name, record.version),
+        )
+
+        def observe(rows: int, seconds: float) -> None:
+            for observer in observers:
+                observer(rows, seconds)
+
         batcher = (
             Batcher(runtime.run, batching, f"{name}-{version}-{runtime_name}", observe)
             if batching.enabled
@@ -115,7 +131,7 @@ class ModelService:
         )
         return ServedRuntime(record, runtime, batcher, observe)
 
-    def _runtime_for(self, name: str, version: int, requested: str) -> str:
+    def runtime_for(self, name: str, version: int, requested: str) -> str:
         """The named runtime, or the fastest one this version has an export for."""
         if requested:
             if requested not in RUNTIMES:
@@ -131,11 +147,19 @@ class ModelService:
     def served(self, name: str, version: int, runtime: str = "") -> ServedRuntime:
         """The loaded runtime; after the first request, a cache hit without reading metadata."""
         number = self.store.versions.resolve(name, version)
-        runtime = self._runtime_for(name, number, runtime)
+        runtime = self.runtime_for(name, number, runtime)
         try:
             return self.cache.get((name, number, runtime))
         except MissingArtifact as err:
             raise FailedPrecondition(f"runtime={runtime!r}: {err.message}") from err
+
+    def loaded_bytes(self) -> dict[tuple[str, int], int]:
+        """(model, version) -> bytes its loaded runtimes hold."""
+        held: dict[tuple[str, int], int] = {}
+        for served in self.cache.values():
+            key = (served.record.name, served.record.version)
+            held[key] = held.get(key, 0) + served.runtime.size_bytes()
+        return held
 
     def forget(self, name: str, version: int = 0) -> None:
         """Drops loaded runtimes and runtime choices of a model (one version, or all)."""
@@ -183,6 +207,7 @@ class ModelService:
         outputs: set[str],
         top_k: int,
         runtime: str = "",
+        fields: InputFields = InputFields(),
     ) -> PendingPrediction:
         """Validates `inputs` against the version's recorded input and queues them.
 
@@ -194,6 +219,7 @@ class ModelService:
                 "probabilities" and "top_k" for classifiers.
             top_k: classes per sample for "top_k"; 0 means 1.
             runtime: "eager", "torchscript", "onnxruntime", or "" for the fastest available.
+            fields: how the caller's protocol names the input's fields in errors.
 
         Raises:
             NotFound: the model or version does not exist.
@@ -206,13 +232,22 @@ class ModelService:
                 f"inputs has {len(inputs)} rows; max_predict_rows={self.max_predict_rows}"
             )
         served = self.served(name, version, runtime)
-        outputs = check_request(served, inputs, outputs)
+        submitted = time.perf_counter()
+        key = (served.record.name, served.record.version)
+        try:
+            outputs = check_request(served, inputs, outputs, fields)
+            futures = served.submit(inputs)
+        except BaseException:
+            self.statistics.failed(key, time.perf_counter() - submitted)
+            raise
         return PendingPrediction(
             served,
-            served.submit(inputs),
+            futures,
             "raw" in outputs,
             "probabilities" in outputs,
             (top_k or 1) if "top_k" in outputs else 0,
+            self.statistics,
+            submitted,
         )
 
     def evaluate(
@@ -311,6 +346,7 @@ class ModelService:
         deleted = self.store.versions.delete(name, version)
         for number in deleted:
             self.forget(name, number)
+            self.statistics.forget(name, number)
         return deleted
 
     def queued(self) -> int:

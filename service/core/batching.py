@@ -7,6 +7,7 @@ import time
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import numpy as np
 
@@ -35,27 +36,51 @@ class _Piece:
     future: Future
 
 
+class RunResult(NamedTuple):
+    """A piece's share of the model run that served it."""
+
+    outputs: np.ndarray
+    """The outputs of the piece's rows."""
+    rows: int
+    """The size of the whole run."""
+    started: float
+    """When the run began (`time.perf_counter()`)."""
+    seconds: float
+    """How long the run took."""
+
+
 class Ran:
     """A piece already run in the caller's thread: its result, read like a Future's, without
     the Future's lock and condition."""
 
     __slots__ = ("value",)
 
-    def __init__(self, value: tuple[np.ndarray, int]) -> None:
+    def __init__(self, value: RunResult) -> None:
         self.value = value
 
-    def result(self, timeout: float | None = None) -> tuple[np.ndarray, int]:
+    def result(self, timeout: float | None = None) -> RunResult:
         return self.value
 
 
 Outcome = Future | Ran
-"""What `submit` gives back for each piece: `.result(timeout)` is (its outputs, run size)."""
+"""What `submit` gives back for each piece: `.result(timeout)` is its `RunResult`."""
+
+RunObserver = Callable[[int, float], None]
+"""Told the size and the duration in seconds of every successful model run."""
+
+
+def timed_run(run: Callable[[np.ndarray], np.ndarray], batch: np.ndarray) -> RunResult:
+    """Runs `batch` and times the run."""
+    started = time.perf_counter()
+    outputs = run(batch)
+    return RunResult(outputs, len(batch), started, time.perf_counter() - started)
 
 
 class Batcher:
     """Merges pieces submitted from many threads into runs of `run`, on one thread of its own.
 
-    Each piece's future resolves to `(outputs for its rows, size of the run it was part of)`.
+    Each piece's future resolves to the `RunResult` of the run it was part of, holding the
+    outputs of its own rows.
     """
 
     def __init__(
@@ -63,7 +88,7 @@ class Batcher:
         run: Callable[[np.ndarray], np.ndarray],
         config: BatchingConfig,
         name: str,
-        observe: Callable[[int], None] = lambda rows: None,
+        observe: RunObserver = lambda rows, seconds: None,
     ) -> None:
         self._run = run
         self._observe = observe
@@ -111,8 +136,9 @@ class Batcher:
 
     def _inline(self, batch: np.ndarray) -> Ran:
         """Runs `batch` in the caller's thread (which holds `_running`)."""
-        self._observe(len(batch))
-        return Ran((self._run(batch), len(batch)))
+        ran = timed_run(self._run, batch)
+        self._observe(ran.rows, ran.seconds)
+        return Ran(ran)
 
     def queued(self) -> int:
         """Pieces waiting for a run."""
@@ -161,13 +187,15 @@ class Batcher:
     def _execute(self, run: list[_Piece], rows: int) -> None:
         batch = run[0].rows if len(run) == 1 else np.concatenate([p.rows for p in run])
         try:
-            self._observe(rows)
-            outputs = self._run(batch)
+            ran = timed_run(self._run, batch)
         except BaseException as err:  # every waiter must hear about it
             for piece in run:
                 piece.future.set_exception(err)
             return
+        self._observe(rows, ran.seconds)
         offset = 0
         for piece in run:
-            piece.future.set_result((outputs[offset : offset + len(piece.rows)], rows))
+            piece.future.set_result(
+                ran._replace(outputs=ran.outputs[offset : offset + len(piece.rows)])
+            )
             offset += len(piece.rows)

@@ -1,0 +1,212 @@
+"""Conversions between the v2 protocol's gRPC messages and the data plane's values."""
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+from torchwire.kserve import grpc_predict_v2_pb2 as v2
+from torchwire.service.app.inference_types import (
+    BYTES,
+    DATATYPES,
+    DTYPES,
+    InferInput,
+    InferRequest,
+    InferResponse,
+    Raw,
+    RequestedOutput,
+    TensorData,
+)
+from torchwire.service.app.open_inference import ModelConfiguration, VersionReport
+from torchwire.service.app.shared_memory import Window
+from torchwire.service.app.statistics import Duration
+from torchwire.service.errors import InvalidArgument
+
+#: v2 datatype -> the typed-contents field that carries it.
+CONTENTS = {
+    "BOOL": "bool_contents",
+    "UINT8": "uint_contents",
+    "INT32": "int_contents",
+    "INT64": "int64_contents",
+    "FP32": "fp32_contents",
+    "FP64": "fp64_contents",
+    BYTES: "bytes_contents",
+}
+SHM_REGION = "shared_memory_region"
+SHM_OFFSET = "shared_memory_offset"
+SHM_SIZE = "shared_memory_byte_size"
+
+
+def parameter(value: v2.InferParameter | v2.ModelRepositoryParameter) -> Any:
+    """A parameter's value, whichever of its types is set."""
+    which = value.WhichOneof("parameter_choice")
+    return getattr(value, which) if which else None
+
+
+def window(parameters: Mapping[str, Any], field: str) -> Window | None:
+    """The shared-memory window that a tensor's parameters name, if any."""
+    if SHM_REGION not in parameters:
+        return None
+    values = {name: parameter(p) for name, p in parameters.items()}
+    region, size = values[SHM_REGION], values.get(SHM_SIZE)
+    offset = values.get(SHM_OFFSET, 0)
+    if not isinstance(region, str) or not region:
+        raise InvalidArgument.field(f"{field}.{SHM_REGION}", region, "must be a region's name")
+    for name, value in ((SHM_SIZE, size), (SHM_OFFSET, offset)):
+        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+            raise InvalidArgument.field(f"{field}.{name}", value, "must be a non-negative integer")
+    assert isinstance(size, int) and isinstance(offset, int)
+    return Window(region, offset, size, field)
+
+
+def infer_request(request: v2.ModelInferRequest) -> InferRequest:
+    """A ModelInferRequest as the data plane's request."""
+    raw = list(request.raw_input_contents)
+    inputs = []
+    for index, tensor in enumerate(request.inputs):
+        data: TensorData | None = window(tensor.parameters, f"inputs[{index}].parameters")
+        if data is None and request.raw_input_contents:
+            position = len(request.raw_input_contents) - len(raw)
+            data = Raw(raw.pop(0) if raw else b"", f"raw_input_contents[{position}]")
+        if data is None:
+            data = _typed(tensor, index)
+        inputs.append(InferInput(tensor.name, tensor.datatype, tuple(tensor.shape), data))
+    if raw and len(request.inputs) == 1:
+        raise InvalidArgument.field(
+            "raw_input_contents",
+            len(request.raw_input_contents),
+            "must hold one entry per input not in shared memory",
+        )
+    outputs = [
+        RequestedOutput(o.name, window(o.parameters, f"outputs[{index}].parameters"))
+        for index, o in enumerate(request.outputs)
+    ]
+    return InferRequest(request.model_name, request.model_version, request.id, inputs, outputs)
+
+
+def _typed(tensor: v2.ModelInferRequest.InferInputTensor, index: int) -> TensorData:
+    """A tensor's typed contents, checked against its shape."""
+    field = CONTENTS.get(tensor.datatype)
+    if field is None:
+        why = (
+            "is carried only in raw_input_contents"
+            if tensor.datatype in DATATYPES
+            else f"must be one of {list(DATATYPES)}"
+        )
+        raise InvalidArgument.field(f"inputs[{index}].datatype", tensor.datatype, why)
+    values = getattr(tensor.contents, field)
+    expected = int(np.prod(tensor.shape)) if all(d >= 0 for d in tensor.shape) else -1
+    if len(values) != expected:
+        raise InvalidArgument.field(
+            f"inputs[{index}].shape",
+            list(tensor.shape),
+            f"holds {len(values)} values in inputs[{index}].contents.{field}",
+        )
+    if tensor.datatype == BYTES:
+        return list(values)
+    return np.asarray(values, dtype=DTYPES[tensor.datatype]).reshape(tuple(tensor.shape))
+
+
+def infer_response(response: InferResponse) -> v2.ModelInferResponse:
+    """The data plane's response as a ModelInferResponse (raw contents)."""
+    message = v2.ModelInferResponse(
+        model_name=response.model, model_version=str(response.version), id=response.id
+    )
+    for output in response.outputs:
+        tensor = message.outputs.add(
+            name=output.name, datatype=output.datatype, shape=list(output.shape)
+        )
+        if output.written is not None:
+            tensor.parameters[SHM_REGION].string_param = output.written.region
+            tensor.parameters[SHM_SIZE].int64_param = output.written.byte_size
+            tensor.parameters[SHM_OFFSET].int64_param = output.written.offset
+        else:
+            assert output.data is not None
+            message.raw_output_contents.append(output.data.tobytes())
+    return message
+
+
+def model_config(config: ModelConfiguration) -> v2.ModelConfigResponse:
+    """A configuration as Triton's ModelConfig."""
+    types = v2.DataType
+    batching = config.batching
+    device, _, index = config.device.partition(":")
+    message = v2.ModelConfig(
+        name=config.name,
+        platform=config.platform,
+        backend=config.backend,
+        max_batch_size=batching.max_batch_size if batching.enabled else 0,
+        input=[
+            v2.ModelInput(
+                name=t.name,
+                data_type=types.Value(f"TYPE_{t.datatype}"),
+                format=v2.ModelInput.FORMAT_NCHW
+                if config.parameters["image_mode"]
+                else v2.ModelInput.FORMAT_NONE,
+                dims=list(t.shape[1:]),
+            )
+            for t in config.inputs
+        ],
+        output=[
+            v2.ModelOutput(
+                name=t.name, data_type=types.Value(f"TYPE_{t.datatype}"), dims=list(t.shape[1:])
+            )
+            for t in config.outputs
+        ],
+        instance_group=[
+            v2.ModelInstanceGroup(
+                name=config.name,
+                count=1,
+                kind=v2.ModelInstanceGroup.KIND_GPU
+                if device == "cuda"
+                else v2.ModelInstanceGroup.KIND_CPU,
+                gpus=[int(index or 0)] if device == "cuda" else [],
+            )
+        ],
+        parameters={k: v2.ModelParameter(string_value=v) for k, v in config.parameters.items()},
+    )
+    if batching.enabled:
+        message.dynamic_batching.CopyFrom(
+            v2.ModelDynamicBatching(
+                preferred_batch_size=[batching.max_batch_size],
+                max_queue_delay_microseconds=int(batching.max_delay_ms * 1000),
+                preserve_ordering=True,
+            )
+        )
+    return v2.ModelConfigResponse(config=message)
+
+
+def _duration(duration: Duration) -> v2.StatisticDuration:
+    return v2.StatisticDuration(count=duration.count, ns=duration.ns)
+
+
+def statistics(reports: list[VersionReport], device: str) -> v2.ModelStatisticsResponse:
+    """Statistics as the protocol's ModelStatisticsResponse."""
+    response = v2.ModelStatisticsResponse()
+    kind = "GPU" if device.startswith("cuda") else "CPU"
+    index = int(device.partition(":")[2] or 0)
+    for report in reports:
+        stats = report.statistics
+        response.model_stats.add(
+            name=report.name,
+            version=str(report.version),
+            last_inference=stats.last_inference_ms,
+            inference_count=stats.inference_count,
+            execution_count=stats.execution_count,
+            inference_stats=v2.InferStatistics(
+                success=_duration(stats.success),
+                fail=_duration(stats.fail),
+                queue=_duration(stats.queue),
+                compute_input=_duration(stats.compute_input),
+                compute_infer=_duration(stats.compute_infer),
+                compute_output=_duration(stats.compute_output),
+            ),
+            batch_stats=[
+                v2.InferBatchStatistics(batch_size=size, compute_infer=_duration(runs))
+                for size, runs in sorted(stats.runs.items())
+            ],
+            memory_usage=[v2.MemoryUsage(type=kind, id=index, byte_size=report.loaded_bytes)]
+            if report.loaded_bytes
+            else [],
+        )
+    return response

@@ -1,0 +1,318 @@
+"""Conversions between the v2 protocol's HTTP/JSON bodies (with the binary tensor data
+extension) and the data plane's values."""
+
+import base64
+import binascii
+import json
+from typing import Any
+
+import numpy as np
+
+from torchwire.service.app.inference_types import (
+    BYTES,
+    DATATYPES,
+    DTYPES,
+    InferInput,
+    InferRequest,
+    InferResponse,
+    Raw,
+    RequestedOutput,
+    TensorData,
+    TensorSpec,
+)
+from torchwire.service.app.open_inference import ModelConfiguration, ModelMetadata, VersionReport
+from torchwire.service.app.shared_memory import Window
+from torchwire.service.app.statistics import Duration
+from torchwire.service.errors import InvalidArgument
+
+HEADER_LENGTH = "inference-header-content-length"
+"""The binary data extension's header: how many bytes of the body are JSON."""
+SHM_REGION = "shared_memory_region"
+SHM_OFFSET = "shared_memory_offset"
+SHM_SIZE = "shared_memory_byte_size"
+BINARY_SIZE = "binary_data_size"
+
+
+def _object(value: Any, field: str) -> dict[str, Any]:
+    if not isinstance(value, dict):
+        raise InvalidArgument.field(field, value, "must be a JSON object")
+    return value
+
+
+def non_negative(value: Any, field: str) -> int:
+    """`value` as a JSON integer >= 0.
+
+    Raises:
+        InvalidArgument: it is not one.
+    """
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidArgument.field(field, value, "must be a non-negative integer")
+    return value
+
+
+def _window(parameters: dict[str, Any], field: str) -> Window | None:
+    if SHM_REGION not in parameters:
+        return None
+    region = parameters[SHM_REGION]
+    if not isinstance(region, str) or not region:
+        raise InvalidArgument.field(f"{field}.{SHM_REGION}", region, "must be a region's name")
+    size = non_negative(parameters.get(SHM_SIZE), f"{field}.{SHM_SIZE}")
+    offset = non_negative(parameters.get(SHM_OFFSET, 0), f"{field}.{SHM_OFFSET}")
+    return Window(region, offset, size, field)
+
+
+def parse_json(body: bytes, field: str = "body") -> Any:
+    """A JSON document.
+
+    Raises:
+        InvalidArgument: the bytes are not JSON.
+    """
+    try:
+        return json.loads(body or b"{}")
+    except (ValueError, UnicodeDecodeError) as err:
+        raise InvalidArgument.field(field, f"{len(body)} bytes", f"is not JSON: {err}") from err
+
+
+def infer_request(model: str, version: str, body: bytes, header_length: str | None) -> InferRequest:
+    """An infer request's body (JSON, then binary tensors when `header_length` is given) as
+    the data plane's request."""
+    if header_length is None:
+        header, binary = body, memoryview(b"")
+    else:
+        if not header_length.isdigit() or int(header_length) > len(body):
+            raise InvalidArgument.field(
+                "Inference-Header-Content-Length",
+                header_length,
+                f"must be the JSON's length, at most the body's {len(body)} bytes",
+            )
+        header, binary = body[: int(header_length)], memoryview(body)[int(header_length) :]
+    document = _object(parse_json(header), "body")
+    parameters = _object(document.get("parameters", {}), "parameters")
+    tensors = document.get("inputs")
+    if not isinstance(tensors, list):
+        raise InvalidArgument.field("inputs", tensors, "must be a list of tensors")
+    inputs, offset = [], 0
+    for index, tensor in enumerate(tensors):
+        parsed, used = _input(_object(tensor, f"inputs[{index}]"), index, binary[offset:])
+        inputs.append(parsed)
+        offset += used
+    if offset != len(binary):
+        raise InvalidArgument.field(
+            "Inference-Header-Content-Length",
+            header_length,
+            f"leaves {len(binary)} binary bytes, but the inputs' binary_data_size add to {offset}",
+        )
+    all_binary = parameters.get("binary_data_output") is True
+    outputs = []
+    for index, output in enumerate(document.get("outputs", [])):
+        output = _object(output, f"outputs[{index}]")
+        output_parameters = _object(output.get("parameters", {}), f"outputs[{index}].parameters")
+        binary_wanted = output_parameters.get("binary_data", all_binary) is True
+        outputs.append(
+            RequestedOutput(
+                str(output.get("name", "")),
+                _window(output_parameters, f"outputs[{index}].parameters"),
+                binary_wanted,
+            )
+        )
+    request_id = document.get("id", "")
+    return InferRequest(model, version, str(request_id), inputs, outputs)
+
+
+def _input(tensor: dict[str, Any], index: int, binary: memoryview) -> tuple[InferInput, int]:
+    """One input tensor, and how many binary bytes it took."""
+    field = f"inputs[{index}]"
+    name, datatype, shape = tensor.get("name", ""), tensor.get("datatype", ""), tensor.get("shape")
+    if not isinstance(shape, list) or not all(
+        isinstance(d, int) and not isinstance(d, bool) for d in shape
+    ):
+        raise InvalidArgument.field(f"{field}.shape", shape, "must be a list of integers")
+    if datatype not in DATATYPES:
+        raise InvalidArgument.field(
+            f"{field}.datatype", datatype, f"must be one of {list(DATATYPES)}"
+        )
+    parameters = _object(tensor.get("parameters", {}), f"{field}.parameters")
+    data: TensorData | None = _window(parameters, f"{field}.parameters")
+    used = 0
+    if data is None and BINARY_SIZE in parameters:
+        used = non_negative(parameters[BINARY_SIZE], f"{field}.parameters.{BINARY_SIZE}")
+        if used > len(binary):
+            raise InvalidArgument.field(
+                f"{field}.parameters.{BINARY_SIZE}",
+                used,
+                f"only {len(binary)} binary bytes are left in the body",
+            )
+        data = Raw(binary[:used], f"{field}.parameters.{BINARY_SIZE}")
+    if data is None:
+        data = _json_data(tensor.get("data"), datatype, tuple(shape), field)
+    return InferInput(str(name), datatype, tuple(shape), data), used
+
+
+def _json_data(values: Any, datatype: str, shape: tuple[int, ...], field: str) -> TensorData:
+    """A tensor's JSON `data` (flat or nested, row-major)."""
+    if values is None:
+        raise InvalidArgument.field(
+            f"{field}.data", None, "is missing (and no binary data or shared memory is named)"
+        )
+    flat = np.asarray(values, dtype=object).ravel().tolist() if isinstance(values, list) else None
+    expected = int(np.prod(shape)) if all(d >= 0 for d in shape) else -1
+    if flat is None or len(flat) != expected:
+        count = "not a list" if flat is None else f"{len(flat)} values"
+        raise InvalidArgument.field(f"{field}.data", count, f"shape {list(shape)} needs {expected}")
+    if datatype == BYTES:
+        return [_element(v, f"{field}.data[{i}]") for i, v in enumerate(flat)]
+    try:
+        return np.asarray(flat, dtype=DTYPES[datatype]).reshape(shape)
+    except (TypeError, ValueError) as err:
+        raise InvalidArgument.field(
+            f"{field}.data", flat[:3], f"are not {datatype}: {err}"
+        ) from err
+
+
+def _element(value: Any, field: str) -> bytes:
+    """A BYTES element: a string (UTF-8), or {"b64": "..."} for binary files."""
+    if isinstance(value, str):
+        return value.encode()
+    if isinstance(value, dict) and isinstance(value.get("b64"), str):
+        try:
+            return base64.b64decode(value["b64"], validate=True)
+        except binascii.Error as err:
+            raise InvalidArgument.field(field, "b64", f"is not base64: {err}") from err
+    raise InvalidArgument.field(field, value, 'must be a string or {"b64": "..."}')
+
+
+def infer_response(response: InferResponse) -> tuple[bytes, int | None]:
+    """The response body, and the JSON's length when binary outputs follow it."""
+    outputs, chunks = [], []
+    for output in response.outputs:
+        entry: dict[str, Any] = {
+            "name": output.name,
+            "datatype": output.datatype,
+            "shape": list(output.shape),
+        }
+        if output.written is not None:
+            entry["parameters"] = {
+                SHM_REGION: output.written.region,
+                SHM_OFFSET: output.written.offset,
+                SHM_SIZE: output.written.byte_size,
+            }
+        elif output.binary:
+            assert output.data is not None
+            chunks.append(output.data.tobytes())
+            entry["parameters"] = {BINARY_SIZE: len(chunks[-1])}
+        else:
+            assert output.data is not None
+            entry["data"] = output.data.ravel().tolist()
+        outputs.append(entry)
+    document = {
+        "model_name": response.model,
+        "model_version": str(response.version),
+        "outputs": outputs,
+    }
+    if response.id:
+        document["id"] = response.id
+    header = json.dumps(document).encode()
+    return (header + b"".join(chunks), len(header)) if chunks else (header, None)
+
+
+def _tensor(spec: TensorSpec) -> dict[str, Any]:
+    return {"name": spec.name, "datatype": spec.datatype, "shape": list(spec.shape)}
+
+
+def model_metadata(meta: ModelMetadata) -> dict[str, Any]:
+    """A model's metadata as the protocol's JSON."""
+    return {
+        "name": meta.name,
+        "versions": meta.versions,
+        "platform": meta.platform,
+        "inputs": [_tensor(t) for t in meta.inputs],
+        "outputs": [_tensor(t) for t in meta.outputs],
+    }
+
+
+def model_config(config: ModelConfiguration) -> dict[str, Any]:
+    """A configuration as Triton's model configuration JSON."""
+    batching = config.batching
+    device, _, index = config.device.partition(":")
+    document: dict[str, Any] = {
+        "name": config.name,
+        "platform": config.platform,
+        "backend": config.backend,
+        "max_batch_size": batching.max_batch_size if batching.enabled else 0,
+        "input": [
+            {
+                "name": t.name,
+                "data_type": f"TYPE_{t.datatype}",
+                "format": "FORMAT_NCHW" if config.parameters["image_mode"] else "FORMAT_NONE",
+                "dims": list(t.shape[1:]),
+            }
+            for t in config.inputs
+        ],
+        "output": [
+            {"name": t.name, "data_type": f"TYPE_{t.datatype}", "dims": list(t.shape[1:])}
+            for t in config.outputs
+        ],
+        "instance_group": [
+            {
+                "name": config.name,
+                "count": 1,
+                "kind": "KIND_GPU" if device == "cuda" else "KIND_CPU",
+                "gpus": [int(index or 0)] if device == "cuda" else [],
+            }
+        ],
+        "parameters": {k: {"string_value": v} for k, v in config.parameters.items()},
+    }
+    if batching.enabled:
+        document["dynamic_batching"] = {
+            "preferred_batch_size": [batching.max_batch_size],
+            "max_queue_delay_microseconds": int(batching.max_delay_ms * 1000),
+            "preserve_ordering": True,
+        }
+    return document
+
+
+def _duration(duration: Duration) -> dict[str, int]:
+    return {"count": duration.count, "ns": duration.ns}
+
+
+def statistics(reports: list[VersionReport], device: str) -> dict[str, Any]:
+    """Statistics as the protocol's JSON."""
+    kind = "GPU" if device.startswith("cuda") else "CPU"
+    index = int(device.partition(":")[2] or 0)
+    stats_of = []
+    for report in reports:
+        stats = report.statistics
+        stats_of.append(
+            {
+                "name": report.name,
+                "version": str(report.version),
+                "last_inference": stats.last_inference_ms,
+                "inference_count": stats.inference_count,
+                "execution_count": stats.execution_count,
+                "inference_stats": {
+                    name: _duration(getattr(stats, name))
+                    for name in (
+                        "success",
+                        "fail",
+                        "queue",
+                        "compute_input",
+                        "compute_infer",
+                        "compute_output",
+                    )
+                }
+                | {"cache_hit": _duration(Duration()), "cache_miss": _duration(Duration())},
+                "batch_stats": [
+                    {
+                        "batch_size": size,
+                        "compute_input": _duration(Duration()),
+                        "compute_infer": _duration(runs),
+                        "compute_output": _duration(Duration()),
+                    }
+                    for size, runs in sorted(stats.runs.items())
+                ],
+                "memory_usage": [{"type": kind, "id": index, "byte_size": report.loaded_bytes}]
+                if report.loaded_bytes
+                else [],
+            }
+        )
+    return {"model_stats": stats_of}

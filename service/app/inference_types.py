@@ -1,0 +1,168 @@
+"""The Open Inference Protocol's values, whatever carried them (gRPC or HTTP/JSON): requests,
+responses, tensor descriptions, and the datatypes and their byte layouts."""
+
+import math
+import struct
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from torchwire.service.app.shared_memory import Window
+from torchwire.service.errors import InvalidArgument
+
+DTYPES = {
+    "BOOL": "bool",
+    "UINT8": "uint8",
+    "INT32": "int32",
+    "INT64": "int64",
+    "FP16": "float16",
+    "FP32": "float32",
+    "FP64": "float64",
+}
+"""v2 datatype -> NumPy dtype name, for the datatypes torchwire models take or give."""
+DATATYPE_OF = {dtype: name for name, dtype in DTYPES.items()}
+BYTES = "BYTES"
+"""Encoded files (PNG, JPEG), one per element: images for a model trained on them."""
+DATATYPES = (*DTYPES, BYTES)
+
+
+def datatype_of(dtype_name: str) -> str:
+    """The v2 datatype of a NumPy dtype name ("float32" -> "FP32")."""
+    return DATATYPE_OF.get(dtype_name, dtype_name)
+
+
+@dataclass(frozen=True)
+class Raw:
+    """A tensor's contents as little-endian bytes, as the request carried them."""
+
+    buffer: bytes | memoryview | np.ndarray
+    field: str
+    """The request field that carried them (for errors)."""
+
+
+TensorData = np.ndarray | list[bytes] | Raw | Window
+"""Decoded values, BYTES elements, raw bytes, or a shared-memory window."""
+
+
+@dataclass(frozen=True)
+class InferInput:
+    """One input tensor of a request."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    data: TensorData
+
+
+@dataclass(frozen=True)
+class RequestedOutput:
+    """One output a request asks for, with where to write it."""
+
+    name: str
+    window: Window | None = None
+    """A shared-memory window to write it into instead of the response."""
+    binary: bool = False
+    """(HTTP) send it as binary data after the JSON, not as a JSON array."""
+
+
+@dataclass(frozen=True)
+class InferRequest:
+    """An inference request."""
+
+    model: str
+    version: str
+    """A decimal version, or empty for the latest."""
+    id: str = ""
+    inputs: list[InferInput] = field(default_factory=list)
+    outputs: list[RequestedOutput] = field(default_factory=list)
+    """Empty asks for every output."""
+
+
+@dataclass(frozen=True)
+class InferOutput:
+    """One output tensor of a response: its values, or the window they were written to."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+    data: np.ndarray | None
+    written: Window | None = None
+    binary: bool = False
+
+
+@dataclass(frozen=True)
+class InferResponse:
+    """An inference response."""
+
+    model: str
+    version: int
+    id: str
+    outputs: list[InferOutput]
+
+
+@dataclass(frozen=True)
+class TensorSpec:
+    """A tensor's name, datatype and shape (-1: the batch dimension)."""
+
+    name: str
+    datatype: str
+    shape: tuple[int, ...]
+
+
+def from_raw(raw: Raw, datatype: str, shape: tuple[int, ...]) -> np.ndarray | list[bytes]:
+    """Raw contents as an array (a view, no copy), or as BYTES elements.
+
+    Raises:
+        InvalidArgument: the byte count does not match the shape, or BYTES elements overrun.
+    """
+    if datatype == BYTES:
+        elements = deserialize_bytes(raw)
+        if len(elements) != math.prod(shape):
+            raise InvalidArgument.field(
+                raw.field,
+                f"{len(elements)} elements",
+                f"shape {list(shape)} needs {math.prod(shape)}",
+            )
+        return elements
+    dtype = np.dtype(DTYPES[datatype]).newbyteorder("<")
+    expected = math.prod(shape) * dtype.itemsize
+    size = len(raw.buffer) if not isinstance(raw.buffer, np.ndarray) else raw.buffer.nbytes
+    if size != expected:
+        raise InvalidArgument.field(
+            raw.field,
+            f"{size} bytes",
+            f"has {size} bytes, but shape {list(shape)} of {datatype} needs {expected}",
+        )
+    return np.frombuffer(raw.buffer, dtype).reshape(shape)
+
+
+def deserialize_bytes(raw: Raw) -> list[bytes]:
+    """BYTES elements from their wire form: each a 4-byte little-endian length, then the
+    bytes.
+
+    Raises:
+        InvalidArgument: a length runs past the end of the buffer.
+    """
+    buffer = memoryview(raw.buffer).cast("B")
+    elements, offset = [], 0
+    while offset < len(buffer):
+        if offset + 4 > len(buffer):
+            raise InvalidArgument.field(
+                raw.field, f"{len(buffer)} bytes", f"ends inside an element's length at {offset}"
+            )
+        (length,) = struct.unpack_from("<I", buffer, offset)
+        offset += 4
+        if offset + length > len(buffer):
+            raise InvalidArgument.field(
+                raw.field,
+                f"{len(buffer)} bytes",
+                f"element {len(elements)} says {length} bytes, past the end",
+            )
+        elements.append(bytes(buffer[offset : offset + length]))
+        offset += length
+    return elements
+
+
+def serialize_bytes(elements: list[bytes]) -> bytes:
+    """BYTES elements in their wire form (see `deserialize_bytes`)."""
+    return b"".join(struct.pack("<I", len(e)) + e for e in elements)
