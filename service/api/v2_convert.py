@@ -55,7 +55,8 @@ def window(parameters: Mapping[str, Any], field: str) -> Window | None:
     for name, value in ((SHM_SIZE, size), (SHM_OFFSET, offset)):
         if not isinstance(value, int) or isinstance(value, bool) or value < 0:
             raise InvalidArgument.field(f"{field}.{name}", value, "must be a non-negative integer")
-    assert isinstance(size, int) and isinstance(offset, int)
+    assert isinstance(size, int)
+    assert isinstance(offset, int)
     return Window(region, offset, size, field)
 
 

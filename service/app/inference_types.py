@@ -4,6 +4,7 @@ responses, tensor descriptions, and the datatypes and their byte layouts."""
 import math
 import struct
 from dataclasses import dataclass, field
+from typing import TypeAlias
 
 import numpy as np
 
@@ -40,7 +41,7 @@ class Raw:
     """The request field that carried them (for errors)."""
 
 
-TensorData = np.ndarray | list[bytes] | Raw | Window
+TensorData: TypeAlias = np.ndarray | list[bytes] | Raw | Window
 """Decoded values, BYTES elements, raw bytes, or a shared-memory window."""
 
 
@@ -143,8 +144,9 @@ def deserialize_bytes(raw: Raw) -> list[bytes]:
     Raises:
         InvalidArgument: a length runs past the end of the buffer.
     """
-    buffer = memoryview(raw.buffer).cast("B")
-    elements, offset = [], 0
+    buffer = memoryview(raw.buffer).cast("B")  # type: ignore[arg-type]
+    elements: list[bytes] = []
+    offset = 0
     while offset < len(buffer):
         if offset + 4 > len(buffer):
             raise InvalidArgument.field(

@@ -115,11 +115,15 @@ class InputFields:
     """A NumPy dtype's name as the protocol spells it."""
 
 
+V1_FIELDS = InputFields()
+"""torchwire.v1's names."""
+
+
 def check_request(
     served: ServedRuntime,
     inputs: np.ndarray,
     outputs: set[str],
-    fields: InputFields = InputFields(),
+    fields: InputFields = V1_FIELDS,
 ) -> set[str]:
     """Checks a batch and the outputs asked for against the version; returns the outputs,
     the task's defaults when none were asked for."""

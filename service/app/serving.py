@@ -11,6 +11,7 @@ import numpy as np
 import torch
 
 from torchwire.service.app.prediction import (
+    V1_FIELDS,
     InputFields,
     PendingPrediction,
     ServedRuntime,
@@ -207,7 +208,7 @@ class ModelService:
         outputs: set[str],
         top_k: int,
         runtime: str = "",
-        fields: InputFields = InputFields(),
+        fields: InputFields = V1_FIELDS,
     ) -> PendingPrediction:
         """Validates `inputs` against the version's recorded input and queues them.
 
