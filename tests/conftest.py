@@ -7,6 +7,7 @@ import grpc
 import numpy as np
 import pytest
 
+from tests.imagedata import write_image_files
 from torchwire.client import Client
 from torchwire.service.config import ServerConfig
 from torchwire.service.server import TorchwireServer, create_server
@@ -63,6 +64,39 @@ def regression_data(client: Client) -> str:
         y = (2 * x.sum(axis=1) - 1).astype(np.float32)
         client.upload_dataset("linear", x, y, split=split)
     return "linear"
+
+
+NORMALIZE = {"normalize": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}
+
+
+@pytest.fixture(scope="session")
+def data_root(server: TorchwireServer) -> Path:
+    """The data root every server has: `<store>/data`."""
+    return server.config.store_dir / "data"
+
+
+@pytest.fixture(scope="session")
+def colours(data_root: Path) -> dict[str, str]:
+    """`image_files` folders of 12x12 PNGs labelled by file name, for training and testing."""
+    write_image_files(data_root / "colours" / "train", per_class=30, seed=1)
+    write_image_files(data_root / "colours" / "test", per_class=10, seed=2)
+    return {"train": "colours/train", "test": "colours/test"}
+
+
+@pytest.fixture(scope="session")
+def colour_model(client: Client, colours: dict[str, str]) -> str:
+    """A CNN trained on the colour PNGs, resized to 8x8 and normalised."""
+    client.train(
+        "colours-cnn",
+        source={"format": "image_files", "path": colours["train"]},
+        architecture="cnn",
+        channels=[8],
+        transforms=[{"resize": {"size": [8, 8]}}, NORMALIZE],
+        epochs=6,
+        learning_rate=0.01,
+        seed=0,
+    ).wait()
+    return "colours-cnn"
 
 
 def assert_rejected(call, code: grpc.StatusCode, *fragments: str) -> None:

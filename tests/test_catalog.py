@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from tests.conftest import assert_rejected
+from tests.conftest import NORMALIZE, assert_rejected
 from tests.imagedata import (
     write_binary_csv,
     write_fashion_mnist,
@@ -23,38 +23,7 @@ from torchwire.client.cli import main as cli
 from torchwire.service.server import TorchwireServer
 from torchwire.v1 import torchwire_pb2 as pb
 
-NORMALIZE = {"normalize": {"mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25]}}
 INVALID, NOT_FOUND = grpc.StatusCode.INVALID_ARGUMENT, grpc.StatusCode.NOT_FOUND
-
-
-@pytest.fixture(scope="module")
-def data_root(server: TorchwireServer) -> Path:
-    """The data root every server has: `<store>/data`."""
-    return server.config.store_dir / "data"
-
-
-@pytest.fixture(scope="module")
-def colours(data_root: Path) -> dict[str, str]:
-    """`image_files` folders of 12x12 PNGs labelled by file name, for training and testing."""
-    write_image_files(data_root / "colours" / "train", per_class=30, seed=1)
-    write_image_files(data_root / "colours" / "test", per_class=10, seed=2)
-    return {"train": "colours/train", "test": "colours/test"}
-
-
-@pytest.fixture(scope="module")
-def colour_model(client: Client, colours: dict[str, str]) -> str:
-    """A CNN trained on the colour PNGs, resized to 8x8 and normalised."""
-    client.train(
-        "colours-cnn",
-        source={"format": "image_files", "path": colours["train"]},
-        architecture="cnn",
-        channels=[8],
-        transforms=[{"resize": {"size": [8, 8]}}, NORMALIZE],
-        epochs=6,
-        learning_rate=0.01,
-        seed=0,
-    ).wait()
-    return "colours-cnn"
 
 
 def _png(image: Image.Image) -> bytes:
