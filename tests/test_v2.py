@@ -1,9 +1,10 @@
 """The Open Inference Protocol v2 (inference.GRPCInferenceService) on the torchwire port,
 checked against torchwire's own Predict."""
 
-import json
+import io
 import os
-import subprocess
+import struct
+from multiprocessing import shared_memory
 from pathlib import Path
 
 import grpc
@@ -12,12 +13,15 @@ import pytest
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
+from PIL import Image
 
 from tests.conftest import assert_rejected
 from torchwire.client import Client
 from torchwire.kserve import grpc_predict_v2_pb2 as v2
 from torchwire.kserve import grpc_predict_v2_pb2_grpc as v2_grpc
+from torchwire.service.app.shared_memory import SharedMemoryRegistry, Window
 from torchwire.service.core.datasets import BUILTIN_DATASETS
+from torchwire.service.errors import NotFound
 
 X_TEST, _ = BUILTIN_DATASETS["digits"].load("test")
 INVALID = grpc.StatusCode.INVALID_ARGUMENT
@@ -156,40 +160,6 @@ def test_model_infer_rejects(stub, digits_model: str) -> None:
     )
 
 
-TRITON_PYTHON = os.environ.get("TORCHWIRE_TRITON_PYTHON", "")
-
-
-@pytest.mark.skipif(
-    not TRITON_PYTHON,
-    reason="needs a Python with tritonclient[grpc]: `make wirecheck` makes one and runs this",
-)
-def test_tritons_own_client_calls_a_torchwire_model(
-    client: Client, digits_model: str, tmp_path: Path
-) -> None:
-    batch = X_TEST[:5]
-    np.save(tmp_path / "x.npy", batch)
-    out = subprocess.run(
-        [
-            TRITON_PYTHON,
-            str(Path(__file__).with_name("triton_check.py")),
-            client.address,
-            digits_model,
-            str(tmp_path / "x.npy"),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=120,
-        check=True,
-    )
-    got = json.loads(out.stdout)
-    assert got["live"]
-    assert got["ready"]
-    assert got["inputs"] == [{"name": "input", "datatype": "FP32", "shape": ["-1", "1", "8", "8"]}]
-    expected = client.predict(digits_model, batch, top_k=1)
-    np.testing.assert_allclose(np.array(got["output"]), expected.raw, atol=1e-6)
-    np.testing.assert_array_equal(np.array(got["class"]), expected.top_indices)
-
-
 def test_metadata_and_readiness_reject(stub, digits_model: str) -> None:
     cases = [
         (
@@ -212,3 +182,291 @@ def test_metadata_and_readiness_reject(stub, digits_model: str) -> None:
     ]
     for call, code, fragment in cases:
         assert_rejected(call, code, fragment)
+
+
+def _png(path: Path) -> bytes:
+    buffer = io.BytesIO()
+    Image.open(path).convert("RGB").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _bytes_request(model: str, elements: list[bytes], raw: bool) -> v2.ModelInferRequest:
+    request = v2.ModelInferRequest(model_name=model)
+    tensor = request.inputs.add(name="input", datatype="BYTES", shape=[len(elements), 1])
+    if raw:
+        serialized = b"".join(struct.pack("<I", len(e)) + e for e in elements)
+        request.raw_input_contents.append(serialized)
+    else:
+        tensor.contents.bytes_contents.extend(elements)
+    return request
+
+
+def test_stream_infer_answers_in_order_with_errors_in_place(
+    stub, client: Client, digits_model: str
+) -> None:
+    batches = [X_TEST[i : i + 1 + i % 3] for i in range(12)]
+    requests = [_raw_request(digits_model, b) for b in batches]
+    for i, request in enumerate(requests):
+        request.id = f"r{i}"
+    requests[5].inputs[0].name = "pixels"
+    requests[9].model_name = "no-such-model"
+    answers = list(stub.ModelStreamInfer(iter(requests)))
+    assert len(answers) == len(requests)
+    for i, (answer, batch) in enumerate(zip(answers, batches, strict=True)):
+        if i == 5:
+            assert "inputs[0].name='pixels'" in answer.error_message
+        elif i == 9:
+            assert "'no-such-model'" in answer.error_message
+        else:
+            assert not answer.error_message
+            assert answer.infer_response.id == f"r{i}"
+            expected = client.predict(digits_model, batch).raw
+            got = _outputs(answer.infer_response)["output"]
+            np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_model_config(stub, digits_model: str, colour_model: str) -> None:
+    config = stub.ModelConfig(v2.ModelConfigRequest(name=digits_model)).config
+    assert config.name == digits_model
+    assert config.platform == "pytorch_torchwire"
+    assert config.max_batch_size == 64
+    assert config.dynamic_batching.preferred_batch_size == [64]
+    assert config.dynamic_batching.preserve_ordering
+    assert [(i.name, i.data_type, list(i.dims)) for i in config.input] == [
+        ("input", v2.TYPE_FP32, [1, 8, 8])
+    ]
+    assert [(o.name, list(o.dims)) for o in config.output] == [
+        ("output", [10]),
+        ("probabilities", [10]),
+        ("class", [1]),
+    ]
+    assert config.instance_group[0].kind == v2.ModelInstanceGroup.KIND_CPU
+    assert config.parameters["task"].string_value == "classification"
+    images = stub.ModelConfig(v2.ModelConfigRequest(name=colour_model, version="1")).config
+    assert images.input[0].format == v2.ModelInput.FORMAT_NCHW
+    assert images.parameters["image_mode"].string_value == "RGB"
+    for request, code, fragment in [
+        (v2.ModelConfigRequest(name="nope"), grpc.StatusCode.NOT_FOUND, "'nope'"),
+        (v2.ModelConfigRequest(name=digits_model, version="x"), INVALID, "version='x'"),
+        (v2.ModelConfigRequest(name=digits_model, version="99"), grpc.StatusCode.NOT_FOUND, "99"),
+    ]:
+        assert_rejected(lambda r=request: stub.ModelConfig(r), code, fragment)
+
+
+def _stats(stub, model: str):
+    (stats,) = stub.ModelStatistics(v2.ModelStatisticsRequest(name=model, version="1")).model_stats
+    return stats
+
+
+def test_statistics_count_requests_runs_and_failures(stub, client: Client, digits_model) -> None:
+    before = _stats(stub, digits_model)
+    for rows in (1, 3, 5):
+        stub.ModelInfer(_raw_request(digits_model, X_TEST[:rows]))
+    client.predict(digits_model, X_TEST[:2])  # torchwire.v1 counts too
+    bad = _raw_request(digits_model, X_TEST[:2])
+    bad.inputs[0].shape[:] = [2, 64]
+    assert_rejected(lambda: stub.ModelInfer(bad), INVALID, "inputs[0].shape")
+    after = _stats(stub, digits_model)
+    assert after.inference_stats.success.count - before.inference_stats.success.count == 4
+    assert after.inference_count - before.inference_count == 11
+    assert after.inference_stats.fail.count - before.inference_stats.fail.count == 1
+    assert after.execution_count - before.execution_count >= 4
+    assert after.inference_stats.compute_infer.ns > before.inference_stats.compute_infer.ns
+    assert after.last_inference > 0
+    sizes = {b.batch_size for b in after.batch_stats}
+    assert {1, 3, 5} <= sizes
+    assert after.memory_usage[0].type == "CPU"
+    assert after.memory_usage[0].byte_size > 0
+    everything = stub.ModelStatistics(v2.ModelStatisticsRequest()).model_stats
+    assert (digits_model, "1") in {(s.name, s.version) for s in everything}
+    for request, code, fragment in [
+        (v2.ModelStatisticsRequest(name="nope"), grpc.StatusCode.NOT_FOUND, "'nope'"),
+        (v2.ModelStatisticsRequest(name=digits_model, version="-1"), INVALID, "version='-1'"),
+        (v2.ModelStatisticsRequest(version="1"), INVALID, "needs a model name"),
+    ]:
+        assert_rejected(lambda r=request: stub.ModelStatistics(r), code, fragment)
+
+
+def test_repository_index_load_and_unload(stub, digits_model: str) -> None:
+    def state() -> str:
+        index = stub.RepositoryIndex(v2.RepositoryIndexRequest()).models
+        return {(m.name, m.version): m.state for m in index}[(digits_model, "1")]
+
+    stub.RepositoryModelUnload(v2.RepositoryModelUnloadRequest(model_name=digits_model))
+    assert state() == "UNAVAILABLE"
+    ready = stub.RepositoryIndex(v2.RepositoryIndexRequest(ready=True)).models
+    assert digits_model not in {m.name for m in ready}
+    stub.RepositoryModelLoad(v2.RepositoryModelLoadRequest(model_name=digits_model))
+    assert state() == "READY"
+    not_found = grpc.StatusCode.NOT_FOUND
+    parameters = {"config": v2.ModelRepositoryParameter(string_param="{}")}
+    for call, code, fragment in [
+        (
+            lambda: stub.RepositoryModelLoad(v2.RepositoryModelLoadRequest(model_name="nope")),
+            not_found,
+            "'nope'",
+        ),
+        (
+            lambda: stub.RepositoryModelUnload(v2.RepositoryModelUnloadRequest(model_name="../x")),
+            INVALID,
+            "'../x'",
+        ),
+        (
+            lambda: stub.RepositoryIndex(v2.RepositoryIndexRequest(repository_name="other")),
+            not_found,
+            "repository_name='other'",
+        ),
+        (
+            lambda: stub.RepositoryModelLoad(
+                v2.RepositoryModelLoadRequest(model_name=digits_model, parameters=parameters)
+            ),
+            grpc.StatusCode.FAILED_PRECONDITION,
+            "parameters=['config']",
+        ),
+    ]:
+        assert_rejected(call, code, fragment)
+
+
+def test_png_images_as_bytes_match_predict(
+    stub, client: Client, colour_model: str, data_root: Path, colours: dict[str, str]
+) -> None:
+    pngs = [_png(p) for p in sorted((data_root / colours["test"]).glob("*.png"))[:5]]
+    expected = client.predict(colour_model, images=pngs)
+    for raw in (True, False):
+        response = stub.ModelInfer(_bytes_request(colour_model, pngs, raw))
+        got = _outputs(response)
+        np.testing.assert_allclose(got["output"], expected.raw, atol=1e-5)
+        np.testing.assert_array_equal(got["class"], expected.top_indices)
+
+
+def test_bytes_inputs_reject(stub, digits_model: str, colour_model: str) -> None:
+    png = _bytes_request(colour_model, [b"not an image"], raw=False)
+    to_tensors = _bytes_request(digits_model, [b"x"], raw=False)
+    truncated = _bytes_request(colour_model, [b"abc"], raw=True)
+    truncated.raw_input_contents[0] = struct.pack("<I", 10) + b"abc"
+    flat = _bytes_request(colour_model, [b"abc"], raw=False)
+    flat.inputs[0].shape[:] = [1, 2]
+    for request, fragment in [
+        (png, "image"),
+        (to_tensors, "inputs[0].datatype='BYTES'"),
+        (truncated, "raw_input_contents[0]"),
+        (flat, "inputs[0].shape"),
+    ]:
+        assert_rejected(lambda r=request: stub.ModelInfer(r), INVALID, fragment)
+    assert stub.ServerLive(v2.ServerLiveRequest()).live
+
+
+@pytest.fixture
+def region():
+    """A POSIX shared-memory object of 64 KiB, removed after the test."""
+    memory = shared_memory.SharedMemory(name=f"tw-test-{os.getpid()}", create=True, size=1 << 16)
+    yield memory
+    memory.close()
+    memory.unlink()
+
+
+def _shm(parameters, name: str, size: int, offset: int = 0) -> None:
+    parameters["shared_memory_region"].string_param = name
+    parameters["shared_memory_byte_size"].int64_param = size
+    parameters["shared_memory_offset"].int64_param = offset
+
+
+def test_system_shared_memory_inputs_and_outputs_match_predict(
+    stub, client: Client, digits_model: str, region
+) -> None:
+    batch = X_TEST[:16].astype("<f4")
+    view = np.ndarray((1 << 16,), np.uint8, region.buf)
+    view[: batch.nbytes] = batch.view(np.uint8).ravel()
+    stub.SystemSharedMemoryRegister(
+        v2.SystemSharedMemoryRegisterRequest(
+            name="io", key=f"/{region.name}", offset=0, byte_size=1 << 16
+        )
+    )
+    try:
+        status = stub.SystemSharedMemoryStatus(v2.SystemSharedMemoryStatusRequest(name="io"))
+        assert status.regions["io"].key == f"/{region.name}"
+        assert status.regions["io"].byte_size == 1 << 16
+        request = v2.ModelInferRequest(model_name=digits_model)
+        tensor = request.inputs.add(name="input", datatype="FP32", shape=list(batch.shape))
+        _shm(tensor.parameters, "io", batch.nbytes)
+        out = request.outputs.add(name="output")
+        _shm(out.parameters, "io", 16 * 10 * 4, offset=32768)
+        request.outputs.add(name="class")
+        response = stub.ModelInfer(request)
+        expected = client.predict(digits_model, batch, top_k=1)
+        assert response.outputs[0].parameters["shared_memory_byte_size"].int64_param == 640
+        assert len(response.raw_output_contents) == 1  # only "class" travelled
+        written = np.frombuffer(bytes(region.buf[32768 : 32768 + 640]), "<f4").reshape(16, 10)
+        np.testing.assert_allclose(written, expected.raw, atol=1e-6)
+        got_class = np.frombuffer(response.raw_output_contents[0], "<i8").reshape(16, 1)
+        np.testing.assert_array_equal(got_class, expected.top_indices)
+    finally:
+        stub.SystemSharedMemoryUnregister(v2.SystemSharedMemoryUnregisterRequest(name="io"))
+    assert not stub.SystemSharedMemoryStatus(v2.SystemSharedMemoryStatusRequest()).regions
+
+
+def test_system_shared_memory_rejects(stub, digits_model: str, region) -> None:
+    key = f"/{region.name}"
+
+    def register(name="r", key=key, offset=0, byte_size=1024):
+        request = v2.SystemSharedMemoryRegisterRequest(
+            name=name, key=key, offset=offset, byte_size=byte_size
+        )
+        return lambda: stub.SystemSharedMemoryRegister(request)
+
+    def infer(in_size=256, in_offset=0, region_name="r", out_size=None):
+        request = _raw_request(digits_model, X_TEST[:1])
+        request.ClearField("raw_input_contents")
+        _shm(request.inputs[0].parameters, region_name, in_size, in_offset)
+        if out_size is not None:
+            _shm(request.outputs.add(name="output").parameters, "r", out_size, 512)
+        return lambda: stub.ModelInfer(request)
+
+    register()()
+    try:
+        for call, code, fragment in [
+            (register(), grpc.StatusCode.ALREADY_EXISTS, "name='r'"),
+            (register(name="x", key="/no-such-object"), INVALID, "key='/no-such-object'"),
+            (register(name="x", key="/../etc/passwd"), INVALID, "key='/../etc/passwd'"),
+            (register(name="x", key=""), INVALID, "key=''"),
+            (register(name="x", byte_size=1 << 20), INVALID, "past the end"),
+            (register(name="x", offset=1 << 16, byte_size=1), INVALID, "past the end"),
+            (register(name="x", byte_size=0), INVALID, "byte_size=0"),
+            (register(name="a/b"), INVALID, "name='a/b'"),
+            (infer(region_name="nope"), grpc.StatusCode.NOT_FOUND, "'nope'"),
+            (infer(in_offset=1000), INVALID, "shared_memory_byte_size=256"),
+            (infer(in_size=128), INVALID, "128 bytes"),
+            (infer(out_size=8), INVALID, "needs 40 bytes"),
+            (
+                lambda: stub.SystemSharedMemoryUnregister(
+                    v2.SystemSharedMemoryUnregisterRequest(name="nope")
+                ),
+                grpc.StatusCode.NOT_FOUND,
+                "name='nope'",
+            ),
+            (
+                lambda: stub.SystemSharedMemoryStatus(
+                    v2.SystemSharedMemoryStatusRequest(name="nope")
+                ),
+                grpc.StatusCode.NOT_FOUND,
+                "name='nope'",
+            ),
+        ]:
+            assert_rejected(call, code, fragment)
+    finally:
+        stub.SystemSharedMemoryUnregister(v2.SystemSharedMemoryUnregisterRequest(name="r"))
+    assert stub.ServerLive(v2.ServerLiveRequest()).live
+
+
+def test_a_region_unregistered_while_in_use_stays_mapped_for_its_request(region) -> None:
+    registry = SharedMemoryRegistry()
+    registry.register("r", f"/{region.name}", 0, 1024)
+    in_use = registry.view(Window("r", 8, 16, "inputs[0].parameters"))
+    registry.unregister("r")
+    region.buf[8:12] = b"abcd"  # the request's view still shares the client's memory
+    assert bytes(in_use[:4]) == b"abcd"
+    with pytest.raises(NotFound, match="shared_memory_region='r'"):
+        registry.view(Window("r", 0, 16, "inputs[0].parameters"))
+    registry.register("r", f"/{region.name}", 0, 1024)  # the name is free again
+    registry.unregister()
+    assert registry.status() == []

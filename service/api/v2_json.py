@@ -116,7 +116,7 @@ def infer_request(model: str, version: str, body: bytes, header_length: str | No
             )
         )
     request_id = document.get("id", "")
-    return InferRequest(model, version, str(request_id), inputs, outputs)
+    return InferRequest(model, version, str(request_id), inputs, outputs, all_binary)
 
 
 def _input(tensor: dict[str, Any], index: int, binary: memoryview) -> tuple[InferInput, int]:
@@ -211,7 +211,7 @@ def infer_response(response: InferResponse) -> tuple[bytes, int | None]:
     }
     if response.id:
         document["id"] = response.id
-    header = json.dumps(document).encode()
+    header = json.dumps(document, separators=(",", ":")).encode()
     return (header + b"".join(chunks), len(header)) if chunks else (header, None)
 
 

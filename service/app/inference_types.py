@@ -77,6 +77,8 @@ class InferRequest:
     inputs: list[InferInput] = field(default_factory=list)
     outputs: list[RequestedOutput] = field(default_factory=list)
     """Empty asks for every output."""
+    binary_outputs: bool = False
+    """(HTTP) send the outputs not named in `outputs` as binary data."""
 
 
 @dataclass(frozen=True)

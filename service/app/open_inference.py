@@ -197,7 +197,7 @@ class OpenInference:
         key = (record.name, record.version)
         try:
             batch = self._batch(request.inputs, served)
-            wanted = self._requested(request.outputs, record)
+            wanted = self._requested(request, record)
             windows = {o.name: self.shared_memory.view(o.window) for o in wanted if o.window}
         except Exception:
             self.models.statistics.failed(key, time.perf_counter() - started)
@@ -254,12 +254,13 @@ class OpenInference:
         return self.models.decode_images(record.name, record.version, data)
 
     def _requested(
-        self, outputs: list[RequestedOutput], record: ModelVersionRecord
+        self, request: InferRequest, record: ModelVersionRecord
     ) -> list[RequestedOutput]:
         """The outputs asked for, checked against the version's; all of them if none."""
         available = [spec.name for spec in _output_specs(record)]
+        outputs = request.outputs
         if not outputs:
-            return [RequestedOutput(name) for name in available]
+            return [RequestedOutput(n, binary=request.binary_outputs) for n in available]
         for index, output in enumerate(outputs):
             if output.name not in available:
                 raise InvalidArgument.field(
