@@ -9,6 +9,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from contextlib import contextmanager
+from multiprocessing import shared_memory
 from pathlib import Path
 
 import grpc
@@ -20,6 +21,8 @@ from torch import nn
 from tests.conftest import assert_status
 from tests.test_operations import GARBAGE, ServerProcess
 from torchwire.client import Client
+from torchwire.kserve import grpc_predict_v2_pb2 as v2
+from torchwire.kserve import grpc_predict_v2_pb2_grpc as v2_grpc
 from torchwire.v1 import tensors
 from torchwire.v1 import torchwire_pb2 as pb
 from torchwire.v1 import torchwire_pb2_grpc as pb_grpc
@@ -267,3 +270,45 @@ def test_an_imported_torchscript_serves_in_every_process(
         for stub in stubs:  # each process runs it in a child of its own
             answer = stub.Predict(request, metadata=AUTH)
             np.testing.assert_allclose(tensors.decode(answer.raw), expected, atol=1e-5)
+
+
+def test_v2_shared_memory_and_statistics_span_every_process(
+    served: tuple[ServerProcess, int],
+) -> None:
+    """Regions live in the server: a frontend forwards the ModelInfer calls that name one.
+    ModelStatistics sums the counts of every process."""
+    server, _ = served
+    batch = np.random.default_rng(0).random((4, 1, 8, 8), dtype=np.float32)
+    memory = shared_memory.SharedMemory(name=f"tw-front-{os.getpid()}", create=True, size=4096)
+    options = [("grpc.use_local_subchannel_pool", 1)]
+    channels = [grpc.insecure_channel(server.address, options=options) for _ in range(CONNECTIONS)]
+    try:
+        np.ndarray((4096,), np.uint8, memory.buf)[: batch.nbytes] = batch.view(np.uint8).ravel()
+        stubs = [v2_grpc.GRPCInferenceServiceStub(channel) for channel in channels]
+        register = v2.SystemSharedMemoryRegisterRequest(
+            name="front-io", key=f"/{memory.name}", byte_size=4096
+        )
+        stubs[0].SystemSharedMemoryRegister(register, metadata=AUTH)
+        stats = v2.ModelStatisticsRequest(name="front", version="1")
+        before = stubs[0].ModelStatistics(stats, metadata=AUTH).model_stats[0]
+        request = v2.ModelInferRequest(model_name="front")
+        tensor = request.inputs.add(name="input", datatype="FP32", shape=[4, 1, 8, 8])
+        tensor.parameters["shared_memory_region"].string_param = "front-io"
+        tensor.parameters["shared_memory_byte_size"].int64_param = batch.nbytes
+        plain = v2.ModelInferRequest(model_name="front", raw_input_contents=[batch.tobytes()])
+        plain.inputs.add(name="input", datatype="FP32", shape=[4, 1, 8, 8])
+        expected = stubs[0].ModelInfer(plain, metadata=AUTH).raw_output_contents[0]
+        for stub in stubs:
+            assert stub.ModelInfer(request, metadata=AUTH).raw_output_contents[0] == expected
+            assert stub.ModelInfer(plain, metadata=AUTH).raw_output_contents[0] == expected
+        after = stubs[0].ModelStatistics(stats, metadata=AUTH).model_stats[0]
+        served_requests = after.inference_stats.success.count - before.inference_stats.success.count
+        assert served_requests == 1 + 2 * CONNECTIONS
+        assert after.inference_count - before.inference_count == 4 * (1 + 2 * CONNECTIONS)
+        unregister = v2.SystemSharedMemoryUnregisterRequest(name="front-io")
+        stubs[0].SystemSharedMemoryUnregister(unregister, metadata=AUTH)
+    finally:
+        for channel in channels:
+            channel.close()
+        memory.close()
+        memory.unlink()

@@ -1,7 +1,11 @@
 """Bearer tokens, TLS and mutual TLS, through real channels and real certificates."""
 
+import json
+import ssl
 import subprocess
 import sys
+import urllib.error
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -143,13 +147,31 @@ def _datasets(address: str, **tls) -> list[str]:
         return [d.name for d in client.datasets()]
 
 
+def _rest_ready(port: int, context: ssl.SSLContext | None, scheme: str = "https") -> bool:
+    url = f"{scheme}://127.0.0.1:{port}/v2/health/ready"
+    with urllib.request.urlopen(url, context=context, timeout=10) as response:
+        return json.loads(response.read())["ready"]
+
+
 def test_tls(tmp_path: Path, certificates: Path) -> None:
     d = certificates
-    server = start_server(tmp_path, tls_cert=str(d / "server.pem"), tls_key=str(d / "server.key"))
+    server = start_server(
+        tmp_path,
+        tls_cert=str(d / "server.pem"),
+        tls_key=str(d / "server.key"),
+        http_address="127.0.0.1:0",
+    )
     try:
         assert "digits" in _datasets(server.address, tls_ca=d / "ca.pem")
         # A plaintext client cannot talk to a TLS server.
         assert_rejected(lambda: _datasets(server.address), grpc.StatusCode.UNAVAILABLE)
+        # The REST port serves HTTPS with the same certificate, and no plain HTTP.
+        trusting = ssl.create_default_context(cafile=str(d / "ca.pem"))
+        assert _rest_ready(server.http_port, trusting)
+        with pytest.raises(urllib.error.URLError):
+            _rest_ready(server.http_port, ssl.create_default_context())  # unknown CA
+        with pytest.raises((ConnectionError, urllib.error.URLError)):
+            _rest_ready(server.http_port, None, scheme="http")
     finally:
         server.stop(grace=1)
 
@@ -164,9 +186,16 @@ def test_mutual_tls(tmp_path: Path, certificates: Path, frontends: int) -> None:
         tls_key=str(d / "server.key"),
         tls_client_ca=str(d / "ca.pem"),
         frontends=frontends,
+        http_address="127.0.0.1:0",
     )
     try:
         mine = {"tls_ca": d / "ca.pem", "tls_cert": d / "client.pem", "tls_key": d / "client.key"}
+        # REST requires the client certificate too.
+        https = ssl.create_default_context(cafile=str(d / "ca.pem"))
+        with pytest.raises((ConnectionError, ssl.SSLError, urllib.error.URLError)):
+            _rest_ready(server.http_port, https)
+        https.load_cert_chain(str(d / "client.pem"), str(d / "client.key"))
+        assert _rest_ready(server.http_port, https)
         x = np.zeros((1, 1, 8, 8), np.float32)
         for _ in range(4 if frontends else 1):
             assert "digits" in _datasets(server.address, **mine)
