@@ -32,13 +32,17 @@ demo: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
-# Triton's own gRPC client against a torchwire server, from a venv of its own: tritonclient
-# needs protobuf < 7, which would break this project's stubs if installed beside them.
+# Triton's own gRPC and HTTP clients against a torchwire server, from a venv of their own:
+# tritonclient needs protobuf < 7, which would break this project's stubs if installed beside them.
 TRITON_VENV := .venv-triton
-wirecheck: $(STAMP)
-	test -x $(TRITON_VENV)/bin/python || ($(PYTHON) -m venv $(TRITON_VENV) && \
-		$(TRITON_VENV)/bin/pip install --quiet 'tritonclient[grpc]==2.73.0' 'protobuf>=6.30,<7' numpy)
-	TORCHWIRE_TRITON_PYTHON=$(TRITON_VENV)/bin/python $(BIN)/python -m pytest -q tests/test_v2.py
+TRITON_STAMP := $(TRITON_VENV)/.installed-2.73.0-grpc-http
+$(TRITON_STAMP):
+	test -x $(TRITON_VENV)/bin/python || $(PYTHON) -m venv $(TRITON_VENV)
+	$(TRITON_VENV)/bin/pip install --quiet 'tritonclient[grpc,http]==2.73.0' 'protobuf>=6.30,<7' numpy
+	touch $(TRITON_STAMP)
+
+wirecheck: $(STAMP) $(TRITON_STAMP)
+	TORCHWIRE_TRITON_PYTHON=$(TRITON_VENV)/bin/python $(BIN)/python -m pytest -q tests/test_v2_triton.py
 
 serve: $(STAMP)
 	$(BIN)/torchwire serve $(ARGS)

@@ -3,6 +3,7 @@ real server, checked against torchwire.v1 Predict; and the curl examples of docs
 verbatim."""
 
 import base64
+import gzip
 import io
 import json
 import os
@@ -10,6 +11,7 @@ import re
 import subprocess
 import urllib.error
 import urllib.request
+import zlib
 from multiprocessing import shared_memory
 from pathlib import Path
 from typing import Any
@@ -285,6 +287,26 @@ def test_bad_requests_get_v2_errors_naming_the_field(base: str, digits_model: st
     )
     assert status == 400
     assert "Inference-Header-Content-Length='x'" in json.loads(content)["error"]
+    # Compressed bodies are taken (gzip, deflate), within the message limit once inflated.
+    body = json.dumps(good).encode()
+    for encoding, packed in (("gzip", gzip.compress(body)), ("deflate", zlib.compress(body))):
+        answer = ok(base, infer, packed, {"Content-Encoding": encoding})
+        assert answer["model_name"] == digits_model
+    status, _, content = call(base, infer, body, {"Content-Encoding": "br"})
+    assert status == 400
+    assert "Content-Encoding='br'" in json.loads(content)["error"]
+    status, _, content = call(base, infer, b"not gzip", {"Content-Encoding": "gzip"})
+    assert status == 400
+    bomb = gzip.compress(b"0" * (100 << 20))  # 100 MiB of zeros in 100 KiB
+    status, _, content = call(base, infer, bomb, {"Content-Encoding": "gzip"})
+    assert status == 429
+    assert "decompresses to over" in json.loads(content)["error"]
+    refused(base, infer, good | {"parameters": {"priority": 2}}, 400, "parameters.priority=2")
+    ok(
+        base,
+        f"/v2/repository/models/{digits_model}/unload",
+        {"parameters": {"unload_dependents": False}},
+    )
     status, _, _ = call(base, "/v2/no/such/route")
     assert status == 404
     assert ok(base, "/v2/health/live") == {"live": True}

@@ -3,6 +3,7 @@ checked against torchwire's own Predict."""
 
 import io
 import os
+import queue
 import struct
 from multiprocessing import shared_memory
 from pathlib import Path
@@ -395,10 +396,11 @@ def test_system_shared_memory_inputs_and_outputs_match_predict(
         response = stub.ModelInfer(request)
         expected = client.predict(digits_model, batch, top_k=1)
         assert response.outputs[0].parameters["shared_memory_byte_size"].int64_param == 640
-        assert len(response.raw_output_contents) == 1  # only "class" travelled
+        # Every output has an entry, empty for the one in shared memory.
+        assert [len(raw) for raw in response.raw_output_contents] == [0, 16 * 8]
         written = np.frombuffer(bytes(region.buf[32768 : 32768 + 640]), "<f4").reshape(16, 10)
         np.testing.assert_allclose(written, expected.raw, atol=1e-6)
-        got_class = np.frombuffer(response.raw_output_contents[0], "<i8").reshape(16, 1)
+        got_class = np.frombuffer(response.raw_output_contents[1], "<i8").reshape(16, 1)
         np.testing.assert_array_equal(got_class, expected.top_indices)
     finally:
         stub.SystemSharedMemoryUnregister(v2.SystemSharedMemoryUnregisterRequest(name="io"))
@@ -470,3 +472,42 @@ def test_a_region_unregistered_while_in_use_stays_mapped_for_its_request(region)
     registry.register("r", f"/{region.name}", 0, 1024)  # the name is free again
     registry.unregister()
     assert registry.status() == []
+
+
+def test_a_stream_answers_each_request_while_the_client_waits(stub, digits_model: str) -> None:
+    """A client that sends one request and waits for its answer before the next."""
+    outbox: queue.Queue = queue.Queue()
+    requests = iter(outbox.get, None)
+    answers = stub.ModelStreamInfer(requests, timeout=30)
+    for rows in (1, 2, 3):
+        outbox.put(_raw_request(digits_model, X_TEST[:rows]))
+        answer = next(answers)
+        assert _outputs(answer.infer_response)["output"].shape == (rows, 10)
+    outbox.put(None)
+    assert list(answers) == []
+
+
+def test_parameters_of_missing_extensions_are_refused_not_ignored(stub, digits_model) -> None:
+    def with_parameter(where: str, name: str, value: v2.InferParameter):
+        request = _raw_request(digits_model, X_TEST[:1], outputs=["output"])
+        target = {"request": request, "input": request.inputs[0], "output": request.outputs[0]}
+        target[where].parameters[name].CopyFrom(value)
+        return lambda: stub.ModelInfer(request)
+
+    one = v2.InferParameter(int64_param=1)
+    for where, name, value, fragment in [
+        ("request", "priority", one, "parameters.priority=1: torchwire has one queue"),
+        ("request", "sequence_id", one, "parameters.sequence_id=1"),
+        ("request", "timeout", v2.InferParameter(string_param="1s"), "parameters.timeout='1s'"),
+        ("output", "classification", one, "outputs[0].parameters.classification=1"),
+        ("input", "tile", one, "inputs[0].parameters.tile=1: is not a parameter"),
+    ]:
+        assert_rejected(with_parameter(where, name, value), INVALID, fragment)
+    # A timeout (in microseconds) is taken.
+    answer = with_parameter("request", "timeout", v2.InferParameter(int64_param=30_000_000))()
+    assert answer.outputs[0].name == "output"
+    # A model has no dependents: unloading "with them" is unloading it.
+    dependents = {"unload_dependents": v2.ModelRepositoryParameter(bool_param=False)}
+    stub.RepositoryModelUnload(
+        v2.RepositoryModelUnloadRequest(model_name=digits_model, parameters=dependents)
+    )

@@ -10,7 +10,9 @@ GRPC_ADDRESS and HTTP_ADDRESS are host:port. DIGITS_MODEL takes "input" FP32 [n,
 (INPUTS.npy) and answers "output", "probabilities" and "class"; IMAGE_MODEL takes encoded
 images as a BYTES input (IMAGE.png). For each protocol the document holds:
 
-    live, ready          is_server_live, is_model_ready(DIGITS_MODEL)
+    live, server_ready, ready
+                         is_server_live, is_server_ready, is_model_ready(DIGITS_MODEL)
+    server               get_server_metadata
     metadata, config     get_model_metadata, get_model_config (the ModelConfig itself)
     infer                the digits batch: each output's datatype, shape and values
     image                the PNG sent as BYTES: the image model's outputs
@@ -18,10 +20,15 @@ images as a BYTES input (IMAGE.png). For each protocol the document holds:
     shm                  the digits batch in and out through system shared memory: the
                          regions the server lists, the outputs read back from them, and the
                          regions left after unregistering
-    shm_mixed            "output" in shared memory, "class" in the response, one request
+    shm_mixed            one request with "output" in shared memory and "class" in the
+                         response: what as_numpy("class") gives, or its error
     statistics, index    get_inference_statistics(DIGITS_MODEL), get_model_repository_index
+    compressed           the digits batch again, its body gzip-compressed over HTTP
+    priority             the error of an infer with priority=1 (no scheduling extension)
+    ready_after_unload   whether the index says READY after unload_model (then load_model)
 
-and "stream" (gRPC only): one ModelStreamInfer stream's answers in the order they came.
+and "stream" (gRPC only): one ModelStreamInfer stream's answers in the order they came, and
+whether the first was answered before the client half-closed the stream.
 
 Values are kept as the clients return them (gRPC's int64 fields are JSON strings); the test
 reads them with int(). Shared-memory keys and region names carry the process id, and the
@@ -29,6 +36,7 @@ regions are unregistered and destroyed whatever happens.
 """
 
 import argparse
+import contextlib
 import json
 import os
 import queue
@@ -40,11 +48,11 @@ import numpy as np
 import tritonclient.grpc as grpcclient
 import tritonclient.http as httpclient
 import tritonclient.utils.shared_memory as shm
-from tritonclient.utils import InferenceServerException
+from tritonclient.utils import InferenceServerException, triton_to_np_dtype
 
 OUTPUTS = ("output", "probabilities", "class")
 """The digits model's outputs, in the order the test reads them."""
-FIRST_ANSWER_SECONDS = 10.0
+FIRST_ANSWER_SECONDS = 5.0
 """How long the stream's first request may take to be answered while the stream stays open."""
 
 
@@ -106,11 +114,14 @@ def check_protocol(
 ) -> dict[str, Any]:
     """Everything but streaming, through one client."""
     is_grpc = client_module is grpcclient
+    json_kwargs = {"as_json": True} if is_grpc else {}
     got: dict[str, Any] = {
         "live": client.is_server_live(),
+        "server_ready": client.is_server_ready(),
         "ready": client.is_model_ready(args.digits_model),
+        "server": client.get_server_metadata(**json_kwargs),
     }
-    metadata = client.get_model_metadata(args.digits_model, **({"as_json": True} if is_grpc else {}))
+    metadata = client.get_model_metadata(args.digits_model, **json_kwargs)
     got["metadata"] = {"inputs": metadata["inputs"], "outputs": metadata["outputs"]}
 
     result = client.infer(
@@ -135,17 +146,42 @@ def check_protocol(
     got["bad_input"] = error_text(
         lambda: client.infer(args.digits_model, [digits_input(client_module, batch, "wrong")])
     )
-    got["shm"] = through_shared_memory(client_module, client, args.digits_model, batch)
-    got["shm_mixed"] = mixed_shared_memory(client_module, client, args.digits_model, batch)
+    outputs = got["metadata"]["outputs"]
+    got["shm"] = through_shared_memory(client_module, client, args.digits_model, batch, outputs)
+    got["shm_mixed"] = mixed_shared_memory(client_module, client, args.digits_model, batch, outputs)
+
+    # Requests tritonclient shapes in ways of its own: compressed bodies (HTTP), and the
+    # parameters of an extension torchwire lacks (priority), which must be refused.
+    compression = {} if is_grpc else {"request_compression_algorithm": "gzip"}
+    result = client.infer(
+        args.digits_model,
+        [digits_input(client_module, batch)],
+        outputs=requested_outputs(client_module),
+        **compression,
+    )
+    got["compressed"] = tensors(result, OUTPUTS)
+    got["priority"] = error_text(
+        lambda: client.infer(args.digits_model, [digits_input(client_module, batch)], priority=1)
+    )
+    # unload_model always sends unload_dependents; the model loads again at load_model.
+    client.unload_model(args.digits_model)
+    got["ready_after_unload"] = is_loaded(client, args.digits_model, is_grpc)
+    client.load_model(args.digits_model)
 
     # After the inferences, so that the statistics count them.
-    json_kwargs = {"as_json": True} if is_grpc else {}
     config = client.get_model_config(args.digits_model, **json_kwargs)
     got["config"] = config["config"] if is_grpc else config
     got["statistics"] = client.get_inference_statistics(args.digits_model, **json_kwargs)
     index = client.get_model_repository_index(**json_kwargs)
     got["index"] = index.get("models", []) if is_grpc else index
     return got
+
+
+def is_loaded(client: Any, model: str, is_grpc: bool) -> bool:
+    """Whether the repository index says the model's version 1 is READY."""
+    index = client.get_model_repository_index(**({"as_json": True} if is_grpc else {}))
+    entries = index.get("models", []) if is_grpc else index
+    return any(e["name"] == model and e.get("state") == "READY" for e in entries)
 
 
 class Regions:
@@ -172,7 +208,11 @@ class Regions:
     def status(self) -> list[dict[str, Any]]:
         """The server's status of this object's regions, as {name, key, offset, byte_size}."""
         status = self.client.get_system_shared_memory_status(
-            **({"as_json": True} if isinstance(self.client, grpcclient.InferenceServerClient) else {})
+            **(
+                {"as_json": True}
+                if isinstance(self.client, grpcclient.InferenceServerClient)
+                else {}
+            )
         )
         entries = list(status.get("regions", {}).values()) if isinstance(status, dict) else status
         return sorted(
@@ -196,52 +236,64 @@ class Regions:
         self.handles.clear()
 
 
-def output_layout(n: int, classes: int) -> dict[str, tuple[str, np.dtype, list[int], int]]:
-    """Where each output goes in one output region: name -> (datatype, dtype, shape, offset)."""
-    layout, offset = {}, 0
-    for name, datatype, dtype, width in (
-        ("output", "FP32", np.dtype(np.float32), classes),
-        ("probabilities", "FP32", np.dtype(np.float32), classes),
-        ("class", "INT64", np.dtype(np.int64), 1),
-    ):
-        layout[name] = (datatype, dtype, [n, width], offset)
-        offset += n * width * dtype.itemsize
-    return layout
+class Slot:
+    """Where one output goes in the output region."""
+
+    def __init__(self, datatype: str, shape: list[int], offset: int) -> None:
+        self.datatype = datatype
+        self.dtype = np.dtype(triton_to_np_dtype(datatype))
+        self.shape = shape
+        self.offset = offset
+        self.byte_size = int(np.prod(shape)) * self.dtype.itemsize
+
+    def read(self, handle: Any) -> list[Any]:
+        return shm.get_contents_as_numpy(handle, self.dtype, self.shape, self.offset).tolist()
+
+
+def output_slots(outputs: list[dict[str, Any]], rows: int) -> dict[str, Slot]:
+    """The outputs that the model metadata lists, one after the other in one region."""
+    slots, offset = {}, 0
+    for output in outputs:
+        shape = [rows, *(int(d) for d in output["shape"][1:])]
+        slots[output["name"]] = slot = Slot(output["datatype"], shape, offset)
+        offset += slot.byte_size
+    return slots
 
 
 def through_shared_memory(
-    client_module: Any, client: Any, model: str, batch: np.ndarray
+    client_module: Any, client: Any, model: str, batch: np.ndarray, outputs: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """The batch read from one region, the three outputs written to another."""
+    """The batch read from one region, every output written to another."""
     regions = Regions(client, client_module.__name__.rpartition(".")[2])
+    slots = output_slots(outputs, len(batch))
     try:
-        layout = output_layout(len(batch), 10)
-        out_size = sum(
-            int(np.prod(shape)) * dtype.itemsize for _, dtype, shape, _ in layout.values()
-        )
         in_region, in_handle = regions.create("in", batch.nbytes)
-        out_region, out_handle = regions.create("out", out_size)
+        out_region, out_handle = regions.create("out", sum(s.byte_size for s in slots.values()))
         shm.set_shared_memory_region(in_handle, [batch])
         registered = regions.status()
 
         infer_input = client_module.InferInput("input", list(batch.shape), "FP32")
         infer_input.set_shared_memory(in_region, batch.nbytes)
-        outputs = []
-        for name, (_, dtype, shape, offset) in layout.items():
+        requested = []
+        for name, slot in slots.items():
             output = client_module.InferRequestedOutput(name)
-            output.set_shared_memory(out_region, int(np.prod(shape)) * dtype.itemsize, offset)
-            outputs.append(output)
-        result = client.infer(model, [infer_input], outputs=outputs)
+            output.set_shared_memory(out_region, slot.byte_size, slot.offset)
+            requested.append(output)
+        result = client.infer(model, [infer_input], outputs=requested)
 
         described = {o["name"]: o for o in response_of(result)["outputs"]}
-        got: dict[str, Any] = {"registered": registered, "outputs": {}}
-        for name, (datatype, dtype, shape, offset) in layout.items():
-            got["outputs"][name] = {
-                "datatype": described[name]["datatype"],
-                "shape": [int(d) for d in described[name]["shape"]],
-                "parameters": described[name].get("parameters", {}),
-                "data": shm.get_contents_as_numpy(out_handle, dtype, shape, offset).tolist(),
-            }
+        got: dict[str, Any] = {
+            "registered": registered,
+            "outputs": {
+                name: {
+                    "datatype": described[name]["datatype"],
+                    "shape": [int(d) for d in described[name]["shape"]],
+                    "parameters": described[name].get("parameters", {}),
+                    "data": slot.read(out_handle),
+                }
+                for name, slot in slots.items()
+            },
+        }
     finally:
         regions.close()
     got["after_unregister"] = regions.status()
@@ -249,35 +301,24 @@ def through_shared_memory(
 
 
 def mixed_shared_memory(
-    client_module: Any, client: Any, model: str, batch: np.ndarray
+    client_module: Any, client: Any, model: str, batch: np.ndarray, outputs: list[dict[str, Any]]
 ) -> dict[str, Any]:
-    """One request, "output" written to shared memory and "class" carried in the response:
-    what as_numpy("class") reads."""
+    """One request: "output" written to shared memory, "class" carried in the response."""
     regions = Regions(client, client_module.__name__.rpartition(".")[2] + "-mixed")
+    slot = output_slots(outputs, len(batch))["output"]
     try:
-        size = batch.shape[0] * 10 * 4
-        region, handle = regions.create("out", size)
-        outputs = [client_module.InferRequestedOutput("output"), requested_class(client_module)]
-        outputs[0].set_shared_memory(region, size)
-        result = client.infer(model, [digits_input(client_module, batch)], outputs=outputs)
-        got: dict[str, Any] = {
-            "output": shm.get_contents_as_numpy(handle, np.float32, [len(batch), 10]).tolist(),
-            "class": None,
-            "class_error": None,
-        }
+        region, handle = regions.create("out", slot.byte_size)
+        requested = [client_module.InferRequestedOutput(n) for n in ("output", "class")]
+        requested[0].set_shared_memory(region, slot.byte_size)
+        result = client.infer(model, [digits_input(client_module, batch)], outputs=requested)
+        got: dict[str, Any] = {"output": slot.read(handle), "class": None, "class_error": None}
         try:
             got["class"] = result.as_numpy("class").tolist()
-        except ValueError as err:  # a response whose raw contents skip the shm output
+        except ValueError as err:  # the response's raw contents do not line up with its outputs
             got["class_error"] = f"as_numpy('class'): {err}"
     finally:
         regions.close()
     return got
-
-
-def requested_class(client_module: Any) -> Any:
-    if client_module is httpclient:
-        return httpclient.InferRequestedOutput("class", binary_data=True)
-    return grpcclient.InferRequestedOutput("class")
 
 
 def stream(client: Any, model: str, batch: np.ndarray) -> dict[str, Any]:
@@ -290,13 +331,19 @@ def stream(client: Any, model: str, batch: np.ndarray) -> dict[str, Any]:
     answers: queue.Queue[dict[str, Any]] = queue.Queue()
 
     def on_answer(result: Any, error: InferenceServerException | None) -> None:
+        # Runs on the stream's thread, once per answer, in the order they arrive.
         if error is not None:
             answers.put({"error": error.message()})
-        else:
+            return
+        try:
             answer = tensors(result, ("output", "class"))
-            answers.put({"id": response_of(result).get("id", ""), **answer})
+        except Exception as err:  # kept, so that the test shows it rather than a lost answer
+            answers.put({"id": response_of(result).get("id", ""), "client_error": repr(err)})
+            return
+        answers.put({"id": response_of(result).get("id", ""), **answer})
 
-    sent = []
+    sent: list[dict[str, Any]] = []
+    first: list[dict[str, Any]] = []
     client.start_stream(callback=on_answer)
     try:
         for i in range(5):
@@ -307,10 +354,8 @@ def stream(client: Any, model: str, batch: np.ndarray) -> dict[str, Any]:
             )
             sent.append({"id": f"stream-{i}", "row": i, "input": name})
             if i == 0:
-                try:
-                    first = [answers.get(timeout=FIRST_ANSWER_SECONDS)]
-                except queue.Empty:
-                    first = []
+                with contextlib.suppress(queue.Empty):
+                    first.append(answers.get(timeout=FIRST_ANSWER_SECONDS))
     finally:
         client.stop_stream()
     rest = []
@@ -331,11 +376,8 @@ def main() -> None:
     with grpcclient.InferenceServerClient(args.grpc_address) as client:
         report["grpc"] = check_protocol(grpcclient, client, args, batch)
         report["stream"] = stream(client, args.digits_model, batch)
-    http = httpclient.InferenceServerClient(args.http_address)
-    try:
-        report["http"] = check_protocol(httpclient, http, args, batch)
-    finally:
-        http.close()
+    with httpclient.InferenceServerClient(args.http_address) as client:
+        report["http"] = check_protocol(httpclient, client, args, batch)
     print(json.dumps(report))
 
 

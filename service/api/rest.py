@@ -8,12 +8,15 @@ import socket
 import ssl
 import threading
 import time
+import zlib
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
+from starlette.middleware import Middleware
+from starlette.middleware.gzip import GZipMiddleware
 from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
@@ -44,6 +47,8 @@ HTTP_STATUS = {
 }
 """gRPC status name -> HTTP status; anything else is 500."""
 OPEN_PATHS = ("/v2/health/",)
+CONTENT_ENCODINGS = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}
+"""Request encodings taken, with their zlib window bits."""
 """Paths that need no token: orchestrators probe them."""
 MODEL = "/v2/models/{name}"
 VERSION = "/v2/models/{name}/versions/{version}"
@@ -101,7 +106,9 @@ class RestApi:
             routes=[
                 Route(path, self._wrapped(path, handler), methods=[verb])
                 for path, verb, handler in routes
-            ]
+            ],
+            # Answers compressed for clients that ask (Accept-Encoding: gzip).
+            middleware=[Middleware(GZipMiddleware, minimum_size=1024)],
         )
 
     def _wrapped(self, route: str, handler: Handler) -> Handler:
@@ -138,7 +145,27 @@ class RestApi:
                     f"body over {self.max_body_bytes} bytes (max_message_bytes)"
                 )
             chunks.append(chunk)
-        return b"".join(chunks)
+        return self._decoded(b"".join(chunks), request.headers.get("content-encoding", ""))
+
+    def _decoded(self, body: bytes, encoding: str) -> bytes:
+        """The body without its Content-Encoding (gzip or deflate), bounded by the message
+        limit however well it was compressed."""
+        if encoding in ("", "identity"):
+            return body
+        if encoding not in CONTENT_ENCODINGS:
+            raise InvalidArgument.field(
+                "Content-Encoding", encoding, f"must be one of {sorted(CONTENT_ENCODINGS)}"
+            )
+        inflater = zlib.decompressobj(CONTENT_ENCODINGS[encoding])
+        try:
+            plain = inflater.decompress(body, self.max_body_bytes + 1)
+        except zlib.error as err:
+            raise InvalidArgument.field("Content-Encoding", encoding, f"body: {err}") from err
+        if len(plain) > self.max_body_bytes:
+            raise ResourceExhausted(
+                f"body decompresses to over {self.max_body_bytes} bytes (max_message_bytes)"
+            )
+        return plain
 
     async def _json(self, request: Request) -> dict[str, Any]:
         document = convert.parse_json(await self._body(request))

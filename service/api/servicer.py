@@ -1,10 +1,10 @@
 """The TorchWire servicer: validate, convert, call the core, convert back. Nothing else."""
 
-from collections import deque
 from collections.abc import Iterator
 
 from torchwire.service.api import convert
 from torchwire.service.api.methods import time_left
+from torchwire.service.api.streaming import STREAM_WINDOW, pipelined
 from torchwire.service.app.catalog import Catalog
 from torchwire.service.app.importing import ModelImporter
 from torchwire.service.app.jobs import JobManager
@@ -16,7 +16,6 @@ from torchwire.service.errors import InvalidArgument, TorchwireError
 from torchwire.v1 import torchwire_pb2 as pb
 from torchwire.v1 import torchwire_pb2_grpc as pb_grpc
 
-STREAM_WINDOW = 8
 _OUTPUT_NAMES = {
     pb.PREDICT_OUTPUT_RAW: "raw",
     pb.PREDICT_OUTPUT_PROBABILITIES: "probabilities",
@@ -42,17 +41,20 @@ class PredictionServicer(pb_grpc.TorchWireServicer):
 
     def PredictStream(self, request_iterator, context):
         # Up to STREAM_WINDOW requests are in flight: enough to keep the batcher busy, few
-        # enough that memory stays bounded while the client streams on.
-        window: deque[PendingPrediction] = deque()
-        for index, request in enumerate(request_iterator):
+        # enough that memory stays bounded while the client streams on. Each answer goes out
+        # as soon as it and those before it are done.
+        def start(index: int, request: pb.PredictRequest) -> PendingPrediction:
             try:
-                window.append(self._submit(request))
+                return self._submit(request)
             except TorchwireError as err:
                 raise type(err)(f"request[{index}]: {err.message}") from err
-            if len(window) >= STREAM_WINDOW:
-                yield self._answer(window.popleft(), context)
-        while window:
-            yield self._answer(window.popleft(), context)
+
+        return pipelined(
+            request_iterator,
+            start,
+            lambda pending: self._answer(pending, context),
+            STREAM_WINDOW,
+        )
 
     def _submit(self, request: pb.PredictRequest) -> PendingPrediction:
         names = [_OUTPUT_NAMES.get(o) for o in request.outputs]

@@ -2,19 +2,17 @@
 decode, call the data plane, encode."""
 
 import logging
-from collections import deque
 
 from torchwire.kserve import grpc_predict_v2_pb2 as v2
 from torchwire.kserve import grpc_predict_v2_pb2_grpc as v2_grpc
 from torchwire.service.api import v2_convert as convert
 from torchwire.service.api.methods import time_left
+from torchwire.service.api.streaming import STREAM_WINDOW, pipelined
 from torchwire.service.app.open_inference import OpenInference, PendingInference
 from torchwire.service.errors import TorchwireError
 
 log = logging.getLogger(__name__)
 
-STREAM_WINDOW = 8
-"""Requests of one ModelStreamInfer in flight at once (answered in order)."""
 INTERNAL = "internal error; the server log has the details"
 
 
@@ -53,15 +51,15 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
         return convert.infer_response(response)
 
     def ModelStreamInfer(self, request_iterator, context):
-        # Up to STREAM_WINDOW requests are in flight, answered in order; a request that fails
-        # is answered with its error in its place, and the stream goes on.
-        window: deque[PendingInference | Exception] = deque()
-        for request in request_iterator:
-            window.append(self._start(request))
-            if len(window) >= STREAM_WINDOW:
-                yield self._answer(window.popleft(), time_left(context))
-        while window:
-            yield self._answer(window.popleft(), time_left(context))
+        # Up to STREAM_WINDOW requests are in flight, each answered as soon as it and those
+        # before it are done; a request that fails is answered in its place with its error,
+        # and the stream goes on.
+        return pipelined(
+            request_iterator,
+            lambda index, request: (request, self._start(request)),
+            lambda started: self._answer(started[0], started[1], time_left(context)),
+            STREAM_WINDOW,
+        )
 
     def _start(self, request: v2.ModelInferRequest) -> PendingInference | Exception:
         try:
@@ -71,17 +69,26 @@ class InferenceServicer(v2_grpc.GRPCInferenceServiceServicer):
 
     @staticmethod
     def _answer(
-        started: PendingInference | Exception, timeout: float | None
+        request: v2.ModelInferRequest,
+        started: PendingInference | Exception,
+        timeout: float | None,
     ) -> v2.ModelStreamInferResponse:
         try:
             if isinstance(started, Exception):
                 raise started
             response = started.finish(timeout)
-        except TorchwireError as err:
-            return v2.ModelStreamInferResponse(error_message=err.message)
-        except Exception:
-            log.exception("ModelStreamInfer: a request failed")
-            return v2.ModelStreamInferResponse(error_message=INTERNAL)
+        except Exception as err:
+            if not isinstance(err, TorchwireError):
+                log.exception("ModelStreamInfer: a request failed")
+            # The protocol's error answer: the message, and the request it answers.
+            return v2.ModelStreamInferResponse(
+                error_message=err.message if isinstance(err, TorchwireError) else INTERNAL,
+                infer_response=v2.ModelInferResponse(
+                    model_name=request.model_name,
+                    model_version=request.model_version,
+                    id=request.id,
+                ),
+            )
         return v2.ModelStreamInferResponse(infer_response=convert.infer_response(response))
 
     def ModelConfig(self, request, context):

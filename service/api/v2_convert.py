@@ -35,6 +35,7 @@ CONTENTS = {
 SHM_REGION = "shared_memory_region"
 SHM_OFFSET = "shared_memory_offset"
 SHM_SIZE = "shared_memory_byte_size"
+SHM_PARAMETERS = (SHM_REGION, SHM_OFFSET, SHM_SIZE)
 
 
 def parameter(value: v2.InferParameter | v2.ModelRepositoryParameter) -> Any:
@@ -71,7 +72,11 @@ def infer_request(request: v2.ModelInferRequest) -> InferRequest:
             data = Raw(raw.pop(0) if raw else b"", f"raw_input_contents[{position}]")
         if data is None:
             data = _typed(tensor, index)
-        inputs.append(InferInput(tensor.name, tensor.datatype, tuple(tensor.shape), data))
+        inputs.append(
+            InferInput(
+                tensor.name, tensor.datatype, tuple(tensor.shape), data, _others(tensor.parameters)
+            )
+        )
     if raw and len(request.inputs) == 1:
         raise InvalidArgument.field(
             "raw_input_contents",
@@ -79,10 +84,26 @@ def infer_request(request: v2.ModelInferRequest) -> InferRequest:
             "must hold one entry per input not in shared memory",
         )
     outputs = [
-        RequestedOutput(o.name, window(o.parameters, f"outputs[{index}].parameters"))
+        RequestedOutput(
+            o.name,
+            window(o.parameters, f"outputs[{index}].parameters"),
+            parameters=_others(o.parameters),
+        )
         for index, o in enumerate(request.outputs)
     ]
-    return InferRequest(request.model_name, request.model_version, request.id, inputs, outputs)
+    return InferRequest(
+        request.model_name,
+        request.model_version,
+        request.id,
+        inputs,
+        outputs,
+        parameters=_others(request.parameters),
+    )
+
+
+def _others(parameters: Mapping[str, v2.InferParameter]) -> dict[str, object]:
+    """The parameters other than those of shared memory, for the data plane to judge."""
+    return {k: parameter(p) for k, p in parameters.items() if k not in SHM_PARAMETERS}
 
 
 def _typed(tensor: v2.ModelInferRequest.InferInputTensor, index: int) -> TensorData:
@@ -121,6 +142,9 @@ def infer_response(response: InferResponse) -> v2.ModelInferResponse:
             tensor.parameters[SHM_REGION].string_param = output.written.region
             tensor.parameters[SHM_SIZE].int64_param = output.written.byte_size
             tensor.parameters[SHM_OFFSET].int64_param = output.written.offset
+            # Every output has an entry, empty for one in shared memory: clients find an
+            # output's contents by its position.
+            message.raw_output_contents.append(b"")
         else:
             assert output.data is not None
             message.raw_output_contents.append(output.data.tobytes())

@@ -31,6 +31,12 @@ SHM_REGION = "shared_memory_region"
 SHM_OFFSET = "shared_memory_offset"
 SHM_SIZE = "shared_memory_byte_size"
 BINARY_SIZE = "binary_data_size"
+TAKEN = (SHM_REGION, SHM_OFFSET, SHM_SIZE, BINARY_SIZE, "binary_data")
+"""Parameters this front door takes; the data plane judges the others."""
+
+
+def _others(parameters: dict[str, Any]) -> dict[str, object]:
+    return {k: v for k, v in parameters.items() if k not in TAKEN}
 
 
 def _object(value: Any, field: str) -> dict[str, Any]:
@@ -113,10 +119,12 @@ def infer_request(model: str, version: str, body: bytes, header_length: str | No
                 str(output.get("name", "")),
                 _window(output_parameters, f"outputs[{index}].parameters"),
                 binary_wanted,
+                _others(output_parameters),
             )
         )
     request_id = document.get("id", "")
-    return InferRequest(model, version, str(request_id), inputs, outputs, all_binary)
+    parameters = {k: v for k, v in parameters.items() if k != "binary_data_output"}
+    return InferRequest(model, version, str(request_id), inputs, outputs, all_binary, parameters)
 
 
 def _input(tensor: dict[str, Any], index: int, binary: memoryview) -> tuple[InferInput, int]:
@@ -145,7 +153,7 @@ def _input(tensor: dict[str, Any], index: int, binary: memoryview) -> tuple[Infe
         data = Raw(binary[:used], f"{field}.parameters.{BINARY_SIZE}")
     if data is None:
         data = _json_data(tensor.get("data"), datatype, tuple(shape), field)
-    return InferInput(str(name), datatype, tuple(shape), data), used
+    return InferInput(str(name), datatype, tuple(shape), data, _others(parameters)), used
 
 
 def _json_data(values: Any, datatype: str, shape: tuple[int, ...], field: str) -> TensorData:

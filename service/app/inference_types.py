@@ -53,6 +53,9 @@ class InferInput:
     datatype: str
     shape: tuple[int, ...]
     data: TensorData
+    parameters: dict[str, object] = field(default_factory=dict)
+    """Parameters the front door did not take (it takes those of shared memory and binary
+    data); the data plane refuses them."""
 
 
 @dataclass(frozen=True)
@@ -64,6 +67,8 @@ class RequestedOutput:
     """A shared-memory window to write it into instead of the response."""
     binary: bool = False
     """(HTTP) send it as binary data after the JSON, not as a JSON array."""
+    parameters: dict[str, object] = field(default_factory=dict)
+    """Parameters the front door did not take; the data plane refuses them."""
 
 
 @dataclass(frozen=True)
@@ -79,6 +84,9 @@ class InferRequest:
     """Empty asks for every output."""
     binary_outputs: bool = False
     """(HTTP) send the outputs not named in `outputs` as binary data."""
+    parameters: dict[str, object] = field(default_factory=dict)
+    """Request parameters the front door did not take: `timeout` (microseconds) is
+    honoured, others are refused."""
 
 
 @dataclass(frozen=True)

@@ -39,11 +39,20 @@ REPOSITORY = "torchwire"
 EXTENSIONS = (
     "model_repository",
     "model_configuration",
-    "schedule_policy",
     "statistics",
     "binary_tensor_data",
     "system_shared_memory",
 )
+UNSUPPORTED = {
+    "priority": "torchwire has one queue per model version: requests have no priority",
+    "sequence_id": "torchwire models are stateless: there is no sequence batching",
+    "sequence_start": "torchwire models are stateless: there is no sequence batching",
+    "sequence_end": "torchwire models are stateless: there is no sequence batching",
+    "classification": "torchwire has no classification extension; ask for the 'class' and "
+    "'probabilities' outputs",
+}
+"""Parameters of protocol extensions torchwire does not implement, and why: refused, never
+silently ignored."""
 INPUT = "input"
 OUTPUTS = {"output": "raw", "probabilities": "probabilities", "class": "top_k"}
 """v2 output name -> what ModelService computes; the last two for classifiers only."""
@@ -196,6 +205,7 @@ class OpenInference:
         record = served.record
         key = (record.name, record.version)
         try:
+            timeout = _timeout(request)
             batch = self._batch(request.inputs, served)
             wanted = self._requested(request, record)
             windows = {o.name: self.shared_memory.view(o.window) for o in wanted if o.window}
@@ -211,7 +221,9 @@ class OpenInference:
             top_k=1,
             fields=FIELDS,
         )
-        return PendingInference(self, request.id, pending, wanted, windows, started, prepared)
+        return PendingInference(
+            self, request.id, pending, wanted, windows, started, prepared, timeout
+        )
 
     def _batch(self, inputs: list[InferInput], served: ServedRuntime) -> np.ndarray:
         """The request's one input as the batch the version takes."""
@@ -220,6 +232,7 @@ class OpenInference:
                 "inputs", len(inputs), f"torchwire models take exactly one input, {INPUT!r}"
             )
         tensor = inputs[0]
+        _refuse_parameters(tensor.parameters, "inputs[0].parameters")
         if tensor.name != INPUT:
             raise InvalidArgument.field("inputs[0].name", tensor.name, f"must be {INPUT!r}")
         if tensor.datatype not in DATATYPES:
@@ -262,6 +275,7 @@ class OpenInference:
         if not outputs:
             return [RequestedOutput(n, binary=request.binary_outputs) for n in available]
         for index, output in enumerate(outputs):
+            _refuse_parameters(output.parameters, f"outputs[{index}].parameters")
             if output.name not in available:
                 raise InvalidArgument.field(
                     f"outputs[{index}].name",
@@ -323,13 +337,14 @@ class OpenInference:
     def load(self, repository: str, name: str, parameters: dict[str, object]) -> None:
         """Loads (and warms up) a model's latest version in its fastest runtime."""
         _check_repository(repository)
-        _check_no_parameters(parameters)
+        _check_load_parameters(parameters, ())
         self.models.served(name, 0)
 
     def unload(self, repository: str, name: str, parameters: dict[str, object]) -> None:
         """Drops a model's loaded runtimes; it stays in the store."""
         _check_repository(repository)
-        _check_no_parameters(parameters)
+        # A torchwire model has no dependents: "unload_dependents" changes nothing.
+        _check_load_parameters(parameters, ("unload_dependents",))
         self.catalog.model(name)
         self.models.forget(name)
 
@@ -346,8 +361,10 @@ class PendingInference:
         windows: dict[str, np.ndarray],
         started: float,
         prepared: float,
+        timeout: float | None,
     ) -> None:
         self._statistics = plane.models.statistics
+        self._timeout = timeout
         self._id = request_id
         self._pending = pending
         self._wanted = wanted
@@ -356,8 +373,9 @@ class PendingInference:
         self._prepared = prepared
 
     def finish(self, timeout: float | None) -> InferResponse:
-        """Waits for the outputs (up to `timeout` seconds), then encodes them or writes them
-        to their shared-memory windows.
+        """Waits for the outputs (up to `timeout` seconds, or the request's own `timeout`
+        parameter if shorter), then encodes them or writes them to their shared-memory
+        windows.
 
         Raises:
             DeadlineExceeded: the timeout passed first.
@@ -365,6 +383,8 @@ class PendingInference:
         """
         record = self._pending.record
         key = (record.name, record.version)
+        if self._timeout is not None:
+            timeout = self._timeout if timeout is None else min(timeout, self._timeout)
         result = self._pending.result(timeout)
         produced = {
             "output": result.raw,
@@ -405,17 +425,39 @@ def _output(
     return InferOutput(wanted.name, datatype, shape, None, written)
 
 
+def _timeout(request: InferRequest) -> float | None:
+    """The request's `timeout` parameter in seconds (None without one); other request
+    parameters are refused."""
+    parameters = dict(request.parameters)
+    microseconds = parameters.pop("timeout", 0)
+    _refuse_parameters(parameters, "parameters")
+    if not isinstance(microseconds, int) or isinstance(microseconds, bool) or microseconds < 0:
+        raise InvalidArgument.field(
+            "parameters.timeout", microseconds, "must be a whole number of microseconds >= 0"
+        )
+    return microseconds / 1e6 if microseconds else None
+
+
+def _refuse_parameters(parameters: dict[str, object], field: str) -> None:
+    """Refuses parameters that no one took, naming them: a setting is never ignored."""
+    for name in sorted(parameters):
+        why = UNSUPPORTED.get(name, "is not a parameter torchwire takes here")
+        raise InvalidArgument.field(f"{field}.{name}", parameters[name], why)
+
+
 def _check_repository(repository: str) -> None:
     if repository not in ("", REPOSITORY):
         raise NotFound(f"repository_name={repository!r}: the one repository is {REPOSITORY!r}")
 
 
-def _check_no_parameters(parameters: dict[str, object]) -> None:
-    if parameters:
+def _check_load_parameters(parameters: dict[str, object], accepted: tuple[str, ...]) -> None:
+    if any(name == "config" or name.startswith("file:") for name in parameters):
         raise FailedPrecondition(
-            f"parameters={sorted(parameters)}: torchwire loads models from its store only; "
-            "register files with ImportModel"
+            f"parameters={sorted(parameters)}: torchwire serves models from its store, with "
+            "the configuration they were trained or imported with; import files with "
+            "ImportModel"
         )
+    _refuse_parameters({k: v for k, v in parameters.items() if k not in accepted}, "parameters")
 
 
 def _input_spec(record: ModelVersionRecord) -> TensorSpec:
