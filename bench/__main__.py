@@ -417,7 +417,7 @@ def request_path_report(r: dict, seconds: float) -> list[str]:
 def shared_memory_report(r: dict, seconds: float) -> list[str]:
     """Section 8: the v2 protocol's system shared memory against plain gRPC."""
     lines = [
-        "## 8. System shared memory: a 38.5 MB batch through v2 ModelInfer",
+        f"## 8. System shared memory: a {r['megabytes']:.1f} MB batch through v2 ModelInfer",
         "",
         f"A batch of {shared_memory.BATCH} float32 images of "
         f"{'x'.join(map(str, shared_memory.SHAPE))} ({r['megabytes']:.1f} MB) through the v2 "
@@ -455,13 +455,14 @@ def shared_memory_report(r: dict, seconds: float) -> list[str]:
     )
     lines += [
         "",
-        f"Shared memory answers {speedups} faster than plain gRPC at p50. Context, medians "
-        f"in the same run: the memcpy of the batch into the region {r['copy_ms']:.1f} ms "
-        f"(included above); `tobytes()` {r['tobytes_ms']:.1f} ms (included above); the "
-        f"probe's run in ONNX Runtime, as the server counts it (ModelStatistics' "
-        f"compute_infer over the timed rounds, a mean) {r['compute_ms']:.1f} ms; the "
-        f"plain request's bytes, encoded once beforehand, through a bare gRPC Python echo "
-        f"server (`bench/echo.py`) {r['bare_grpc_p50_ms']:.1f} ms.",
+        f"Shared memory answers {speedups} faster than plain gRPC at p50. Context from the "
+        "same run, medians unless said: the memcpy of the batch into the region "
+        f"{r['copy_ms']:.1f} ms (in the shared-memory timings); `tobytes()` "
+        f"{r['tobytes_ms']:.1f} ms (in the plain timing); the probe's run in ONNX Runtime as "
+        "the server counts it (ModelStatistics' compute_infer over the timed rounds, a mean) "
+        f"{r['compute_ms']:.1f} ms; the plain request's bytes, encoded once beforehand, "
+        "through a bare gRPC Python echo server (`bench/echo.py`) "
+        f"{r['bare_grpc_p50_ms']:.1f} ms.",
         "",
     ]
     return lines

@@ -511,3 +511,15 @@ def test_parameters_of_missing_extensions_are_refused_not_ignored(stub, digits_m
     stub.RepositoryModelUnload(
         v2.RepositoryModelUnloadRequest(model_name=digits_model, parameters=dependents)
     )
+
+
+def test_a_region_at_an_offset_reads_and_writes_its_own_bytes(region) -> None:
+    registry = SharedMemoryRegistry()
+    offset = 5000  # past the first page, not on a page boundary
+    registry.register("r", f"/{region.name}", offset, 1000)
+    region.buf[offset + 10 : offset + 14] = b"wxyz"
+    window = registry.view(Window("r", 10, 4, "inputs[0].parameters"))
+    assert bytes(window) == b"wxyz"
+    window[:] = np.frombuffer(b"abcd", np.uint8)
+    assert bytes(region.buf[offset + 10 : offset + 14]) == b"abcd"
+    registry.unregister()

@@ -40,7 +40,9 @@ class RegionStatus:
 class _Region:
     status: RegionStatus
     memory: mmap.mmap
-    """The object mapped from its start to the region's end."""
+    """The object mapped from the page that holds the region's start to the region's end."""
+    start: int
+    """Where the region starts in `memory`."""
 
 
 @dataclass(frozen=True)
@@ -89,10 +91,13 @@ class SharedMemoryRegistry:
                 raise AlreadyExists(
                     f"name={name!r}: a region of that name is registered; unregister it first"
                 )
-            memory = self._map(key, offset, byte_size)
-            self._regions[name] = _Region(RegionStatus(name, key, offset, byte_size), memory)
+            memory, start = self._map(key, offset, byte_size)
+            status = RegionStatus(name, key, offset, byte_size)
+            self._regions[name] = _Region(status, memory, start)
 
-    def _map(self, key: str, offset: int, byte_size: int) -> mmap.mmap:
+    def _map(self, key: str, offset: int, byte_size: int) -> tuple[mmap.mmap, int]:
+        """The region mapped (from the page that holds its start), and where it starts in
+        the mapping."""
         path = self._root / key.lstrip("/")
         try:
             fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -111,7 +116,8 @@ class SharedMemoryRegistry:
                     f"offset {offset} + byte_size {byte_size} is past the end of {key!r} "
                     f"({info.st_size} bytes)",
                 )
-            return mmap.mmap(fd, offset + byte_size)
+            page = offset - offset % mmap.ALLOCATIONGRANULARITY
+            return mmap.mmap(fd, offset + byte_size - page, offset=page), offset - page
         finally:
             os.close(fd)
 
@@ -169,5 +175,5 @@ class SharedMemoryRegistry:
                 f"region {status.name!r} ({status.byte_size} bytes)",
             )
         return np.frombuffer(
-            region.memory, np.uint8, window.byte_size, status.offset + window.offset
+            region.memory, np.uint8, window.byte_size, region.start + window.offset
         )
