@@ -96,6 +96,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
         TOKEN,
         "--metrics-address",
         "127.0.0.1:0",
+        "--http-address",
+        "127.0.0.1:0",
         "--log-level",
         "INFO",
     )
@@ -105,6 +107,7 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
         client.export("front", "onnx")
     log = server.log.read_text()
     metrics_port = int(log.split("metrics on ")[1].split()[0].rsplit(":", 1)[1])
+    assert "v2 REST on 127.0.0.1:" in log
     yield server, metrics_port
     pids = frontend_pids(server.process.pid)
     server.stop()
