@@ -28,7 +28,7 @@ test: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/python -m torchwire.client.demo
 
-# Benchmarks side by side in one run; writes BENCHMARKS.md (about 7 minutes on 2 cores).
+# Benchmarks side by side in one run; writes BENCHMARKS.md (5 minutes on 2 cores, 2026-12-06).
 bench: $(STAMP)
 	$(BIN)/python -m bench
 
