@@ -35,8 +35,8 @@ from torchwire.service.api.methods import Registrar, chain, split
 from torchwire.service.api.metrics import ServiceMetrics
 from torchwire.service.api.servicer import PredictionServicer
 from torchwire.service.api.v2 import InferenceServicer
-from torchwire.service.api.v2_convert import SHM_REGION
 from torchwire.service.app.catalog import Catalog
+from torchwire.service.app.inference_types import SHM_REGION
 from torchwire.service.app.open_inference import OpenInference
 from torchwire.service.app.serving import ModelService
 from torchwire.service.app.shared_memory import SharedMemoryRegistry

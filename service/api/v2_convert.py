@@ -10,14 +10,19 @@ from torchwire.service.app.inference_types import (
     BYTES,
     DATATYPES,
     DTYPES,
+    SHM_OFFSET,
+    SHM_PARAMETERS,
+    SHM_REGION,
+    SHM_SIZE,
     InferInput,
     InferRequest,
     InferResponse,
+    ModelConfiguration,
     Raw,
     RequestedOutput,
     TensorData,
+    VersionReport,
 )
-from torchwire.service.app.open_inference import ModelConfiguration, VersionReport
 from torchwire.service.app.shared_memory import Window
 from torchwire.service.app.statistics import Duration
 from torchwire.service.errors import InvalidArgument
@@ -32,10 +37,6 @@ CONTENTS = {
     "FP64": "fp64_contents",
     BYTES: "bytes_contents",
 }
-SHM_REGION = "shared_memory_region"
-SHM_OFFSET = "shared_memory_offset"
-SHM_SIZE = "shared_memory_byte_size"
-SHM_PARAMETERS = (SHM_REGION, SHM_OFFSET, SHM_SIZE)
 
 
 def parameter(value: v2.InferParameter | v2.ModelRepositoryParameter) -> Any:

@@ -12,24 +12,26 @@ from torchwire.service.app.inference_types import (
     BYTES,
     DATATYPES,
     DTYPES,
+    SHM_OFFSET,
+    SHM_REGION,
+    SHM_SIZE,
     InferInput,
     InferRequest,
     InferResponse,
+    ModelConfiguration,
+    ModelMetadata,
     Raw,
     RequestedOutput,
     TensorData,
     TensorSpec,
+    VersionReport,
 )
-from torchwire.service.app.open_inference import ModelConfiguration, ModelMetadata, VersionReport
 from torchwire.service.app.shared_memory import Window
 from torchwire.service.app.statistics import Duration
 from torchwire.service.errors import InvalidArgument
 
 HEADER_LENGTH = "inference-header-content-length"
 """The binary data extension's header: how many bytes of the body are JSON."""
-SHM_REGION = "shared_memory_region"
-SHM_OFFSET = "shared_memory_offset"
-SHM_SIZE = "shared_memory_byte_size"
 BINARY_SIZE = "binary_data_size"
 TAKEN = (SHM_REGION, SHM_OFFSET, SHM_SIZE, BINARY_SIZE, "binary_data")
 """Parameters this front door takes; the data plane judges the others."""

@@ -9,6 +9,8 @@ from typing import TypeAlias
 import numpy as np
 
 from torchwire.service.app.shared_memory import Window
+from torchwire.service.app.statistics import VersionStatistics
+from torchwire.service.core.batching import BatchingConfig
 from torchwire.service.errors import InvalidArgument
 
 DTYPES = {
@@ -25,6 +27,11 @@ DATATYPE_OF = {dtype: name for name, dtype in DTYPES.items()}
 BYTES = "BYTES"
 """Encoded files (PNG, JPEG), one per element: images for a model trained on them."""
 DATATYPES = (*DTYPES, BYTES)
+SHM_REGION = "shared_memory_region"
+SHM_OFFSET = "shared_memory_offset"
+SHM_SIZE = "shared_memory_byte_size"
+SHM_PARAMETERS = (SHM_REGION, SHM_OFFSET, SHM_SIZE)
+"""The tensor parameters that name a shared-memory window, in either protocol."""
 
 
 def datatype_of(dtype_name: str) -> str:
@@ -178,3 +185,50 @@ def deserialize_bytes(raw: Raw) -> list[bytes]:
 def serialize_bytes(elements: list[bytes]) -> bytes:
     """BYTES elements in their wire form (see `deserialize_bytes`)."""
     return b"".join(struct.pack("<I", len(e)) + e for e in elements)
+
+
+@dataclass(frozen=True)
+class ModelMetadata:
+    """A model's versions and tensors."""
+
+    name: str
+    versions: list[str]
+    platform: str
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+
+
+@dataclass(frozen=True)
+class ModelConfiguration:
+    """A model version's configuration, in the terms of Triton's model config."""
+
+    name: str
+    platform: str
+    backend: str
+    """The runtime that serves requests naming none."""
+    inputs: list[TensorSpec]
+    outputs: list[TensorSpec]
+    batching: BatchingConfig
+    device: str
+    """"cpu", "cuda:0", ..."""
+    parameters: dict[str, str]
+
+
+@dataclass(frozen=True)
+class IndexEntry:
+    """One model version in the repository index."""
+
+    name: str
+    version: int
+    ready: bool
+    reason: str
+
+
+@dataclass(frozen=True)
+class VersionReport:
+    """One version's statistics, with the memory its loaded runtimes hold."""
+
+    name: str
+    version: int
+    statistics: VersionStatistics
+    loaded_bytes: int

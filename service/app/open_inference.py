@@ -5,7 +5,6 @@ runtimes, batching, cache, limits and statistics); only the names differ."""
 import json
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 
 import numpy as np
 
@@ -14,13 +13,17 @@ from torchwire.service.app.catalog import Catalog
 from torchwire.service.app.inference_types import (
     BYTES,
     DATATYPES,
+    IndexEntry,
     InferInput,
     InferOutput,
     InferRequest,
     InferResponse,
+    ModelConfiguration,
+    ModelMetadata,
     Raw,
     RequestedOutput,
     TensorSpec,
+    VersionReport,
     datatype_of,
     from_raw,
 )
@@ -28,7 +31,6 @@ from torchwire.service.app.prediction import InputFields, PendingPrediction, Ser
 from torchwire.service.app.serving import ModelService
 from torchwire.service.app.shared_memory import SharedMemoryRegistry, Window
 from torchwire.service.app.statistics import Key, VersionStatistics, merged
-from torchwire.service.core.batching import BatchingConfig
 from torchwire.service.core.datasets import CLASSIFICATION
 from torchwire.service.core.records import ModelVersionRecord
 from torchwire.service.errors import FailedPrecondition, InvalidArgument, NotFound
@@ -64,53 +66,6 @@ def version_number(field: str, text: str) -> int:
     if text and not text.isdigit():
         raise InvalidArgument.field(field, text, "must be a version number, or empty for latest")
     return int(text or 0)
-
-
-@dataclass(frozen=True)
-class ModelMetadata:
-    """A model's versions and tensors."""
-
-    name: str
-    versions: list[str]
-    platform: str
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
-
-
-@dataclass(frozen=True)
-class ModelConfiguration:
-    """A model version's configuration, in the terms of Triton's model config."""
-
-    name: str
-    platform: str
-    backend: str
-    """The runtime that serves requests naming none."""
-    inputs: list[TensorSpec]
-    outputs: list[TensorSpec]
-    batching: BatchingConfig
-    device: str
-    """"cpu", "cuda:0", ..."""
-    parameters: dict[str, str]
-
-
-@dataclass(frozen=True)
-class IndexEntry:
-    """One model version in the repository index."""
-
-    name: str
-    version: int
-    ready: bool
-    reason: str
-
-
-@dataclass(frozen=True)
-class VersionReport:
-    """One version's statistics, with the memory its loaded runtimes hold."""
-
-    name: str
-    version: int
-    statistics: VersionStatistics
-    loaded_bytes: int
 
 
 class OpenInference:
