@@ -8,6 +8,7 @@ from collections.abc import Callable
 from typing import NoReturn
 
 import grpc
+from google.protobuf import json_format
 
 from torchwire.client.client import Client
 from torchwire.client.commands import (
@@ -163,11 +164,19 @@ def _inference_commands(command: Command) -> None:
         help="default: the fastest one exported",
     )
 
-    batching = command("batching", cmd_batching, "set a model's dynamic batching")
+    batching = command(
+        "batching",
+        cmd_batching,
+        "show a model's dynamic batching, or change it with the flags below",
+    )
     batching.add_argument("model")
     batching.add_argument("--off", action="store_true", help="run every request on its own")
-    batching.add_argument("--max-batch-size", type=int, default=64)
-    batching.add_argument("--max-delay-ms", type=float, default=0.0)
+    batching.add_argument(
+        "--max-batch-size", type=int, help="rows per merged run (turns batching on)"
+    )
+    batching.add_argument(
+        "--max-delay-ms", type=float, help="how long a run waits for more (turns batching on)"
+    )
     batching.add_argument("--reset", action="store_true", help="use the server's default again")
 
 
@@ -247,14 +256,27 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with connect(args) as client:
             output = args.handler(client, args)
-    except grpc.RpcError as err:
+        print(dump(output) if args.json else output)
+    except grpc.RpcError as err:  # the server's answer: exit 1
         print(f"error: {err.code().name}: {err.details()}", file=sys.stderr)
         return 1
-    except (JobError, ValueError, OSError) as err:  # a failed job, a bad value, a bad file
+    except JobError as err:  # the job failed or was cancelled: exit 1
         print(f"error: {err}", file=sys.stderr)
         return 1
-    print(dump(output) if args.json else output)
+    except BrokenPipeError:  # the reader (`| head`) has gone: nothing left to say
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except (ValueError, OSError, json_format.ParseError) as err:  # a local mistake: exit 2
+        print(f"error: {_local(err)}", file=sys.stderr)
+        return 2
     return 0
+
+
+def _local(err: Exception) -> str:
+    """A local mistake in one line: a file that cannot be read or written names its path."""
+    if isinstance(err, OSError) and err.filename is not None:
+        return f"{err.filename}: {err.strerror or err}"
+    return " ".join(str(err).split())
 
 
 if __name__ == "__main__":

@@ -2,6 +2,7 @@
 its answer into text, or into a value that `--json` prints."""
 
 import argparse
+import base64
 import json
 from pathlib import Path
 from typing import Any
@@ -13,21 +14,59 @@ from google.protobuf.message import Message
 from torchwire.client.client import Client
 from torchwire.client.messages import history_rows
 from torchwire.client.plot import plot_history
+from torchwire.v1 import tensors
 from torchwire.v1 import torchwire_pb2 as pb
 
 
-def dump(value: Any) -> str:
-    def plain(item: Any) -> Any:
-        if isinstance(item, Message):
-            return json_format.MessageToDict(item, preserving_proto_field_name=True)
-        if isinstance(item, np.ndarray):
-            return item.tolist()
-        if isinstance(item, list):
-            return [plain(i) for i in item]
-        if isinstance(item, dict):
-            return {k: plain(v) for k, v in item.items()}
-        return item
+def plain(item: Any) -> Any:
+    """A value as a client library's JSON sees it: messages as objects with every field (zero
+    values included, enums by name, 64-bit integers as numbers), tensors as nested arrays,
+    arrays as lists."""
+    if isinstance(item, Message):
+        return _message(item)
+    if isinstance(item, np.ndarray):
+        return item.tolist()
+    if isinstance(item, list | tuple):
+        return [plain(i) for i in item]
+    if isinstance(item, dict):
+        return {k: plain(v) for k, v in item.items()}
+    return item
 
+
+def _message(message: Message) -> Any:
+    if message.DESCRIPTOR.full_name == pb.Tensor.DESCRIPTOR.full_name:
+        return tensors.decode(message).tolist()
+    document: dict[str, Any] = {}
+    for field in message.DESCRIPTOR.fields:
+        if field.containing_oneof is not None and not message.HasField(field.name):
+            continue  # only the set member of a oneof
+        value = getattr(message, field.name)
+        if field.message_type is not None and field.message_type.GetOptions().map_entry:
+            document[field.name] = {
+                k: _scalar(field.message_type.fields_by_name["value"], v) for k, v in value.items()
+            }
+        elif field.is_repeated:
+            document[field.name] = [_scalar(field, v) for v in value]
+        elif field.message_type is not None and not message.HasField(field.name):
+            document[field.name] = None
+        else:
+            document[field.name] = _scalar(field, value)
+    return document
+
+
+def _scalar(field: Any, value: Any) -> Any:
+    """One value of a field: a message, an enum's name, bytes as base64, or as it is."""
+    if isinstance(value, Message):
+        return _message(value)
+    if field.enum_type is not None:
+        return field.enum_type.values_by_number[value].name
+    if isinstance(value, bytes):
+        return base64.b64encode(value).decode()
+    return value
+
+
+def dump(value: Any) -> str:
+    """`--json`'s output."""
     return json.dumps(plain(value), indent=2)
 
 
@@ -208,13 +247,20 @@ def cmd_export(client: Client, args: argparse.Namespace) -> Any:
 
 
 def cmd_batching(client: Client, args: argparse.Namespace) -> Any:
-    config = client.configure_batching(
-        args.model,
-        enabled=not args.off,
-        max_batch_size=args.max_batch_size,
-        max_delay_ms=args.max_delay_ms,
-        reset=args.reset,
-    )
+    changes = (args.off, args.max_batch_size, args.max_delay_ms, args.reset)
+    if not any(change not in (None, False) for change in changes):
+        config = client.model(args.model).batching  # a read-only view
+    else:
+        current = client.model(args.model).batching
+        config = client.configure_batching(
+            args.model,
+            enabled=not args.off,
+            max_batch_size=current.max_batch_size
+            if args.max_batch_size is None
+            else args.max_batch_size,
+            max_delay_ms=current.max_delay_ms if args.max_delay_ms is None else args.max_delay_ms,
+            reset=args.reset,
+        )
     if args.json:
         return config
     source = "server default" if config.server_default else "model setting"

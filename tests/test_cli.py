@@ -130,7 +130,7 @@ def test_import_command(client: Client, tmp_path: Path) -> None:
     assert "imported linear.pt" in run("models", *server).stdout
 
     refused = run("import", "cli-import", str(path), *server, check=False)
-    assert refused.returncode == 1
+    assert refused.returncode == 2  # a local mistake
     assert refused.stderr.startswith("error: ")
     assert "give the format" in refused.stderr
     refused = run(
@@ -138,3 +138,63 @@ def test_import_command(client: Client, tmp_path: Path) -> None:
     )
     assert refused.returncode == 1
     assert "INVALID_ARGUMENT: input_shape=[]" in refused.stderr
+
+
+def test_json_is_plain_json(client: Client, digits_model: str) -> None:
+    """64-bit integers are numbers, zero values are there, the confusion matrix is an array."""
+    server = ["--server", client.address]
+    evaluated = json.loads(run("evaluate", digits_model, "--json", *server).stdout)
+    assert evaluated["num_samples"] == 360
+    matrix = np.array(evaluated["confusion_matrix"])
+    assert matrix.shape == (10, 10)
+    assert matrix.sum() == 360
+    batching = json.loads(run("batching", digits_model, "--json", *server).stdout)
+    assert batching["max_delay_ms"] == 0  # a zero value, present
+    assert isinstance(batching["max_batch_size"], int)
+
+
+def test_batching_without_flags_only_shows(client: Client, digits_model: str) -> None:
+    server = ["--server", client.address]
+    shown = run("batching", digits_model, *server).stdout
+    assert "(server default)" in shown
+    assert client.model(digits_model).batching.server_default  # nothing was written
+    changed = run("batching", digits_model, "--max-delay-ms", "2", *server).stdout
+    assert "max_batch_size 64, max_delay_ms 2 (model setting)" in changed
+    assert "(server default)" in run("batching", digits_model, "--reset", *server).stdout
+
+
+def test_local_mistakes_are_one_line_with_exit_code_2(
+    client: Client, digits_model: str, tmp_path: Path
+) -> None:
+    server = ["--server", client.address]
+    spec = tmp_path / "spec.json"
+    spec.write_text('{"transforms": [{"sharpen": {}}]}')
+    for args, fragment in [
+        (("predict", digits_model, str(tmp_path / "missing.npy")), "missing.npy"),
+        (("train", "m", "--spec", str(tmp_path / "missing.json")), "missing.json"),
+        (("train", "m", "--spec", str(spec)), "sharpen"),
+    ]:
+        result = run(*args, *server, check=False)
+        assert result.returncode == 2, result.stderr
+        assert result.stderr.startswith("error: ")
+        assert fragment in result.stderr
+        assert len(result.stderr.strip().splitlines()) == 1
+        assert "Traceback" not in result.stderr
+
+
+def test_output_into_a_closed_pipe_is_not_an_error(
+    client: Client, digits_model: str, tmp_path: Path
+) -> None:
+    """`| head` closes the pipe long before the ~200 KB of JSON are written."""
+    inputs = tmp_path / "all.npy"
+    np.save(inputs, BUILTIN_DATASETS["digits"].load("test")[0])
+    result = subprocess.run(
+        f"{TORCHWIRE} predict {digits_model} {inputs} --json --server {client.address} | head -c 1",
+        shell=True,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.stdout == "{"
+    assert "Traceback" not in result.stderr
+    assert "BrokenPipe" not in result.stderr
