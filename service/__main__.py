@@ -9,6 +9,7 @@ import dataclasses
 import json
 import logging
 import os
+import re
 import signal
 import sys
 from collections.abc import Callable
@@ -39,16 +40,24 @@ def parse_config(argv: list[str]) -> tuple[ServerConfig, tuple[str, str]]:
     (`TORCHWIRE_STORE_DIR`).
     """
     parser = argparse.ArgumentParser(
-        prog="torchwire serve", description="Run the torchwire gRPC server."
+        prog="torchwire serve",
+        description="Run the torchwire server: gRPC (torchwire.v1 and the v2 protocol), and "
+        "optionally v2 REST and Prometheus metrics. Every flag can also be set by its "
+        "TORCHWIRE_* variable.",
     )
+    helps = _field_help(ServerConfig.__doc__ or "")
     for field in dataclasses.fields(ServerConfig):
         env = ENV_PREFIX + field.name.upper()
         default = os.environ.get(env, field.default)
         kind = _flag if field.type is bool else field.type if callable(field.type) else str
         flags = [f"--{field.name.replace('_', '-')}", *ALIASES.get(field.name, ())]
         # argparse converts string defaults (the environment's) with `type`, reporting errors.
+        described = helps.get(field.name, "")
         parser.add_argument(
-            *flags, type=kind, default=default, help=f"(env {env}; default {field.default})"
+            *flags,
+            type=kind,
+            default=default,
+            help=f"{described} (env {env}; default {_shown(field.default)})".lstrip(),
         )
     parser.add_argument(
         "--log-level",
@@ -68,6 +77,31 @@ def parse_config(argv: list[str]) -> tuple[ServerConfig, tuple[str, str]]:
     except ValueError as err:
         parser.error(str(err))
         raise
+
+
+def _shown(default: object) -> str:
+    """A default as `--help` shows it: 'off' for an empty string."""
+    if default == "":
+        return "none"
+    return str(default)
+
+
+def _field_help(docstring: str) -> dict[str, str]:
+    """Each field's description from a Google-style `Attributes:` section (`a, b: text`
+    describes both), so that `serve --help` says what every flag does."""
+    section = docstring.partition("Attributes:")[2]
+    helps: dict[str, str] = {}
+    names: list[str] = []
+    for line in section.splitlines():
+        entry = re.match(r"^ {8}([a-z_, ]+): (.*)$", line)
+        if entry:
+            names = [n.strip() for n in entry.group(1).split(",")]
+            for name in names:
+                helps[name] = entry.group(2)
+        elif line.startswith(" " * 12) and names:
+            for name in names:
+                helps[name] += " " + line.strip()
+    return {name: text.replace("%", "%%") for name, text in helps.items()}
 
 
 M_MMAP_THRESHOLD = -3
@@ -200,6 +234,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"torchwire serve: {err}", file=sys.stderr, flush=True)
         return 2
     print(f"torchwire serving on {server.address}", flush=True)
+    if server.metrics_port:
+        host = config.metrics_address.rsplit(":", 1)[0]
+        print(f"metrics on http://{host}:{server.metrics_port}/metrics", flush=True)
+    if server.http_port:
+        host = config.http_address.rsplit(":", 1)[0]
+        print(f"v2 REST on http://{host}:{server.http_port}/v2", flush=True)
     stop()
     if not server.stop():
         # An RPC thread stuck past the bound would keep the interpreter from exiting:

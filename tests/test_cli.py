@@ -1,9 +1,11 @@
 """The `torchwire` console script, run as a user runs it."""
 
+import dataclasses
 import json
 import signal
 import subprocess
 import sys
+import urllib.request
 from pathlib import Path
 
 import grpc
@@ -16,6 +18,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from torch import nn
 
 from torchwire.client import Client
+from torchwire.service.config import ServerConfig
 from torchwire.service.core.datasets import BUILTIN_DATASETS
 
 TORCHWIRE = str(Path(sys.executable).with_name("torchwire"))
@@ -51,6 +54,38 @@ def test_serve_answers_health_and_reflection_then_exits_cleanly(tmp_path: Path) 
         process.send_signal(signal.SIGTERM)
         assert process.wait(timeout=60) == 0
     assert (tmp_path / "store" / "registry.sqlite3").exists()
+
+
+def test_serve_prints_the_ports_it_chose(tmp_path: Path) -> None:
+    """With port 0, the metrics and REST ports are printed after the gRPC one."""
+    process = subprocess.Popen(
+        [TORCHWIRE, "serve", "--address", "127.0.0.1:0", "--store", str(tmp_path / "store")]
+        + ["--metrics-address", "127.0.0.1:0", "--http-address", "127.0.0.1:0"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert process.stdout.readline().startswith("torchwire serving on 127.0.0.1:")
+        metrics = process.stdout.readline().split()[-1]
+        rest = process.stdout.readline().split()[-1]
+        assert metrics.startswith("http://127.0.0.1:")
+        with urllib.request.urlopen(metrics, timeout=10) as response:
+            assert b"torchwire_grpc_requests" in response.read()
+        with urllib.request.urlopen(f"{rest}/health/live", timeout=10) as response:
+            assert json.loads(response.read()) == {"live": True}
+    finally:
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+
+
+def test_serve_help_says_what_every_flag_does() -> None:
+    text = " ".join(run("serve", "--help").stdout.split())
+    assert "--ort-intra-op-threads ORT_INTRA_OP_THREADS ONNX Runtime intra-op threads" in text
+    assert "--tls-key TLS_KEY PEM files of the server's certificate chain and key" in text
+    for field in dataclasses.fields(ServerConfig):
+        flag = "--" + field.name.replace("_", "-")
+        described = text.split(f"{flag} {field.name.upper()}", 1)[1]
+        assert not described.lstrip().startswith("(env"), f"{flag} has no description"
 
 
 def test_serve_rejects_bad_configuration(tmp_path: Path) -> None:
