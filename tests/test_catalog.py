@@ -326,6 +326,13 @@ def test_bad_catalog_requests_get_clear_statuses(
         (train(source={"format": "csv", "path": "tables/nan.csv"}), INVALID, "must be finite"),
         (train(source={**image_files, "label_pattern": "(x)" * 100}), INVALID, "longer than"),
         (train(source={"format": "csv", "path": "x" * 300}), INVALID, "not a usable path"),
+        (
+            # The pattern sees the name without its extension, and the message says so.
+            train(source={**image_files, "label_pattern": r"\.(png)$"}),
+            INVALID,
+            "_000', the name of",
+            "without its extension",
+        ),
         (train(source={"format": "image_folder", "path": "nowhere"}), NOT_FOUND, "nowhere"),
         (train(dataset="no-such-data"), NOT_FOUND, "no-such-data"),
         (
@@ -421,8 +428,8 @@ def test_bad_catalog_requests_get_clear_statuses(
             "not both",
         ),
     ]
-    for call, code, fragment in cases:
-        assert_rejected(call, code, fragment)
+    for call, code, *fragments in cases:
+        assert_rejected(call, code, *fragments)
 
 
 def _gif() -> bytes:

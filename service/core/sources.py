@@ -147,7 +147,8 @@ def _image_files(
             raise InvalidArgument.field(
                 "dataset.source.label_pattern",
                 pattern or DEFAULT_LABEL_PATTERN,
-                f"finds no label in the file name {image.name!r}",
+                f"finds no label in {image.stem!r}, the name of {image.name!r} without its "
+                "extension",
             )
         labelled.append((image, match.group(1)))
     if not labelled:
