@@ -26,6 +26,7 @@ from torchwire.client.commands import (
     cmd_resume,
     cmd_train,
     cmd_upload,
+    cmd_watch,
     dump,
 )
 from torchwire.client.jobs import JobError
@@ -133,6 +134,9 @@ def _job_commands(command: Command) -> None:
     jobs.add_argument("--model")
     jobs.add_argument("--limit", type=int, default=0)
     command("job", cmd_job, "show a job and its learning curves").add_argument("job_id")
+    command(
+        "watch", cmd_watch, "follow a job to its end with a progress bar (like train --wait)"
+    ).add_argument("job_id")
     command("cancel", cmd_cancel, "cancel a job").add_argument("job_id")
     resume = command("resume", cmd_resume, "continue a job from its last checkpoint")
     resume.add_argument("job_id")

@@ -12,6 +12,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from torchwire.client.client import Client
+from torchwire.client.jobs import Job
 from torchwire.client.messages import history_rows
 from torchwire.client.plot import plot_history
 from torchwire.v1 import tensors
@@ -144,13 +145,23 @@ def cmd_train(client: Client, args: argparse.Namespace) -> Any:
     job = client.submit(_train_request(args))
     if not args.wait:
         return job.info() if args.json else f"submitted job {job.id}"
-    final = job.wait(progress=not args.json, raise_on_failure=False)
+    return _followed(client, job, args)
+
+
+def _followed(client: Client, job: Job, args: argparse.Namespace) -> Any:
+    """Follows a job to its end (a progress bar on stderr): its final state, and the metrics
+    of the version it registered. A job that failed or was cancelled raises JobError."""
+    final = job.wait(progress=not args.json, raise_on_failure=True)
     if args.json:
         return final
-    return f"{_job_line(final)}\nmetrics: " + ", ".join(
-        f"{k}={v:.4f}"
-        for k, v in sorted(client.model(final.request.model_name).versions[-1].metrics.items())
-    )
+    versions = client.model(final.request.model_name).versions
+    (version,) = [v for v in versions if v.version == final.model_version]
+    metrics = ", ".join(f"{k}={v:.4f}" for k, v in sorted(version.metrics.items()))
+    return f"{_job_line(final)}\nmetrics: {metrics}"
+
+
+def cmd_watch(client: Client, args: argparse.Namespace) -> Any:
+    return _followed(client, client.job(args.job_id), args)
 
 
 def cmd_jobs(client: Client, args: argparse.Namespace) -> Any:
@@ -178,7 +189,9 @@ def cmd_cancel(client: Client, args: argparse.Namespace) -> Any:
 def cmd_resume(client: Client, args: argparse.Namespace) -> Any:
     job = client.job(args.job_id)
     job.resume()
-    final = job.wait(progress=not args.json, raise_on_failure=False) if args.wait else job.info()
+    if args.wait:
+        return _followed(client, job, args)
+    final = job.info()
     return final if args.json else _job_line(final)
 
 

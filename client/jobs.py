@@ -108,8 +108,13 @@ class _ProgressBar:
     def update(self, event: pb.JobEvent) -> None:
         kind = event.WhichOneof("kind")
         if kind == "started":
+            # A resumed run starts at a later epoch: the bar starts there too, and its rate
+            # counts only the epochs of this run (the events of earlier runs are replayed).
+            done = event.started.start_epoch - 1
             self._bar.reset(total=event.started.epochs)
+            self._bar.initial = self._bar.n = self._bar.last_print_n = max(0, done)
             self._bar.set_description(f"training on {event.started.device}")
+            self._bar.refresh()
         elif kind == "progress":
             p = event.progress
             self._bar.set_postfix_str(f"step {p.step}/{p.steps_per_epoch} loss {p.loss:.4f}")

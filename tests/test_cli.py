@@ -5,6 +5,7 @@ import json
 import signal
 import subprocess
 import sys
+import time
 import urllib.request
 from pathlib import Path
 
@@ -20,6 +21,7 @@ from torch import nn
 from torchwire.client import Client
 from torchwire.service.config import ServerConfig
 from torchwire.service.core.datasets import BUILTIN_DATASETS
+from torchwire.v1 import torchwire_pb2 as pb
 
 TORCHWIRE = str(Path(sys.executable).with_name("torchwire"))
 
@@ -233,3 +235,65 @@ def test_output_into_a_closed_pipe_is_not_an_error(
     assert result.stdout == "{"
     assert "Traceback" not in result.stderr
     assert "BrokenPipe" not in result.stderr
+
+
+def _job_of(client: Client, model: str) -> str:
+    """The id of the model's unfinished job, once it has finished an epoch."""
+    deadline = time.monotonic() + 60
+    unfinished = ("queued", "running")
+    while not (jobs := [j for j in client.jobs(model_name=model) if _state(j) in unfinished]):
+        assert time.monotonic() < deadline, f"no job of {model}"  # the CLI is submitting it
+        time.sleep(0.05)
+    for event in client.job(jobs[0].id).events():  # blocks until the first epoch ends
+        if event.WhichOneof("kind") == "epoch_end":
+            break
+    return jobs[0].id
+
+
+def _state(job) -> str:
+    return pb.JobState.Name(job.state).removeprefix("JOB_STATE_").lower()
+
+
+def test_train_wait_on_a_cancelled_job_fails_without_older_metrics(client: Client) -> None:
+    """The model has a version from an earlier job: a cancelled job must not print its
+    metrics as if they were this job's, nor exit 0."""
+    server = ["--server", client.address]
+    run("train", "cli-cancel", "--epochs", "1", "--wait", *server)
+    waiting = subprocess.Popen(
+        [TORCHWIRE, "train", "cli-cancel", "--epochs", "5000", "--wait", *server],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    job_id = _job_of(client, "cli-cancel")
+    client.job(job_id).cancel()
+    out, err = waiting.communicate(timeout=120)
+    assert waiting.returncode == 1
+    assert f"error: job {job_id} cancelled" in err
+    assert "metrics:" not in out
+    # A new model cancelled before its first version: the job's error, not NOT_FOUND.
+    waiting = subprocess.Popen(
+        [TORCHWIRE, "train", "cli-new", "--epochs", "5000", "--wait", *server],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    client.job(_job_of(client, "cli-new")).cancel()
+    _, err = waiting.communicate(timeout=120)
+    assert waiting.returncode == 1
+    assert "cancelled" in err
+    assert "NOT_FOUND" not in err
+
+
+def test_resume_and_watch_follow_a_job_to_its_last_epoch(client: Client) -> None:
+    server = ["--server", client.address]
+    job = client.train("cli-resume", "digits", epochs=120, patience=0, seed=0)
+    job_id = _job_of(client, "cli-resume")
+    job.cancel()
+    resumed = run("resume", job_id, "--wait", *server)
+    assert "succeeded" in resumed.stdout
+    assert "metrics: " in resumed.stdout
+    bar = resumed.stderr.replace("\r", "\n").strip().splitlines()[-1]
+    assert "120/120" in bar  # the bar counts every epoch, not only those after the resume
+    watched = run("watch", job_id, *server)  # a finished job: its end at once
+    assert watched.stdout.splitlines()[0].startswith(f"{job_id}  succeeded")
