@@ -232,8 +232,11 @@ def test_statistics_repository_and_shared_memory(
         memory.unlink()
 
 
-def test_bad_requests_get_v2_errors_naming_the_field(base: str, digits_model: str) -> None:
+def test_bad_requests_get_v2_errors_naming_the_field(
+    base: str, digits_model: str, colour_model: str
+) -> None:
     infer = f"/v2/models/{digits_model}/infer"
+    images = f"/v2/models/{colour_model}/infer"
     good = _json_infer(X_TEST[:1])
 
     def changed(**tensor: Any) -> dict[str, Any]:
@@ -280,8 +283,31 @@ def test_bad_requests_get_v2_errors_naming_the_field(base: str, digits_model: st
         ("/v2/systemsharedmemory/region/nope/unregister", {}, 404, "name='nope'"),
         ("/v2/systemsharedmemory/region/nope/status", None, 404, "name='nope'"),
     ]
+    cases += [
+        (infer, b"[" * 100000, 400, "body=", "nests too deeply"),
+        (infer, changed(datatype="INT32", shape=[1], data=[99999999999999]), 400, "inputs[0].data"),
+        (infer, changed(datatype="BYTES", shape=[1], data=["\ud800"]), 400, "inputs[0].data[0]"),
+        (infer, changed(datatype="BYTES", shape=[1], data=[{"b64": "é"}]), 400, "not base64"),
+        (images, changed(datatype="BYTES", shape=[0], data=[]), 400, "inputs[0]=", "one image"),
+        (images, changed(datatype="BYTES", shape=[1], data=["x"]), 400, "inputs[0][0]="),
+        (infer, good | {"outputs": None}, 400, "outputs=None"),
+        (infer, b'{"inputs": [{"data": [NaN]}]}', 400, "NaN is not a JSON value"),
+        (f"/v2/models/{digits_model}/versions/%C2%B2/infer", good, 400, "model_version='²'"),
+        (f"/v2/models/{digits_model}/versions/%C2%B2", None, 400, "version='²'"),
+        (f"/v2/repository/models/{digits_model}/load", {"parameters": [1]}, 400, "parameters=[1]"),
+        (f"/v2/models/{digits_model}/nonsense", None, 404, "no such endpoint"),
+        ("/v2/health/live", {}, 405, "POST is not allowed"),
+    ]
     for path, body, status, *fragments in cases:
         refused(base, path, body, status, *fragments)
+    body = json.dumps(good).encode()
+    for packed, why in (
+        (gzip.compress(body) + b"junk", "has bytes after its end"),
+        (gzip.compress(body)[:-12], "is cut short"),
+    ):
+        status, _, content = call(base, infer, packed, {"Content-Encoding": "gzip"})
+        assert status == 400
+        assert why in json.loads(content)["error"]
     status, _, content = call(
         base, infer, json.dumps(good).encode(), {"Inference-Header-Content-Length": "x"}
     )

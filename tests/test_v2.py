@@ -523,3 +523,70 @@ def test_a_region_at_an_offset_reads_and_writes_its_own_bytes(region) -> None:
     window[:] = np.frombuffer(b"abcd", np.uint8)
     assert bytes(region.buf[offset + 10 : offset + 14]) == b"abcd"
     registry.unregister()
+
+
+def test_edge_inputs_are_refused_by_field_never_internal(stub, digits_model: str, region) -> None:
+    superscript = _raw_request(digits_model, X_TEST[:1], version="²")
+    overflow = v2.ModelInferRequest(model_name=digits_model)
+    overflow.inputs.add(name="input", datatype="FP32", shape=[2**32, 2**32])
+    both = _raw_request(digits_model, X_TEST[:1])
+    both.inputs[0].contents.fp32_contents.extend([0.0] * 64)
+    for request, fragment in [
+        (superscript, "model_version='²'"),
+        (overflow, "inputs[0].shape"),
+        (both, "inputs[0].contents"),
+    ]:
+        assert_rejected(lambda r=request: stub.ModelInfer(r), INVALID, fragment)
+    assert_rejected(
+        lambda: stub.ModelMetadata(v2.ModelMetadataRequest(name=digits_model, version="²")),
+        INVALID,
+        "version='²'",
+    )
+
+
+def test_a_truncated_region_is_refused_not_a_crash(stub, digits_model: str, region) -> None:
+    """Reading a mapping past the end of its object would kill the server (SIGBUS)."""
+    path = Path("/dev/shm") / f"tw-shrink-{os.getpid()}"
+    with open(path, "wb") as fh:
+        fh.truncate(4096)
+    try:
+        register = v2.SystemSharedMemoryRegisterRequest(
+            name="shrinks", key=f"/{path.name}", byte_size=4096
+        )
+        stub.SystemSharedMemoryRegister(register)
+        os.truncate(path, 0)
+        request = _raw_request(digits_model, X_TEST[:1])
+        request.ClearField("raw_input_contents")
+        _shm(request.inputs[0].parameters, "shrinks", 256)
+        assert_rejected(
+            lambda: stub.ModelInfer(request), grpc.StatusCode.FAILED_PRECONDITION, "shrank to 0"
+        )
+        assert stub.ServerLive(v2.ServerLiveRequest()).live
+        stub.SystemSharedMemoryUnregister(v2.SystemSharedMemoryUnregisterRequest(name="shrinks"))
+    finally:
+        path.unlink()
+
+
+def test_a_refused_output_window_counts_one_failure_and_no_success(
+    stub, digits_model: str, region
+) -> None:
+    stub.SystemSharedMemoryRegister(
+        v2.SystemSharedMemoryRegisterRequest(name="small", key=f"/{region.name}", byte_size=4096)
+    )
+    try:
+        before = _stats(stub, digits_model)
+        request = _raw_request(digits_model, X_TEST[:1])
+        _shm(request.outputs.add(name="output").parameters, "small", 8)
+        assert_rejected(lambda: stub.ModelInfer(request), INVALID, "needs 40 bytes")
+        after = _stats(stub, digits_model)
+        assert after.inference_stats.fail.count == before.inference_stats.fail.count + 1
+        assert after.inference_stats.success.count == before.inference_stats.success.count
+    finally:
+        stub.SystemSharedMemoryUnregister(v2.SystemSharedMemoryUnregisterRequest(name="small"))
+
+
+def test_model_ready_loads_nothing(stub, digits_model: str) -> None:
+    stub.RepositoryModelUnload(v2.RepositoryModelUnloadRequest(model_name=digits_model))
+    assert stub.ModelReady(v2.ModelReadyRequest(name=digits_model)).ready
+    index = stub.RepositoryIndex(v2.RepositoryIndexRequest(ready=True)).models
+    assert digits_model not in {m.name for m in index}

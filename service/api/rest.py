@@ -24,7 +24,7 @@ from starlette.routing import Route
 from torchwire.service.api import v2_json as convert
 from torchwire.service.api.auth import Authenticator
 from torchwire.service.api.metrics import ServiceMetrics
-from torchwire.service.app.open_inference import OpenInference
+from torchwire.service.app.open_inference import OpenInference, is_decimal
 from torchwire.service.config import ServerConfig
 from torchwire.service.errors import (
     InvalidArgument,
@@ -109,7 +109,16 @@ class RestApi:
             ],
             # Answers compressed for clients that ask (Accept-Encoding: gzip).
             middleware=[Middleware(GZipMiddleware, minimum_size=1024)],
+            exception_handlers={404: self._unrouted, 405: self._unrouted},
         )
+
+    async def _unrouted(self, request: Request, exc: Exception) -> Response:
+        """No route for the path, or not for its method: a v2 JSON error, counted."""
+        status = getattr(exc, "status_code", 404)
+        why = "no such endpoint" if status == 404 else f"{request.method} is not allowed here"
+        requests, _ = self.metrics.http_series("(no route)")
+        requests(status).inc()
+        return JSONResponse({"error": f"{request.url.path}: {why}"}, status)
 
     def _wrapped(self, route: str, handler: Handler) -> Handler:
         """The handler authenticated, its errors answered as v2 JSON errors, and counted."""
@@ -133,7 +142,7 @@ class RestApi:
     async def _body(self, request: Request) -> bytes:
         """The body, refused past the message limit before it is all read."""
         declared = request.headers.get("content-length", "")
-        if declared.isdigit() and int(declared) > self.max_body_bytes:
+        if is_decimal(declared) and int(declared) > self.max_body_bytes:
             raise ResourceExhausted(
                 f"body of {declared} bytes; max_message_bytes={self.max_body_bytes}"
             )
@@ -145,7 +154,8 @@ class RestApi:
                     f"body over {self.max_body_bytes} bytes (max_message_bytes)"
                 )
             chunks.append(chunk)
-        return self._decoded(b"".join(chunks), request.headers.get("content-encoding", ""))
+        encoding = request.headers.get("content-encoding", "")
+        return await self._call(self._decoded, b"".join(chunks), encoding)
 
     def _decoded(self, body: bytes, encoding: str) -> bytes:
         """The body without its Content-Encoding (gzip or deflate), bounded by the message
@@ -165,6 +175,9 @@ class RestApi:
             raise ResourceExhausted(
                 f"body decompresses to over {self.max_body_bytes} bytes (max_message_bytes)"
             )
+        if not inflater.eof or inflater.unused_data:
+            why = "is cut short" if not inflater.eof else "has bytes after its end"
+            raise InvalidArgument.field("Content-Encoding", encoding, f"the body {why}")
         return plain
 
     async def _json(self, request: Request) -> dict[str, Any]:
@@ -210,8 +223,8 @@ class RestApi:
     async def infer(self, request: Request) -> Response:
         name, version = _model(request)
         body = await self._body(request)
-        parsed = convert.infer_request(
-            name, version, body, request.headers.get(convert.HEADER_LENGTH)
+        parsed = await self._call(
+            convert.infer_request, name, version, body, request.headers.get(convert.HEADER_LENGTH)
         )
         response = await self._call(self.plane.infer, parsed, None)
         content, header_length = convert.infer_response(response)
@@ -235,14 +248,12 @@ class RestApi:
         )
 
     async def load(self, request: Request) -> Response:
-        document = await self._json(request)
-        parameters = document.get("parameters") or {}
+        parameters = _parameters(await self._json(request))
         await self._call(self.plane.load, "", request.path_params["name"], parameters)
         return JSONResponse({})
 
     async def unload(self, request: Request) -> Response:
-        document = await self._json(request)
-        parameters = document.get("parameters") or {}
+        parameters = _parameters(await self._json(request))
         await self._call(self.plane.unload, "", request.path_params["name"], parameters)
         return JSONResponse({})
 
@@ -270,6 +281,14 @@ class RestApi:
     async def shm_unregister(self, request: Request) -> Response:
         self.plane.shared_memory.unregister(request.path_params.get("region", ""))
         return JSONResponse({})
+
+
+def _parameters(document: dict[str, Any]) -> dict[str, Any]:
+    """A repository request's parameters (an object; none when absent)."""
+    parameters = document.get("parameters") or {}
+    if not isinstance(parameters, dict):
+        raise InvalidArgument.field("parameters", parameters, "must be a JSON object")
+    return parameters
 
 
 def _model(request: Request) -> tuple[str, str]:

@@ -1,5 +1,6 @@
 """Conversions between the v2 protocol's gRPC messages and the data plane's values."""
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -69,6 +70,12 @@ def infer_request(request: v2.ModelInferRequest) -> InferRequest:
     for index, tensor in enumerate(request.inputs):
         data: TensorData | None = window(tensor.parameters, f"inputs[{index}].parameters")
         if data is None and request.raw_input_contents:
+            if tensor.HasField("contents"):
+                raise InvalidArgument.field(
+                    f"inputs[{index}].contents",
+                    "set",
+                    "give raw_input_contents or typed contents, not both",
+                )
             position = len(request.raw_input_contents) - len(raw)
             data = Raw(raw.pop(0) if raw else b"", f"raw_input_contents[{position}]")
         if data is None:
@@ -118,7 +125,7 @@ def _typed(tensor: v2.ModelInferRequest.InferInputTensor, index: int) -> TensorD
         )
         raise InvalidArgument.field(f"inputs[{index}].datatype", tensor.datatype, why)
     values = getattr(tensor.contents, field)
-    expected = int(np.prod(tensor.shape)) if all(d >= 0 for d in tensor.shape) else -1
+    expected = math.prod(tensor.shape) if all(d >= 0 for d in tensor.shape) else -1
     if len(values) != expected:
         raise InvalidArgument.field(
             f"inputs[{index}].shape",

@@ -2,8 +2,8 @@
 extension) and the data plane's values."""
 
 import base64
-import binascii
 import json
+import math
 from typing import Any
 
 import numpy as np
@@ -26,9 +26,10 @@ from torchwire.service.app.inference_types import (
     TensorSpec,
     VersionReport,
 )
+from torchwire.service.app.open_inference import is_decimal
 from torchwire.service.app.shared_memory import Window
 from torchwire.service.app.statistics import Duration
-from torchwire.service.errors import InvalidArgument
+from torchwire.service.errors import FailedPrecondition, InvalidArgument
 
 HEADER_LENGTH = "inference-header-content-length"
 """The binary data extension's header: how many bytes of the body are JSON."""
@@ -76,9 +77,14 @@ def parse_json(body: bytes, field: str = "body") -> Any:
         InvalidArgument: the bytes are not JSON.
     """
     try:
-        return json.loads(body or b"{}")
-    except (ValueError, UnicodeDecodeError) as err:
-        raise InvalidArgument.field(field, f"{len(body)} bytes", f"is not JSON: {err}") from err
+        return json.loads(body or b"{}", parse_constant=_no_constant)
+    except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
+        why = "nests too deeply" if isinstance(err, RecursionError) else f"is not JSON: {err}"
+        raise InvalidArgument.field(field, f"{len(body)} bytes", why) from err
+
+
+def _no_constant(name: str) -> None:
+    raise ValueError(f"{name} is not a JSON value; send non-finite values as binary data")
 
 
 def infer_request(model: str, version: str, body: bytes, header_length: str | None) -> InferRequest:
@@ -87,7 +93,7 @@ def infer_request(model: str, version: str, body: bytes, header_length: str | No
     if header_length is None:
         header, binary = body, memoryview(b"")
     else:
-        if not header_length.isdigit() or int(header_length) > len(body):
+        if not is_decimal(header_length) or int(header_length) > len(body):
             raise InvalidArgument.field(
                 "Inference-Header-Content-Length",
                 header_length,
@@ -111,8 +117,11 @@ def infer_request(model: str, version: str, body: bytes, header_length: str | No
             f"leaves {len(binary)} binary bytes, but the inputs' binary_data_size add to {offset}",
         )
     all_binary = parameters.get("binary_data_output") is True
+    requested = document.get("outputs", [])
+    if not isinstance(requested, list):
+        raise InvalidArgument.field("outputs", requested, "must be a list of outputs")
     outputs = []
-    for index, output in enumerate(document.get("outputs", [])):
+    for index, output in enumerate(requested):
         output = _object(output, f"outputs[{index}]")
         output_parameters = _object(output.get("parameters", {}), f"outputs[{index}].parameters")
         binary_wanted = output_parameters.get("binary_data", all_binary) is True
@@ -165,7 +174,7 @@ def _json_data(values: Any, datatype: str, shape: tuple[int, ...], field: str) -
             f"{field}.data", None, "is missing (and no binary data or shared memory is named)"
         )
     flat = np.asarray(values, dtype=object).ravel().tolist() if isinstance(values, list) else None
-    expected = int(np.prod(shape)) if all(d >= 0 for d in shape) else -1
+    expected = math.prod(shape) if all(d >= 0 for d in shape) else -1
     if flat is None or len(flat) != expected:
         count = "not a list" if flat is None else f"{len(flat)} values"
         raise InvalidArgument.field(f"{field}.data", count, f"shape {list(shape)} needs {expected}")
@@ -173,7 +182,7 @@ def _json_data(values: Any, datatype: str, shape: tuple[int, ...], field: str) -
         return [_element(v, f"{field}.data[{i}]") for i, v in enumerate(flat)]
     try:
         return np.asarray(flat, dtype=DTYPES[datatype]).reshape(shape)
-    except (TypeError, ValueError) as err:
+    except (TypeError, ValueError, OverflowError) as err:
         raise InvalidArgument.field(
             f"{field}.data", flat[:3], f"are not {datatype}: {err}"
         ) from err
@@ -182,11 +191,14 @@ def _json_data(values: Any, datatype: str, shape: tuple[int, ...], field: str) -
 def _element(value: Any, field: str) -> bytes:
     """A BYTES element: a string (UTF-8), or {"b64": "..."} for binary files."""
     if isinstance(value, str):
-        return value.encode()
+        try:
+            return value.encode()
+        except UnicodeEncodeError as err:
+            raise InvalidArgument.field(field, value, f"is not text: {err.reason}") from err
     if isinstance(value, dict) and isinstance(value.get("b64"), str):
         try:
             return base64.b64decode(value["b64"], validate=True)
-        except binascii.Error as err:
+        except ValueError as err:  # binascii.Error, or a non-ASCII character
             raise InvalidArgument.field(field, "b64", f"is not base64: {err}") from err
     raise InvalidArgument.field(field, value, 'must be a string or {"b64": "..."}')
 
@@ -221,7 +233,13 @@ def infer_response(response: InferResponse) -> tuple[bytes, int | None]:
     }
     if response.id:
         document["id"] = response.id
-    header = json.dumps(document, separators=(",", ":")).encode()
+    try:
+        header = json.dumps(document, separators=(",", ":"), allow_nan=False).encode()
+    except ValueError as err:
+        raise FailedPrecondition(
+            "the outputs hold NaN or infinity, which JSON cannot carry; ask for them as "
+            'binary data ("parameters": {"binary_data": true})'
+        ) from err
     return (header + b"".join(chunks), len(header)) if chunks else (header, None)
 
 

@@ -3,6 +3,8 @@ both call. Inference runs through the same ModelService as torchwire.v1 Predict 
 runtimes, batching, cache, limits and statistics); only the names differ."""
 
 import json
+import math
+import re
 import time
 from collections.abc import Callable
 
@@ -13,6 +15,7 @@ from torchwire.service.app.catalog import Catalog
 from torchwire.service.app.inference_types import (
     BYTES,
     DATATYPES,
+    DTYPES,
     IndexEntry,
     InferInput,
     InferOutput,
@@ -58,12 +61,19 @@ silently ignored."""
 INPUT = "input"
 OUTPUTS = {"output": "raw", "probabilities": "probabilities", "class": "top_k"}
 """v2 output name -> what ModelService computes; the last two for classifiers only."""
+
+
+def is_decimal(text: str) -> bool:
+    """ASCII digits only (str.isdigit also takes '²' and other scripts' digits)."""
+    return re.fullmatch(r"[0-9]+", text) is not None
+
+
 FIELDS = InputFields("inputs[0].datatype", "inputs[0].shape", datatype_of)
 
 
 def version_number(field: str, text: str) -> int:
     """A version as the protocol writes it (a decimal string; empty for the latest)."""
-    if text and not text.isdigit():
+    if text and not is_decimal(text):
         raise InvalidArgument.field(field, text, "must be a version number, or empty for latest")
     return int(text or 0)
 
@@ -100,9 +110,10 @@ class OpenInference:
         return "torchwire", __version__, EXTENSIONS
 
     def model_ready(self, name: str, version: str) -> bool:
-        """Whether the version exists and the server takes requests (it loads on demand)."""
+        """Whether the version exists and the server takes requests. Nothing is loaded:
+        a version loads on its first request (RepositoryIndex says which are loaded)."""
         try:
-            self.models.served(name, version_number("version", version))
+            self.catalog.version(name, version_number("version", version), "name")
         except NotFound:
             return False
         return self.ready()
@@ -163,7 +174,7 @@ class OpenInference:
             timeout = _timeout(request)
             batch = self._batch(request.inputs, served)
             wanted = self._requested(request, record)
-            windows = {o.name: self.shared_memory.view(o.window) for o in wanted if o.window}
+            windows = self._windows(wanted, record, len(batch))
         except Exception:
             self.models.statistics.failed(key, time.perf_counter() - started)
             raise
@@ -219,7 +230,29 @@ class OpenInference:
                 f"model {record.name!r} v{record.version} was trained on tensors; send "
                 f"{datatype_of(record.metadata.input_dtype)}",
             )
-        return self.models.decode_images(record.name, record.version, data)
+        return self.models.decode_images(record.name, record.version, data, field="inputs[0]")
+
+    def _windows(
+        self, wanted: list[RequestedOutput], record: ModelVersionRecord, rows: int
+    ) -> dict[str, np.ndarray]:
+        """The shared-memory windows outputs go to, each checked to hold its output before
+        the model runs."""
+        specs = {spec.name: spec for spec in _output_specs(record)}
+        windows = {}
+        for output in wanted:
+            if output.window is None:
+                continue
+            spec = specs[output.name]
+            itemsize = np.dtype(DTYPES[spec.datatype]).itemsize
+            needed = rows * math.prod(spec.shape[1:]) * itemsize
+            if output.window.byte_size < needed:
+                raise InvalidArgument.field(
+                    f"{output.window.field}.shared_memory_byte_size",
+                    output.window.byte_size,
+                    f"output {output.name!r} needs {needed} bytes",
+                )
+            windows[output.name] = self.shared_memory.view(output.window)
+        return windows
 
     def _requested(
         self, request: InferRequest, record: ModelVersionRecord

@@ -176,7 +176,12 @@ class ModelService:
     # -------------------------------------------------------------- inference
 
     def decode_images(
-        self, name: str, version: int, images: list[bytes], runtime: str = ""
+        self,
+        name: str,
+        version: int,
+        images: list[bytes],
+        runtime: str = "",
+        field: str = "images",
     ) -> np.ndarray:
         """Encoded images as the batch the version takes: decoded to its image mode and put
         through its evaluation transforms. The version's metadata comes from the loaded
@@ -184,7 +189,8 @@ class ModelService:
 
         Raises:
             NotFound: the model or version does not exist.
-            InvalidArgument: the version was not trained on images, or an image is bad.
+            InvalidArgument: the version was not trained on images, or an image is bad
+                (`field` names the request's list of images).
         """
         if len(images) > self.max_predict_rows:
             raise ResourceExhausted(
@@ -198,7 +204,9 @@ class ModelService:
                 f"{len(images)} images",
                 f"model {name!r} v{record.version} was trained on tensors; send inputs",
             )
-        return preprocess_images(images, meta.image_mode, meta.eval_transforms, meta.input_shape)
+        return preprocess_images(
+            images, meta.image_mode, meta.eval_transforms, meta.input_shape, field
+        )
 
     def submit(
         self,

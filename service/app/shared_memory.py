@@ -13,16 +13,25 @@ import os
 import re
 import stat
 import threading
+import weakref
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from torchwire.service.errors import AlreadyExists, InvalidArgument, NotFound
+from torchwire.service.errors import (
+    AlreadyExists,
+    FailedPrecondition,
+    InvalidArgument,
+    NotFound,
+    ResourceExhausted,
+)
 
 SHM_ROOT = Path("/dev/shm")
 """Where Linux keeps POSIX shared-memory objects (what shm_open opens)."""
 _KEY = re.compile(r"/?[A-Za-z0-9][A-Za-z0-9._-]{0,254}")
+MAX_REGIONS = 1024
+"""Regions registered at once: each holds a mapping and an open descriptor."""
 _NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._:-]{0,127}")
 
 
@@ -36,13 +45,27 @@ class RegionStatus:
     byte_size: int
 
 
-@dataclass(frozen=True)
 class _Region:
-    status: RegionStatus
-    memory: mmap.mmap
-    """The object mapped from the page that holds the region's start to the region's end."""
-    start: int
-    """Where the region starts in `memory`."""
+    """A mapped region, and the object's descriptor, kept to check its size at each use:
+    reading a mapping past the end of a truncated object would kill the process (SIGBUS)."""
+
+    def __init__(self, status: RegionStatus, memory: mmap.mmap, start: int, fd: int) -> None:
+        self.status = status
+        self.memory = memory
+        self.start = start
+        self.fd = fd
+        weakref.finalize(self, os.close, fd)
+
+    def check_size(self, field: str) -> None:
+        """Refuses a region whose object was truncated below it since registration."""
+        status = self.status
+        size = os.fstat(self.fd).st_size
+        if status.offset + status.byte_size > size:
+            raise FailedPrecondition(
+                f"{field}={status.name!r}: the shared-memory object {status.key!r} shrank to "
+                f"{size} bytes, below the region's end ({status.offset + status.byte_size}); "
+                "register it again"
+            )
 
 
 @dataclass(frozen=True)
@@ -87,17 +110,21 @@ class SharedMemoryRegistry:
         if byte_size < 1:
             raise InvalidArgument.field("byte_size", byte_size, "must be >= 1")
         with self._lock:
+            if len(self._regions) >= MAX_REGIONS:
+                raise ResourceExhausted(
+                    f"{MAX_REGIONS} shared-memory regions are registered; unregister some first"
+                )
             if name in self._regions:
                 raise AlreadyExists(
                     f"name={name!r}: a region of that name is registered; unregister it first"
                 )
-            memory, start = self._map(key, offset, byte_size)
+            memory, start, fd = self._map(key, offset, byte_size)
             status = RegionStatus(name, key, offset, byte_size)
-            self._regions[name] = _Region(status, memory, start)
+            self._regions[name] = _Region(status, memory, start, fd)
 
-    def _map(self, key: str, offset: int, byte_size: int) -> tuple[mmap.mmap, int]:
-        """The region mapped (from the page that holds its start), and where it starts in
-        the mapping."""
+    def _map(self, key: str, offset: int, byte_size: int) -> tuple[mmap.mmap, int, int]:
+        """The region mapped (from the page that holds its start), where it starts in the
+        mapping, and the object's open descriptor."""
         path = self._root / key.lstrip("/")
         try:
             fd = os.open(path, os.O_RDWR | os.O_NOFOLLOW | os.O_CLOEXEC)
@@ -117,9 +144,11 @@ class SharedMemoryRegistry:
                     f"({info.st_size} bytes)",
                 )
             page = offset - offset % mmap.ALLOCATIONGRANULARITY
-            return mmap.mmap(fd, offset + byte_size - page, offset=page), offset - page
-        finally:
+            memory = mmap.mmap(fd, offset + byte_size - page, offset=page)
+        except BaseException:
             os.close(fd)
+            raise
+        return memory, offset - page, fd
 
     def status(self, name: str = "") -> list[RegionStatus]:
         """One region (by name) or all of them.
@@ -160,8 +189,10 @@ class SharedMemoryRegistry:
             NotFound: the region is not registered.
             InvalidArgument: the window does not fit in the region.
         """
+        field = f"{window.field}.shared_memory_region"
         with self._lock:
-            region = self._get(window.region, f"{window.field}.shared_memory_region")
+            region = self._get(window.region, field)
+        region.check_size(field)
         status = region.status
         if window.offset < 0 or window.byte_size < 0:
             raise InvalidArgument.field(

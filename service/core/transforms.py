@@ -180,21 +180,28 @@ def decode_image(field: str, data: bytes, mode: str) -> Image.Image:
 
 
 def preprocess_images(
-    images: Sequence[bytes], mode: str, specs: Sequence[Spec], input_shape: Sequence[int]
+    images: Sequence[bytes],
+    mode: str,
+    specs: Sequence[Spec],
+    input_shape: Sequence[int],
+    field: str = "images",
 ) -> np.ndarray:
     """Decodes encoded images and applies a model's evaluation transforms: the batch Predict
     runs, float32 [n, *input_shape].
 
     Raises:
-        InvalidArgument: an image cannot be decoded, or does not come out as `input_shape`.
+        InvalidArgument: no image, an image cannot be decoded, or one does not come out as
+            `input_shape`; `field` names the request's list of images.
     """
+    if not images:
+        raise InvalidArgument.field(field, "0 images", "needs at least one image")
     pipeline = build(with_to_tensor(specs), "eval_transforms")
     rows = []
     for index, data in enumerate(images):
-        tensor = pipeline(decode_image(f"images[{index}]", data, mode))
+        tensor = pipeline(decode_image(f"{field}[{index}]", data, mode))
         if tuple(tensor.shape) != tuple(input_shape):
             raise InvalidArgument.field(
-                f"images[{index}]",
+                f"{field}[{index}]",
                 list(tensor.shape),
                 f"after the model's transforms it must be {list(input_shape)}; "
                 "send images of the size the model was trained on",
