@@ -254,18 +254,19 @@ def _state(job) -> str:
     return pb.JobState.Name(job.state).removeprefix("JOB_STATE_").lower()
 
 
-def test_train_wait_on_a_cancelled_job_fails_without_older_metrics(client: Client) -> None:
+def test_train_wait_on_a_cancelled_job_fails_without_older_metrics(
+    client: Client, digits_model: str
+) -> None:
     """The model has a version from an earlier job: a cancelled job must not print its
     metrics as if they were this job's, nor exit 0."""
     server = ["--server", client.address]
-    run("train", "cli-cancel", "--epochs", "1", "--wait", *server)
     waiting = subprocess.Popen(
-        [TORCHWIRE, "train", "cli-cancel", "--epochs", "5000", "--wait", *server],
+        [TORCHWIRE, "train", digits_model, "--epochs", "5000", "--wait", *server],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
     )
-    job_id = _job_of(client, "cli-cancel")
+    job_id = _job_of(client, digits_model)
     client.job(job_id).cancel()
     out, err = waiting.communicate(timeout=120)
     assert waiting.returncode == 1
@@ -287,13 +288,13 @@ def test_train_wait_on_a_cancelled_job_fails_without_older_metrics(client: Clien
 
 def test_resume_and_watch_follow_a_job_to_its_last_epoch(client: Client) -> None:
     server = ["--server", client.address]
-    job = client.train("cli-resume", "digits", epochs=120, patience=0, seed=0)
+    job = client.train("cli-resume", "digits", epochs=60, patience=0, seed=0)
     job_id = _job_of(client, "cli-resume")
     job.cancel()
     resumed = run("resume", job_id, "--wait", *server)
     assert "succeeded" in resumed.stdout
     assert "metrics: " in resumed.stdout
     bar = resumed.stderr.replace("\r", "\n").strip().splitlines()[-1]
-    assert "120/120" in bar  # the bar counts every epoch, not only those after the resume
+    assert "60/60" in bar  # the bar counts every epoch, not only those after the resume
     watched = run("watch", job_id, *server)  # a finished job: its end at once
     assert watched.stdout.splitlines()[0].startswith(f"{job_id}  succeeded")
