@@ -24,6 +24,7 @@ from starlette.routing import Route
 from torchwire.service.api import v2_json as convert
 from torchwire.service.api.auth import Authenticator
 from torchwire.service.api.metrics import ServiceMetrics
+from torchwire.service.app.inference_types import non_negative
 from torchwire.service.app.open_inference import OpenInference, is_decimal
 from torchwire.service.config import ServerConfig
 from torchwire.service.errors import (
@@ -271,8 +272,8 @@ class RestApi:
         key = document.get("key")
         if not isinstance(key, str):
             raise InvalidArgument.field("key", key, "must be a string")
-        offset = convert.non_negative(document.get("offset", 0), "offset")
-        size = convert.non_negative(document.get("byte_size"), "byte_size")
+        offset = non_negative(document.get("offset", 0), "offset")
+        size = non_negative(document.get("byte_size"), "byte_size")
         await self._call(
             self.plane.shared_memory.register, request.path_params["region"], key, offset, size
         )

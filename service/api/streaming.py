@@ -9,7 +9,7 @@ import contextvars
 import queue
 import threading
 from collections.abc import Callable, Iterator
-from typing import Generic, TypeVar
+from typing import TypeVar
 
 Request = TypeVar("Request")
 Started = TypeVar("Started")
@@ -23,7 +23,7 @@ _PUT_POLL_S = 0.5
 """How often a reader blocked on a full window checks that the answers are still wanted."""
 
 
-class _Failed(Generic[Started]):
+class _Failed:
     """Ends the stream with an error, in its place."""
 
     def __init__(self, error: BaseException) -> None:

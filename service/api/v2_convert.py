@@ -23,8 +23,8 @@ from torchwire.service.app.inference_types import (
     RequestedOutput,
     TensorData,
     VersionReport,
+    window_of,
 )
-from torchwire.service.app.shared_memory import Window
 from torchwire.service.app.statistics import Duration
 from torchwire.service.errors import InvalidArgument
 
@@ -46,21 +46,9 @@ def parameter(value: v2.InferParameter | v2.ModelRepositoryParameter) -> Any:
     return getattr(value, which) if which else None
 
 
-def window(parameters: Mapping[str, Any], field: str) -> Window | None:
-    """The shared-memory window that a tensor's parameters name, if any."""
-    if SHM_REGION not in parameters:
-        return None
-    values = {name: parameter(p) for name, p in parameters.items()}
-    region, size = values[SHM_REGION], values.get(SHM_SIZE)
-    offset = values.get(SHM_OFFSET, 0)
-    if not isinstance(region, str) or not region:
-        raise InvalidArgument.field(f"{field}.{SHM_REGION}", region, "must be a region's name")
-    for name, value in ((SHM_SIZE, size), (SHM_OFFSET, offset)):
-        if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-            raise InvalidArgument.field(f"{field}.{name}", value, "must be a non-negative integer")
-    assert isinstance(size, int)
-    assert isinstance(offset, int)
-    return Window(region, offset, size, field)
+def _values(parameters: Mapping[str, v2.InferParameter]) -> dict[str, object]:
+    """A parameter map as plain values."""
+    return {name: parameter(p) for name, p in parameters.items()}
 
 
 def infer_request(request: v2.ModelInferRequest) -> InferRequest:
@@ -68,7 +56,9 @@ def infer_request(request: v2.ModelInferRequest) -> InferRequest:
     raw = list(request.raw_input_contents)
     inputs = []
     for index, tensor in enumerate(request.inputs):
-        data: TensorData | None = window(tensor.parameters, f"inputs[{index}].parameters")
+        data: TensorData | None = window_of(
+            _values(tensor.parameters), f"inputs[{index}].parameters"
+        )
         if data is None and request.raw_input_contents:
             if tensor.HasField("contents"):
                 raise InvalidArgument.field(
@@ -94,7 +84,7 @@ def infer_request(request: v2.ModelInferRequest) -> InferRequest:
     outputs = [
         RequestedOutput(
             o.name,
-            window(o.parameters, f"outputs[{index}].parameters"),
+            window_of(_values(o.parameters), f"outputs[{index}].parameters"),
             parameters=_others(o.parameters),
         )
         for index, o in enumerate(request.outputs)
@@ -111,7 +101,7 @@ def infer_request(request: v2.ModelInferRequest) -> InferRequest:
 
 def _others(parameters: Mapping[str, v2.InferParameter]) -> dict[str, object]:
     """The parameters other than those of shared memory, for the data plane to judge."""
-    return {k: parameter(p) for k, p in parameters.items() if k not in SHM_PARAMETERS}
+    return {k: v for k, v in _values(parameters).items() if k not in SHM_PARAMETERS}
 
 
 def _typed(tensor: v2.ModelInferRequest.InferInputTensor, index: int) -> TensorData:

@@ -25,9 +25,10 @@ from torchwire.service.app.inference_types import (
     TensorData,
     TensorSpec,
     VersionReport,
+    non_negative,
+    window_of,
 )
 from torchwire.service.app.open_inference import is_decimal
-from torchwire.service.app.shared_memory import Window
 from torchwire.service.app.statistics import Duration
 from torchwire.service.errors import FailedPrecondition, InvalidArgument
 
@@ -46,28 +47,6 @@ def _object(value: Any, field: str) -> dict[str, Any]:
     if not isinstance(value, dict):
         raise InvalidArgument.field(field, value, "must be a JSON object")
     return value
-
-
-def non_negative(value: Any, field: str) -> int:
-    """`value` as a JSON integer >= 0.
-
-    Raises:
-        InvalidArgument: it is not one.
-    """
-    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
-        raise InvalidArgument.field(field, value, "must be a non-negative integer")
-    return value
-
-
-def _window(parameters: dict[str, Any], field: str) -> Window | None:
-    if SHM_REGION not in parameters:
-        return None
-    region = parameters[SHM_REGION]
-    if not isinstance(region, str) or not region:
-        raise InvalidArgument.field(f"{field}.{SHM_REGION}", region, "must be a region's name")
-    size = non_negative(parameters.get(SHM_SIZE), f"{field}.{SHM_SIZE}")
-    offset = non_negative(parameters.get(SHM_OFFSET, 0), f"{field}.{SHM_OFFSET}")
-    return Window(region, offset, size, field)
 
 
 def parse_json(body: bytes, field: str = "body") -> Any:
@@ -128,7 +107,7 @@ def infer_request(model: str, version: str, body: bytes, header_length: str | No
         outputs.append(
             RequestedOutput(
                 str(output.get("name", "")),
-                _window(output_parameters, f"outputs[{index}].parameters"),
+                window_of(output_parameters, f"outputs[{index}].parameters"),
                 binary_wanted,
                 _others(output_parameters),
             )
@@ -151,7 +130,7 @@ def _input(tensor: dict[str, Any], index: int, binary: memoryview) -> tuple[Infe
             f"{field}.datatype", datatype, f"must be one of {list(DATATYPES)}"
         )
     parameters = _object(tensor.get("parameters", {}), f"{field}.parameters")
-    data: TensorData | None = _window(parameters, f"{field}.parameters")
+    data: TensorData | None = window_of(parameters, f"{field}.parameters")
     used = 0
     if data is None and BINARY_SIZE in parameters:
         used = non_negative(parameters[BINARY_SIZE], f"{field}.parameters.{BINARY_SIZE}")

@@ -3,6 +3,7 @@ responses, tensor descriptions, and the datatypes and their byte layouts."""
 
 import math
 import struct
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TypeAlias
 
@@ -125,6 +126,34 @@ class TensorSpec:
     name: str
     datatype: str
     shape: tuple[int, ...]
+
+
+def non_negative(value: object, field: str) -> int:
+    """`value` as an integer >= 0.
+
+    Raises:
+        InvalidArgument: it is not one.
+    """
+    if not isinstance(value, int) or isinstance(value, bool) or value < 0:
+        raise InvalidArgument.field(field, value, "must be a non-negative integer")
+    return value
+
+
+def window_of(parameters: Mapping[str, object], field: str) -> Window | None:
+    """The shared-memory window that a tensor's parameters (plain values) name, if any.
+
+    Raises:
+        InvalidArgument: a region without a name, or a size or offset that is not an
+            integer >= 0.
+    """
+    if SHM_REGION not in parameters:
+        return None
+    region = parameters[SHM_REGION]
+    if not isinstance(region, str) or not region:
+        raise InvalidArgument.field(f"{field}.{SHM_REGION}", region, "must be a region's name")
+    size = non_negative(parameters.get(SHM_SIZE), f"{field}.{SHM_SIZE}")
+    offset = non_negative(parameters.get(SHM_OFFSET, 0), f"{field}.{SHM_OFFSET}")
+    return Window(region, offset, size, field)
 
 
 def from_raw(raw: Raw, datatype: str, shape: tuple[int, ...]) -> np.ndarray | list[bytes]:
