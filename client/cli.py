@@ -2,19 +2,23 @@
 `worker`, which start the server's own entry point."""
 
 import argparse
+import json
 import os
 import sys
 from collections.abc import Callable
-from typing import NoReturn
+from typing import Any, NoReturn
 
 import grpc
 from google.protobuf import json_format
+from google.protobuf.descriptor import FieldDescriptor
 
 from torchwire.client.client import Client
 from torchwire.client.commands import (
     cmd_batching,
     cmd_cancel,
     cmd_datasets,
+    cmd_delete,
+    cmd_download,
     cmd_evaluate,
     cmd_export,
     cmd_import,
@@ -44,7 +48,21 @@ SERVER_COMMANDS = {
 
 
 def _ints(text: str) -> list[int]:
-    return [int(part) for part in text.split(",") if part]
+    try:
+        return [int(part) for part in text.split(",") if part]
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{text!r} is not integers separated by commas") from err
+
+
+def _names(text: str) -> list[str]:
+    return [part for part in text.split(",") if part]
+
+
+def _json(text: str) -> Any:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise argparse.ArgumentTypeError(f"not JSON: {err}") from err
 
 
 def _model_ref(text: str) -> pb.ModelRef:
@@ -55,9 +73,16 @@ def _model_ref(text: str) -> pb.ModelRef:
     return pb.ModelRef(name=name, version=int(version or 0))
 
 
-def connection_flags() -> argparse.ArgumentParser:
+class Parser(argparse.ArgumentParser):
+    """argparse, with a mistake told in one line on stderr (exit code 2), not the usage."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(2, f"error: {self.prog}: {message} (see {self.prog} --help)\n")
+
+
+def connection_flags() -> Parser:
     """The flags of every command that calls a server: where, how, and the output's form."""
-    flags = argparse.ArgumentParser(add_help=False)
+    flags = Parser(add_help=False)
     flags.add_argument(
         "--server",
         default=os.environ.get(SERVER_ENV, DEFAULT_ADDRESS),
@@ -94,37 +119,103 @@ Command = Callable[[str, Callable, str], argparse.ArgumentParser]
 """Adds a client command: its name, its handler and its help; returns its parser."""
 
 
+TRAINING_OPTIONS = {
+    "epochs": "passes over the training data (default 20)",
+    "batch_size": "samples per batch (default 64)",
+    "learning_rate": "learning rate (default 0.001)",
+    "optimizer": "optimizer (default adam)",
+    "momentum": "momentum of sgd and rmsprop (default 0.9)",
+    "weight_decay": "weight decay (default 0; 0.01 for adamw)",
+    "loss": "loss (default cross_entropy for classes, mse for values)",
+    "val_fraction": "share of the training split held out for validation (default 0.1)",
+    "patience": "early stopping: epochs without improvement (default 5; 0: off)",
+    "min_delta": "early stopping: the improvement that counts (default 0)",
+    "seed": "seed of weights, shuffling and the validation split (default 0)",
+    "shuffle": "shuffle the training data every epoch (default on)",
+    "drop_last": "drop the last incomplete batch (default off)",
+    "num_workers": "DataLoader worker processes (default 0)",
+    "device": "where to train (default auto: cuda, then mps, then cpu)",
+    "tensorboard": "write TensorBoard event files under the job's directory",
+    "label_smoothing": "cross_entropy's label smoothing (default 0)",
+    "nesterov": "sgd: Nesterov momentum (default off)",
+    "scheduler": "learning-rate schedule (default constant)",
+    "step_size": "step scheduler: epochs between decays (default 10)",
+    "gamma": "step scheduler: decay factor (default 0.1)",
+    "grad_clip_norm": "clip the gradients' L2 norm to this (default 0: off)",
+    "monitor": "what early stopping watches: val_loss (default), val_accuracy or val_mae",
+    "amp": "CUDA: float16 autocast with gradient scaling (default on)",
+    "channels_last": "train image models in channels_last memory format (default off)",
+    "compile": "torch.compile the model for training (default off)",
+}
+"""The help of each TrainingConfig field's flag: `train` has one flag per field."""
+TRAINING_CHOICES = {
+    "optimizer": ("adam", "adamw", "sgd", "rmsprop"),
+    "loss": ("cross_entropy", "nll", "bce_with_logits", "mse", "l1"),
+    "scheduler": ("constant", "step", "cosine", "one_cycle"),
+    "device": ("auto", "cpu", "cuda", "mps"),
+}
+_FLAG_TYPES = {
+    FieldDescriptor.TYPE_INT32: int,
+    FieldDescriptor.TYPE_INT64: int,
+    FieldDescriptor.TYPE_DOUBLE: float,
+    FieldDescriptor.TYPE_STRING: str,
+}
+
+
+def _training_options(train: argparse.ArgumentParser) -> None:
+    """A flag for every field of TrainingConfig (`--batch-size`, `--amp/--no-amp`, ...)."""
+    options = train.add_argument_group("training options (TrainingConfig)")
+    for field in pb.TrainingConfig.DESCRIPTOR.fields:
+        flags = ["--" + field.name.replace("_", "-")]
+        flags += ["--lr"] if field.name == "learning_rate" else []
+        help_text = TRAINING_OPTIONS[field.name]
+        if field.type == FieldDescriptor.TYPE_BOOL:
+            options.add_argument(*flags, action=argparse.BooleanOptionalAction, help=help_text)
+        else:
+            options.add_argument(
+                *flags,
+                type=_FLAG_TYPES[field.type],
+                choices=TRAINING_CHOICES.get(field.name),
+                help=help_text,
+            )
+
+
 def _train_commands(command: Command) -> None:
     train = command("train", cmd_train, "submit a training job")
     train.add_argument("model", help="model name to register a new version of")
     train.add_argument(
         "--spec", help="a TrainRequest in JSON (transforms, model, config...); flags override it"
     )
-    train.add_argument("--dataset", help="a named dataset (default digits)")
-    train.add_argument("--source", help="FORMAT:PATH under a data root, e.g. image_folder:pets")
-    train.add_argument("--split", default="")
-    train.add_argument("--arch", choices=("mlp", "cnn"))
-    train.add_argument("--torchvision", help="a torchvision architecture, e.g. resnet18")
-    train.add_argument("--hidden-sizes", type=_ints, default=[], help="e.g. 128,64")
-    train.add_argument("--channels", type=_ints, default=[], help="e.g. 32,64")
-    train.add_argument("--dropout", type=float)
-    train.add_argument("--init-from", type=_model_ref, help="MODEL[:VERSION] to fine-tune from")
-    train.add_argument("--epochs", type=int)
-    train.add_argument("--batch-size", type=int)
-    train.add_argument("--learning-rate", "--lr", type=float)
-    train.add_argument("--optimizer", choices=("adam", "adamw", "sgd", "rmsprop"))
-    train.add_argument("--loss", choices=("cross_entropy", "nll", "bce_with_logits", "mse", "l1"))
-    train.add_argument("--scheduler", choices=("constant", "step", "cosine", "one_cycle"))
-    train.add_argument("--monitor", help="val_loss (default), val_accuracy or val_mae")
-    train.add_argument("--val-fraction", type=float)
-    train.add_argument("--patience", type=int)
-    train.add_argument("--seed", type=int)
-    train.add_argument("--device", choices=("auto", "cpu", "cuda", "mps"))
-    train.add_argument(
-        "--tensorboard",
-        action="store_true",
-        help="write TensorBoard event files under the job's directory",
+    data = train.add_argument_group("data")
+    data.add_argument("--dataset", help="a named dataset (default digits)")
+    data.add_argument("--source", help="FORMAT:PATH under a data root, e.g. image_folder:pets")
+    data.add_argument("--split", default="", help="the dataset's split (default train)")
+    data.add_argument(
+        "--label-pattern",
+        help="image_files: a regex over the file name without its extension; "
+        "its first group is the label",
     )
+    data.add_argument("--target-columns", type=_names, help="csv: the target columns, e.g. y")
+    data.add_argument(
+        "--feature-columns", type=_names, help="csv: the feature columns (default: the others)"
+    )
+    data.add_argument("--task", choices=("classification", "regression"), help="csv: the task")
+    data.add_argument(
+        "--transforms", type=_json, help='training transforms in JSON: [{"resize": ...}, ...]'
+    )
+    data.add_argument(
+        "--eval-transforms",
+        type=_json,
+        help="evaluation and Predict transforms in JSON (default: derived from --transforms)",
+    )
+    model = train.add_argument_group("model")
+    model.add_argument("--arch", choices=("mlp", "cnn"))
+    model.add_argument("--torchvision", help="a torchvision architecture, e.g. resnet18")
+    model.add_argument("--hidden-sizes", type=_ints, default=[], help="e.g. 128,64")
+    model.add_argument("--channels", type=_ints, default=[], help="e.g. 32,64")
+    model.add_argument("--dropout", type=float)
+    model.add_argument("--init-from", type=_model_ref, help="MODEL[:VERSION] to fine-tune from")
+    _training_options(train)
     train.add_argument("--wait", action="store_true", help="follow the job with a progress bar")
 
 
@@ -192,6 +283,16 @@ def _catalog_commands(command: Command) -> None:
     export.add_argument("--version", type=int, default=0)
     export.add_argument("--opset", type=int, default=0, help="ONNX opset (default 18)")
 
+    download = command("download", cmd_download, "download a model's stored export")
+    download.add_argument("model")
+    download.add_argument("--format", choices=tuple(EXPORT_FORMATS), default="onnx")
+    download.add_argument("--out", required=True, help="where to write the file")
+    download.add_argument("--version", type=int, default=0, help="default: the latest")
+
+    delete = command("delete", cmd_delete, "delete a model version, or the whole model")
+    delete.add_argument("model")
+    delete.add_argument("--version", type=int, default=0, help="default: every version")
+
     imported = command("import", cmd_import, "import an ONNX, TorchScript or state_dict file")
     imported.add_argument("model", help="model name to register a new version of")
     imported.add_argument("file")
@@ -223,9 +324,7 @@ def _catalog_commands(command: Command) -> None:
 def build_parser() -> argparse.ArgumentParser:
     """The parser of the client commands; `serve` and `worker` are only named here (the
     server's entry point parses their flags)."""
-    parser = argparse.ArgumentParser(
-        prog="torchwire", description="Train, evaluate and serve PyTorch models."
-    )
+    parser = Parser(prog="torchwire", description="Train, evaluate and serve PyTorch models.")
     commands = parser.add_subparsers(dest="command", required=True)
     for name, help_text in SERVER_COMMANDS.items():
         commands.add_parser(name, add_help=False, help=help_text)

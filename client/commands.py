@@ -14,7 +14,7 @@ from google.protobuf.message import Message
 from torchwire.client.client import Client
 from torchwire.client.jobs import Job
 from torchwire.client.messages import history_rows
-from torchwire.client.plot import plot_history
+from torchwire.client.plot import check_image_format, plot_history
 from torchwire.v1 import tensors
 from torchwire.v1 import torchwire_pb2 as pb
 
@@ -78,10 +78,13 @@ def _state(job: pb.Job) -> str:
 def _job_line(job: pb.Job) -> str:
     version = f" -> v{job.model_version}" if job.model_version else ""
     error = f"  ({job.error})" if job.error else ""
-    return (
-        f"{job.id}  {_state(job):<9}  {job.request.model_name}{version}  "
-        f"dataset={job.request.dataset.name}{error}"
+    dataset = job.request.dataset
+    data = (
+        f"source={dataset.source.format}:{dataset.source.path}"
+        if dataset.HasField("source")
+        else f"dataset={dataset.name}"
     )
+    return f"{job.id}  {_state(job):<9}  {job.request.model_name}{version}  {data}{error}"
 
 
 def _source(text: str | None) -> dict[str, str] | None:
@@ -90,6 +93,10 @@ def _source(text: str | None) -> dict[str, str] | None:
         return None
     fmt, _, path = text.partition(":")
     return {"format": fmt, "path": path}
+
+
+_SOURCE_FLAGS = ("label_pattern", "target_columns", "feature_columns", "task")
+"""Flags that describe a file source's contents (DataSource fields)."""
 
 
 def _train_request(args: argparse.Namespace) -> pb.TrainRequest:
@@ -105,6 +112,17 @@ def _train_request(args: argparse.Namespace) -> pb.TrainRequest:
         request.dataset.CopyFrom(pb.DatasetRef(name=args.dataset or "digits", split=args.split))
     elif args.split:
         request.dataset.split = args.split
+    for key in _SOURCE_FLAGS:
+        if getattr(args, key) is None:
+            continue
+        if not request.dataset.HasField("source"):
+            raise ValueError(f"--{key.replace('_', '-')} describes files: give --source too")
+        request.dataset.source.ClearField(key)
+        json_format.ParseDict({key: getattr(args, key)}, request.dataset.source)
+    for key in ("transforms", "eval_transforms"):
+        if getattr(args, key) is not None:
+            request.ClearField(key)
+            json_format.ParseDict({key: getattr(args, key)}, request)
     if args.arch and request.model.WhichOneof("architecture") != args.arch:
         request.model.CopyFrom(pb.ModelSpec(**{args.arch: {}}))
     if args.torchvision:
@@ -116,29 +134,12 @@ def _train_request(args: argparse.Namespace) -> pb.TrainRequest:
         request.model.cnn.channels[:] = args.channels
     if args.dropout is not None and architecture in ("mlp", "cnn"):
         getattr(request.model, architecture).dropout = args.dropout
-    for key in _CONFIG_FLAGS:
-        if getattr(args, key) is not None:
-            setattr(request.config, key, getattr(args, key))
-    if args.tensorboard:
-        request.config.tensorboard = True
+    for field in pb.TrainingConfig.DESCRIPTOR.fields:  # cli.TRAINING_OPTIONS: one flag each
+        if getattr(args, field.name) is not None:
+            setattr(request.config, field.name, getattr(args, field.name))
     if args.init_from:
         request.init_from.CopyFrom(args.init_from)
     return request
-
-
-_CONFIG_FLAGS = (
-    "epochs",
-    "batch_size",
-    "learning_rate",
-    "optimizer",
-    "loss",
-    "scheduler",
-    "monitor",
-    "val_fraction",
-    "patience",
-    "seed",
-    "device",
-)
 
 
 def cmd_train(client: Client, args: argparse.Namespace) -> Any:
@@ -239,7 +240,22 @@ def cmd_predict(client: Client, args: argparse.Namespace) -> Any:
     )
 
 
+def _output_path(out: str) -> Path:
+    """`--out`, checked before anything is asked of the server: its folder must exist.
+
+    Raises:
+        ValueError: naming the flag and the folder.
+    """
+    path = Path(out)
+    if not path.parent.is_dir():
+        raise ValueError(f"--out {out!r}: the folder {str(path.parent)!r} does not exist")
+    if path.is_dir():
+        raise ValueError(f"--out {out!r} is a folder; name the file to write")
+    return path
+
+
 def cmd_plot(client: Client, args: argparse.Namespace) -> Any:
+    check_image_format(_output_path(args.out))
     job = client.job(args.job_id).info()
     rows = history_rows(job.history)
     title = f"{job.request.model_name} (job {job.id})"
@@ -248,6 +264,7 @@ def cmd_plot(client: Client, args: argparse.Namespace) -> Any:
 
 
 def cmd_export(client: Client, args: argparse.Namespace) -> Any:
+    _output_path(args.out)
     artifact = client.export(
         args.model, args.format, args.out, version=args.version, opset=args.opset
     )
@@ -257,6 +274,22 @@ def cmd_export(client: Client, args: argparse.Namespace) -> Any:
         f"wrote {args.out}: {artifact.size_bytes} bytes, sha256 {artifact.sha256}, "
         f"max abs diff from eager {artifact.max_abs_diff:.2g}"
     )
+
+
+def cmd_download(client: Client, args: argparse.Namespace) -> Any:
+    artifact = client.download_artifact(
+        args.model, args.format, _output_path(args.out), version=args.version
+    )
+    if args.json:
+        return artifact
+    return f"wrote {args.out}: {artifact.size_bytes} bytes, sha256 {artifact.sha256}"
+
+
+def cmd_delete(client: Client, args: argparse.Namespace) -> Any:
+    deleted = client.delete_model(args.model, args.version)
+    if args.json:
+        return {"model_name": args.model, "deleted_versions": deleted}
+    return f"deleted {args.model} " + ", ".join(f"v{v}" for v in deleted)
 
 
 def cmd_batching(client: Client, args: argparse.Namespace) -> Any:

@@ -10,6 +10,20 @@ MAX_SHOWN_CHARS = 80
 _ESCAPES = re.compile(r"\x1b\[[0-9;?]*[ -/]*[@-~]|[\x00-\x08\x0b-\x1f\x7f]")
 
 
+class Summary(str):
+    """What stands in an error for a value too big to echo, such as `3 images`: shown as
+    `<3 images>`, never quoted as if the caller had sent that text."""
+
+    def __repr__(self) -> str:
+        return f"<{self}>"
+
+
+def counted(count: int, noun: str, detail: str = "") -> Summary:
+    """`1 image`, `3 images`, `12 bytes of GIF`: a count as an error shows it."""
+    text = f"{count} {noun}{'' if count == 1 else 's'}"
+    return Summary(f"{text} {detail}" if detail else text)
+
+
 def shown(value: object) -> str:
     """`repr(value)`, shortened to MAX_SHOWN_CHARS: how an error echoes what a caller sent."""
     text = repr(value)

@@ -265,9 +265,14 @@ PREDICT_CASES = {
     "unknown version": ({"version": 999}, NOT_FOUND, "no version 999"),
     "negative version": ({"version": -1}, INVALID, "version=-1"),
     "wrong dtype": (
-        {"inputs": tensors.encode(np.zeros((2, 1, 8, 8)))},
+        {"inputs": tensors.encode(np.zeros((2, 1, 8, 8), np.int64))},
         INVALID,
-        "inputs.dtype='float64'",
+        "inputs.dtype='int64'",
+    ),
+    "float64 beyond float32": (
+        {"inputs": tensors.encode(np.full((2, 1, 8, 8), -1e300))},
+        INVALID,
+        "inputs.data=1e+300: is beyond float32's range",
     ),
     "wrong shape": (
         {"inputs": tensors.encode(np.zeros((2, 64), np.float32))},

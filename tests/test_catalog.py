@@ -393,13 +393,17 @@ def test_bad_catalog_requests_get_clear_statuses(
         (
             lambda: client.predict(digits_model, images=[b"\x89PNG"]),
             INVALID,
-            "trained on tensors",
+            "images=<1 image>: model 'digits-mlp' v",
         ),
-        (lambda: client.predict(colour_model, images=[b"not an image"]), INVALID, "images[0]"),
+        (
+            lambda: client.predict(colour_model, images=[b"not an image"]),
+            INVALID,
+            "images[0]=<12 bytes>: is not a PNG or JPEG image",  # not PIL's BytesIO repr
+        ),
         (
             lambda: client.predict(colour_model, images=[_gif()]),
             INVALID,
-            "PNG or JPEG",
+            "bytes of GIF>: must be a PNG or JPEG image",
         ),
         (
             lambda: client.predict(

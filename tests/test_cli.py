@@ -2,6 +2,8 @@
 
 import dataclasses
 import json
+import logging
+import re
 import signal
 import subprocess
 import sys
@@ -11,6 +13,7 @@ from pathlib import Path
 
 import grpc
 import numpy as np
+import pytest
 import torch
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
@@ -19,8 +22,11 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
 from torch import nn
 
 from torchwire.client import Client
+from torchwire.client.cli import TRAINING_OPTIONS, build_parser, main
+from torchwire.client.plot import plot_history
 from torchwire.service.config import ServerConfig
 from torchwire.service.core.datasets import BUILTIN_DATASETS
+from torchwire.service.core.export import EXPORTER_LOGGERS
 from torchwire.v1 import torchwire_pb2 as pb
 
 TORCHWIRE = str(Path(sys.executable).with_name("torchwire"))
@@ -288,7 +294,7 @@ def test_train_wait_on_a_cancelled_job_fails_without_older_metrics(
 
 def test_resume_and_watch_follow_a_job_to_its_last_epoch(client: Client) -> None:
     server = ["--server", client.address]
-    job = client.train("cli-resume", "digits", epochs=60, patience=0, seed=0)
+    job = client.train("cli-resume", "digits", epochs=60, batch_size=256, patience=0, seed=0)
     job_id = _job_of(client, "cli-resume")
     job.cancel()
     resumed = run("resume", job_id, "--wait", *server)
@@ -298,3 +304,215 @@ def test_resume_and_watch_follow_a_job_to_its_last_epoch(client: Client) -> None
     assert "60/60" in bar  # the bar counts every epoch, not only those after the resume
     watched = run("watch", job_id, *server)  # a finished job: its end at once
     assert watched.stdout.splitlines()[0].startswith(f"{job_id}  succeeded")
+
+
+def cli(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
+    """Runs the console script's `main` in this process: its exit code, stdout and stderr.
+    An exception it lets out fails the test (it would be a traceback for the user)."""
+    try:
+        code = main(list(argv))
+    except SystemExit as exit:  # argparse's own exit
+        code = exit.code if isinstance(exit.code, int) else 1
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_every_command_refuses_a_bad_argument_in_one_line(
+    client: Client, capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    """Each command, given a bad argument, says what is wrong in one line on stderr and exits
+    2, before anything reaches the server."""
+    missing = str(tmp_path / "no-such-folder" / "file")
+    cases = {
+        "train": [
+            ("train", "m", "--epochs", "many"),
+            ("train", "m", "--label-pattern", "(.*)"),  # no --source
+            ("train", "m", "--transforms", '[{"sharpen": {}}]'),
+            ("train", "m", "--transforms", "[{"),
+            ("train", "m", "--hidden-sizes", "8,x"),
+        ],
+        "jobs": [("jobs", "--state", "asleep")],
+        "job": [("job",)],
+        "watch": [("watch", "a", "b")],
+        "cancel": [("cancel",)],
+        "resume": [("resume", "--wait")],
+        "plot": [("plot", "j", "--out", missing + ".png"), ("plot", "j", "--out", "curve.xyz")],
+        "evaluate": [("evaluate", "m", "--version", "latest")],
+        "predict": [("predict", "m", missing + ".npy"), ("predict", "m", "x.npy", "--top-k", "")],
+        "batching": [("batching", "m", "--max-delay-ms", "soon")],
+        "export": [("export", "m", "--out", missing), ("export", "m", "--format", "pickle")],
+        "download": [("download", "m", "--out", missing), ("download", "m")],
+        "delete": [("delete", "m", "--version", "v1")],
+        "import": [("import", "m", missing), ("import", "m", "f", "--eval-transforms", "{")],
+        "models": [("models", "extra")],
+        "datasets": [("datasets", "--limit", "1")],
+        "upload": [("upload", "d", "--features", missing, "--targets", missing)],
+    }
+    commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
+    assert set(cases) | {"serve", "worker"} == set(commands)  # serve and worker: tests above
+    for argv in (argv for command in cases.values() for argv in command):
+        code, out, err = cli(capsys, *argv, "--server", client.address)
+        assert code == 2, (argv, err)
+        assert out == ""
+        assert err.startswith("error: ")
+        assert len(err.strip().splitlines()) == 1, (argv, err)
+
+
+def test_float64_is_converted_with_a_range_check_on_upload_and_predict(
+    client: Client, digits_model: str, capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    """NumPy's default float64: upload and predict both convert it to float32, and both refuse
+    a value that float32 cannot hold, naming it."""
+    server = ("--server", client.address)
+    x, y = BUILTIN_DATASETS["digits"].load("test")
+    np.save(tmp_path / "x64.npy", x[:4].astype(np.float64))
+    np.save(tmp_path / "x32.npy", x[:4])
+    as64 = json.loads(
+        cli(capsys, "predict", digits_model, str(tmp_path / "x64.npy"), "--json", *server)[1]
+    )
+    as32 = json.loads(
+        cli(capsys, "predict", digits_model, str(tmp_path / "x32.npy"), "--json", *server)[1]
+    )
+    assert as64 == as32
+
+    np.save(tmp_path / "t.npy", y)
+    np.save(tmp_path / "f64.npy", x.astype(np.float64))
+    upload = ("upload", "cli-float64", "--targets", str(tmp_path / "t.npy"), *server)
+    code, out, _ = cli(capsys, *upload, "--features", str(tmp_path / "f64.npy"))
+    assert code == 0
+    assert "360 samples" in out
+    (dataset,) = [d for d in client.datasets() if d.name == "cli-float64"]
+    assert dataset.feature_dtype == "float32"
+
+    huge = x.astype(np.float64)
+    huge[3, 0, 2, 5] = 1e39
+    np.save(tmp_path / "huge.npy", huge)
+    code, _, err = cli(capsys, *upload, "--features", str(tmp_path / "huge.npy"))
+    assert code == 1
+    assert "INVALID_ARGUMENT: chunk[0].features=1e+39: is beyond float32's range" in err
+    np.save(tmp_path / "huge-batch.npy", huge[:4])
+    code, _, err = cli(capsys, "predict", digits_model, str(tmp_path / "huge-batch.npy"), *server)
+    assert code == 1
+    assert "INVALID_ARGUMENT: inputs.data=1e+39: is beyond float32's range" in err
+
+
+def test_export_download_and_delete(
+    client: Client, capsys: pytest.CaptureFixture, caplog: pytest.LogCaptureFixture, tmp_path: Path
+) -> None:
+    """`export --out` into a missing folder fails before the server exports; `download` gets a
+    stored export again; `delete` removes a version, then the model."""
+    server = ("--server", client.address)
+    for _ in range(2):
+        client.train("cli-files", "digits", epochs=1, batch_size=256, seed=0).wait()
+    code, _, err = cli(
+        capsys, "export", "cli-files", "--out", str(tmp_path / "no" / "m.onnx"), *server
+    )
+    assert code == 2
+    assert "the folder" in err
+    assert "onnxruntime" not in client.model("cli-files").versions[-1].runtimes  # not exported
+
+    with caplog.at_level(logging.INFO):  # the server runs in this process: its log is here
+        assert (
+            cli(capsys, "export", "cli-files", "--out", str(tmp_path / "m.onnx"), *server)[0] == 0
+        )
+    exporter = [r for r in caplog.records if r.name.startswith(EXPORTER_LOGGERS)]
+    assert exporter == []  # the exporter's INFO chatter stays out of the server's log
+    code, out, _ = cli(
+        capsys, "download", "cli-files", "--out", str(tmp_path / "again.onnx"), *server
+    )
+    assert code == 0
+    assert out.startswith(f"wrote {tmp_path / 'again.onnx'}: ")
+    assert (tmp_path / "again.onnx").read_bytes() == (tmp_path / "m.onnx").read_bytes()
+    code, _, err = cli(
+        capsys,
+        "download",
+        "cli-files",
+        "--format",
+        "torchscript",
+        "--out",
+        str(tmp_path / "m.pt"),
+        *server,
+    )
+    assert code == 1
+    assert "NOT_FOUND" in err
+    assert not (tmp_path / "m.pt").exists()
+
+    assert (
+        cli(capsys, "delete", "cli-files", "--version", "1", *server)[1] == "deleted cli-files v1\n"
+    )
+    code, out, _ = cli(capsys, "delete", "cli-files", "--json", *server)
+    assert json.loads(out) == {"model_name": "cli-files", "deleted_versions": [2]}
+    code, _, err = cli(capsys, "delete", "cli-files", *server)
+    assert code == 1
+    assert "NOT_FOUND" in err
+
+
+def test_training_options_have_flags(
+    client: Client, colours: dict[str, str], capsys: pytest.CaptureFixture
+) -> None:
+    """Every TrainingConfig field, a file source's label pattern and the transforms can be set
+    without a --spec; a file-source job shows its source instead of an empty dataset."""
+    assert set(TRAINING_OPTIONS) == {f.name for f in pb.TrainingConfig.DESCRIPTOR.fields}
+    code, out, err = cli(
+        capsys,
+        "train",
+        "cli-flags",
+        "--source",
+        f"image_files:{colours['train']}",
+        "--label-pattern",
+        "^([a-z]+)_",
+        "--transforms",
+        '[{"resize": {"size": [8, 8]}}]',
+        "--weight-decay",
+        "0.01",
+        "--min-delta",
+        "0.001",
+        "--no-shuffle",
+        "--epochs",
+        "1",
+        "--json",
+        "--server",
+        client.address,
+    )
+    assert code == 0, err
+    request = client.job(json.loads(out)["id"]).wait().request
+    assert request.dataset.source.label_pattern == "^([a-z]+)_"
+    assert request.transforms[0].resize.size == [8, 8]
+    assert request.config.weight_decay == 0.01
+    assert request.config.min_delta == 0.001
+    assert request.config.shuffle is False
+    code, out, _ = cli(capsys, "jobs", "--model", "cli-flags", "--server", client.address)
+    assert f"source=image_files:{colours['train']}" in out
+    assert "dataset=" not in out
+
+
+def test_plot_without_a_finished_epoch_and_with_integer_epochs(
+    client: Client, digits_model: str, capsys: pytest.CaptureFixture, tmp_path: Path
+) -> None:
+    server = ("--server", client.address)
+    job = client.train("cli-unplotted", "digits", epochs=5)
+    job.cancel()  # long before its first epoch ends: jobs take a second or more to start
+    code, _, err = cli(capsys, "plot", job.id, "--out", str(tmp_path / "c.png"), *server)
+    assert code == 2
+    assert err == "error: the job has no finished epoch yet: there is no curve to draw\n"
+
+    done = client.jobs(model_name=digits_model, state="succeeded")[-1]
+    svg = tmp_path / "curve.svg"
+    assert cli(capsys, "plot", done.id, "--out", str(svg), *server)[0] == 0
+    labels = re.findall(r"<!-- (.*?) -->", svg.read_text())
+    ticks = [label for label in labels if re.fullmatch(r"[0-9.]+", label)]
+    assert "2" in ticks
+    assert "2.5" not in ticks  # epochs are whole numbers
+
+
+def test_a_long_falling_loss_gets_a_log_axis_without_markers(tmp_path: Path) -> None:
+    history = [
+        {"epoch": e, "train_loss": 2.0 / e, "val_loss": 2.2 / e, "train_accuracy": 0.9}
+        for e in range(1, 201)
+    ]
+    svg = plot_history(history, tmp_path / "long.svg").read_text()
+    labels = re.findall(r"<!-- (.*?) -->", svg)
+    assert "$\\mathdefault{10^{-1}}$" in labels  # the loss axis is logarithmic
+    assert "2.5" not in labels
+    # Symbols drawn (<use> of a marker): the axes' ticks, not one per epoch and curve.
+    assert len(re.findall(r'<use xlink:href="#m', svg)) < len(history)

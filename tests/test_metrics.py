@@ -143,3 +143,11 @@ def test_tensorboard_event_files_are_readable(client: Client, server) -> None:
         [h["train_loss"] for h in history], rel=1e-6
     )
     assert events.Tags()["graph"]
+    # One train/batch_loss per step, numbered on across epochs; each epoch's mean is its loss.
+    steps = events.Scalars("train/batch_loss")
+    per_epoch = len(steps) // 3
+    assert per_epoch > 100
+    assert [e.step for e in steps] == list(range(1, 3 * per_epoch + 1))
+    for epoch, row in enumerate(history):
+        losses = [e.value for e in steps[epoch * per_epoch : (epoch + 1) * per_epoch]]
+        assert np.mean(losses) == pytest.approx(row["train_loss"], rel=0.02)

@@ -12,7 +12,7 @@ from torchwire.service.app.prediction import PendingPrediction
 from torchwire.service.app.serving import ModelService
 from torchwire.service.core.export import DEFAULT_OPSET, DEFAULT_TOLERANCE
 from torchwire.service.core.records import check_name
-from torchwire.service.errors import InvalidArgument, TorchwireError
+from torchwire.service.errors import InvalidArgument, TorchwireError, counted
 from torchwire.v1 import torchwire_pb2 as pb
 from torchwire.v1 import torchwire_pb2_grpc as pb_grpc
 
@@ -65,7 +65,9 @@ class PredictionServicer(pb_grpc.TorchWireServicer):
         if request.images:
             if request.HasField("inputs"):
                 raise InvalidArgument.field(
-                    "images", f"{len(request.images)} images", "give inputs or images, not both"
+                    "images",
+                    counted(len(request.images), "image"),
+                    "give inputs or images, not both",
                 )
             inputs = self.models.decode_images(
                 request.model_name, request.version, list(request.images), request.runtime

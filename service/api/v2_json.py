@@ -30,7 +30,7 @@ from torchwire.service.app.inference_types import (
 )
 from torchwire.service.app.open_inference import is_decimal
 from torchwire.service.app.statistics import Duration
-from torchwire.service.errors import FailedPrecondition, InvalidArgument
+from torchwire.service.errors import FailedPrecondition, InvalidArgument, Summary, counted
 
 HEADER_LENGTH = "inference-header-content-length"
 """The binary data extension's header: how many bytes of the body are JSON."""
@@ -59,7 +59,7 @@ def parse_json(body: bytes, field: str = "body") -> Any:
         return json.loads(body or b"{}", parse_constant=_no_constant)
     except (ValueError, RecursionError) as err:  # UnicodeDecodeError is a ValueError
         why = "nests too deeply" if isinstance(err, RecursionError) else f"is not JSON: {err}"
-        raise InvalidArgument.field(field, f"{len(body)} bytes", why) from err
+        raise InvalidArgument.field(field, counted(len(body), "byte"), why) from err
 
 
 def _no_constant(name: str) -> None:
@@ -155,7 +155,7 @@ def _json_data(values: Any, datatype: str, shape: tuple[int, ...], field: str) -
     flat = np.asarray(values, dtype=object).ravel().tolist() if isinstance(values, list) else None
     expected = math.prod(shape) if all(d >= 0 for d in shape) else -1
     if flat is None or len(flat) != expected:
-        count = "not a list" if flat is None else f"{len(flat)} values"
+        count = Summary("not a list") if flat is None else counted(len(flat), "value")
         raise InvalidArgument.field(f"{field}.data", count, f"shape {list(shape)} needs {expected}")
     if datatype == BYTES:
         return [_element(v, f"{field}.data[{i}]") for i, v in enumerate(flat)]

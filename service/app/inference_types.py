@@ -12,7 +12,7 @@ import numpy as np
 from torchwire.service.app.shared_memory import Window
 from torchwire.service.app.statistics import VersionStatistics
 from torchwire.service.core.batching import BatchingConfig
-from torchwire.service.errors import InvalidArgument
+from torchwire.service.errors import InvalidArgument, counted
 
 DTYPES = {
     "BOOL": "bool",
@@ -167,7 +167,7 @@ def from_raw(raw: Raw, datatype: str, shape: tuple[int, ...]) -> np.ndarray | li
         if len(elements) != math.prod(shape):
             raise InvalidArgument.field(
                 raw.field,
-                f"{len(elements)} elements",
+                counted(len(elements), "element"),
                 f"shape {list(shape)} needs {math.prod(shape)}",
             )
         return elements
@@ -196,14 +196,16 @@ def deserialize_bytes(raw: Raw) -> list[bytes]:
     while offset < len(buffer):
         if offset + 4 > len(buffer):
             raise InvalidArgument.field(
-                raw.field, f"{len(buffer)} bytes", f"ends inside an element's length at {offset}"
+                raw.field,
+                counted(len(buffer), "byte"),
+                f"ends inside an element's length at {offset}",
             )
         (length,) = struct.unpack_from("<I", buffer, offset)
         offset += 4
         if offset + length > len(buffer):
             raise InvalidArgument.field(
                 raw.field,
-                f"{len(buffer)} bytes",
+                counted(len(buffer), "byte"),
                 f"element {len(elements)} says {length} bytes, past the end",
             )
         elements.append(bytes(buffer[offset : offset + length]))

@@ -68,7 +68,9 @@ def is_decimal(text: str) -> bool:
     return re.fullmatch(r"[0-9]+", text) is not None
 
 
-FIELDS = InputFields("inputs[0].datatype", "inputs[0].shape", datatype_of)
+FIELDS = InputFields(
+    "inputs[0].datatype", "inputs[0].shape", "inputs[0].contents", datatype_of, False
+)
 
 
 def version_number(field: str, text: str) -> int:

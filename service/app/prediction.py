@@ -10,6 +10,7 @@ import numpy as np
 from torchwire.service.app.statistics import InferenceStatistics
 from torchwire.service.core.batching import Batcher, Outcome, Ran, RunObserver, timed_run
 from torchwire.service.core.datasets import CLASSIFICATION
+from torchwire.service.core.precision import as_float32
 from torchwire.service.core.records import ModelVersionRecord
 from torchwire.service.core.runtimes import Prediction, Runtime, postprocess
 from torchwire.service.errors import DeadlineExceeded, InvalidArgument
@@ -111,8 +112,12 @@ class InputFields:
 
     dtype: str = "inputs.dtype"
     shape: str = "inputs.shape"
+    values: str = "inputs.data"
     type_name: Callable[[str], str] = str
     """A NumPy dtype's name as the protocol spells it."""
+    float64_to_float32: bool = True
+    """Whether float64 inputs of a float32 model are converted (`core.precision`'s rule)
+    instead of refused."""
 
 
 V1_FIELDS = InputFields()
@@ -124,12 +129,15 @@ def check_request(
     inputs: np.ndarray,
     outputs: set[str],
     fields: InputFields = V1_FIELDS,
-) -> set[str]:
-    """Checks a batch and the outputs asked for against the version; returns the outputs,
-    the task's defaults when none were asked for."""
+) -> tuple[np.ndarray, set[str]]:
+    """Checks a batch and the outputs asked for against the version; returns the batch to
+    run (float64 converted for a float32 model, where the protocol allows it) and the
+    outputs, the task's defaults when none were asked for."""
     record = served.record
     meta, which = record.metadata, f"model {record.name!r} v{record.version}"
     expected = served.input_shape
+    if fields.float64_to_float32 and served.input_dtype == np.float32:
+        inputs = as_float32(inputs, fields.values)
     if inputs.dtype != served.input_dtype:
         raise InvalidArgument.field(
             fields.dtype,
@@ -144,9 +152,9 @@ def check_request(
         )
     classifier = meta.task == CLASSIFICATION
     if not outputs:
-        return set(PREDICT_OUTPUTS) if classifier else {"raw"}
+        return inputs, set(PREDICT_OUTPUTS) if classifier else {"raw"}
     if not classifier and outputs != {"raw"}:
         raise InvalidArgument.field(
             "outputs", sorted(outputs), f"model {record.name!r} is a {meta.task} model; ask for RAW"
         )
-    return outputs
+    return inputs, outputs

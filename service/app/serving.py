@@ -50,6 +50,7 @@ from torchwire.service.errors import (
     FailedPrecondition,
     InvalidArgument,
     ResourceExhausted,
+    counted,
 )
 from torchwire.service.store import Store
 from torchwire.service.store.versions import MissingArtifact
@@ -201,7 +202,7 @@ class ModelService:
         if not meta.image_mode:
             raise InvalidArgument.field(
                 "images",
-                f"{len(images)} images",
+                counted(len(images), "image"),
                 f"model {name!r} v{record.version} was trained on tensors; send inputs",
             )
         return preprocess_images(
@@ -244,7 +245,7 @@ class ModelService:
         submitted = time.perf_counter()
         key = (served.record.name, served.record.version)
         try:
-            outputs = check_request(served, inputs, outputs, fields)
+            inputs, outputs = check_request(served, inputs, outputs, fields)
             futures = served.submit(inputs)
         except BaseException:
             self.statistics.failed(key, time.perf_counter() - submitted)

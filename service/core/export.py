@@ -2,6 +2,7 @@
 
 import contextlib
 import io
+import logging
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +21,11 @@ PARITY_BATCH_SIZES = (1, 7)
 DEFAULT_OPSET, OPSETS = 18, range(17, 24)
 DEFAULT_TOLERANCE = 1e-4
 INPUT_NAME, OUTPUT_NAME = "input", "output"
+EXPORTER_LOGGERS = ("onnxscript", "onnx_ir")
+"""The ONNX exporter's libraries, which log each optimisation pass at INFO: a dozen lines
+per export in the server's log. Their warnings still show."""
+for _name in EXPORTER_LOGGERS:
+    logging.getLogger(_name).setLevel(logging.WARNING)
 
 
 @dataclass(frozen=True)

@@ -26,8 +26,11 @@ class TensorBoardLog:
         except Exception as err:  # a model that does not trace still trains
             log.warning("TensorBoard: the model graph could not be traced: %s", err)
 
-    def step(self, progress: events.StepProgress, steps_done: int) -> None:
-        self.writer.add_scalar("train/batch_loss", progress.loss, steps_done)
+    def steps(self, first_step: int, losses: list[float]) -> None:
+        """Every step's training loss of an epoch (`train/batch_loss`), numbered from
+        `first_step` across epochs."""
+        for step, loss in enumerate(losses, start=first_step):
+            self.writer.add_scalar("train/batch_loss", loss, step)
 
     def epoch(self, record: events.EpochRecord) -> None:
         scalars = {

@@ -321,6 +321,7 @@ class Trainer:
         # the throttled progress events.
         loss_sum = torch.zeros((), device=self.device)
         metric_sum = torch.zeros((), device=self.device)
+        step_losses: list[torch.Tensor] = []  # for TensorBoard, read once at the end
         count = 0
         classification = self.objective.task == CLASSIFICATION
         last_report = time.monotonic()
@@ -334,6 +335,8 @@ class Trainer:
             count += batch
             with torch.no_grad():
                 loss_sum += loss.detach() * batch
+                if self.tensorboard is not None:
+                    step_losses.append(loss.detach())
                 if classification:
                     metric_sum += (self.objective.predicted(output) == targets).sum()
                 else:
@@ -342,14 +345,11 @@ class Trainer:
             now = time.monotonic()
             if now - last_report >= PROGRESS_INTERVAL_S and step < steps:
                 last_report = now
-                self._report_progress(events.StepProgress(epoch, step, steps, loss.item()))
+                self.emit(events.StepProgress(epoch, step, steps, loss.item()))
+        if self.tensorboard is not None and step_losses:
+            first_step = (epoch - 1) * steps + 1
+            self.tensorboard.steps(first_step, torch.stack(step_losses).tolist())
         return [loss_sum.item(), metric_sum.item(), float(count)]
-
-    def _report_progress(self, progress: events.StepProgress) -> None:
-        self.emit(progress)
-        if self.tensorboard is not None:
-            step = (progress.epoch - 1) * progress.steps_per_epoch + progress.step
-            self.tensorboard.step(progress, step)
 
     def _validate(self, record: events.EpochRecord) -> events.EpochRecord:
         """The epoch's record with the validation loss and metric added."""

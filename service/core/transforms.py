@@ -14,9 +14,9 @@ from typing import Any
 
 import numpy as np
 import torch
-from PIL import Image
+from PIL import Image, UnidentifiedImageError
 
-from torchwire.service.errors import InvalidArgument
+from torchwire.service.errors import InvalidArgument, Summary, counted
 
 Spec = dict[str, dict[str, Any]]
 TO_TENSOR = "to_tensor"
@@ -164,18 +164,26 @@ def decode_image(field: str, data: bytes, mode: str) -> Image.Image:
         image = Image.open(io.BytesIO(data))
         if image.format not in IMAGE_FORMATS:
             raise InvalidArgument.field(
-                field, f"{len(data)} bytes of {image.format}", "must be a PNG or JPEG image"
+                field,
+                counted(len(data), "byte", f"of {image.format}"),
+                "must be a PNG or JPEG image",
             )
         if image.width * image.height > MAX_IMAGE_PIXELS:
             raise InvalidArgument.field(
-                field, f"{image.width}x{image.height}", f"exceeds {MAX_IMAGE_PIXELS} pixels"
+                field,
+                Summary(f"{image.width}x{image.height} pixels"),
+                f"exceeds {MAX_IMAGE_PIXELS} pixels",
             )
         return image.convert(mode)
     except InvalidArgument:
         raise
+    except UnidentifiedImageError as err:  # its message shows the BytesIO, not the data
+        raise InvalidArgument.field(
+            field, counted(len(data), "byte"), "is not a PNG or JPEG image"
+        ) from err
     except Exception as err:  # PIL raises many types for bad data
         raise InvalidArgument.field(
-            field, f"{len(data)} bytes", f"cannot be decoded as PNG or JPEG: {err}"
+            field, counted(len(data), "byte"), f"cannot be decoded as PNG or JPEG: {err}"
         ) from err
 
 
@@ -194,7 +202,7 @@ def preprocess_images(
             `input_shape`; `field` names the request's list of images.
     """
     if not images:
-        raise InvalidArgument.field(field, "0 images", "needs at least one image")
+        raise InvalidArgument.field(field, counted(0, "image"), "needs at least one image")
     pipeline = build(with_to_tensor(specs), "eval_transforms")
     rows = []
     for index, data in enumerate(images):

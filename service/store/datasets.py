@@ -23,6 +23,7 @@ from torchwire.service.core.datasets import (
 )
 from torchwire.service.core.files import atomic_directory
 from torchwire.service.core.pipeline import SampleSource
+from torchwire.service.core.precision import as_float32
 from torchwire.service.core.records import check_name
 from torchwire.service.core.sources import FileSource, locate_files
 from torchwire.service.errors import (
@@ -121,8 +122,11 @@ class _SplitWriter:
                 f"{targets.dtype}{list(targets.shape)}",
                 "differs in dtype or shape from the first chunk's targets",
             )
-        features = features.astype("<f4", copy=False)
-        targets = targets.astype("<i8" if task == CLASSIFICATION else "<f4", copy=False)
+        features = as_float32(features, f"{where}.features").astype("<f4", copy=False)
+        if task == CLASSIFICATION:
+            targets = targets.astype("<i8", copy=False)
+        else:
+            targets = as_float32(targets, f"{where}.targets").astype("<f4", copy=False)
         size = features.nbytes + targets.nbytes
         if self.written + size > self.max_bytes:
             raise ResourceExhausted(f"upload exceeds max_upload_bytes={self.max_bytes}")
