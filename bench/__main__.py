@@ -6,11 +6,15 @@ import datetime
 import tempfile
 from pathlib import Path
 
-from bench import fuzz_memory, request_path, serving, shared_memory, startup, training
+import torch
+
+from bench import fuzz_memory, gpu, request_path, serving, shared_memory, startup, training
 from bench.harness import PeakMemory, bare_torch, machine, server_process
 from torchwire.client import Client
 
 ROOT = Path(__file__).resolve().parent.parent
+GPU_START, GPU_END = "<!-- gpu -->", "<!-- /gpu -->"
+"""Around the GPU section: a run without CUDA keeps the last GPU run's section as it was."""
 
 
 def _met(ok: bool) -> str:
@@ -54,10 +58,102 @@ def measure(seconds: float) -> dict:
         results["cold"] = startup.cold_start(store, "mlp")
         results["memory"] = startup.idle_memory(store, "mlp")
     results["hostile"] = fuzz_memory.run(fuzz_memory.parse_args([]))
+    if torch.cuda.is_available():
+        with tempfile.TemporaryDirectory(prefix="torchwire-gpu-bench-") as tmp:
+            results["gpu"] = gpu.run(Path(tmp) / "store", seconds)
     return results
 
 
-def report(r: dict, seconds: float) -> str:
+def gpu_section(g: dict) -> list[str]:
+    """Section 9, from a run on CUDA."""
+    lines = [
+        GPU_START,
+        "## 9. GPU: resnet18 on 3x32x32 (CUDA)",
+        "",
+        f"Measured by `make bench` on {datetime.date.today()} on {g['device']} "
+        "(`bench/gpu.py`). The server runs with its CUDA defaults (fixed-shape buckets 1, 2, "
+        "4 ... 64; TF32 off); the last columns come from a second server on the same store "
+        "with `--bucket-sizes off`.",
+        "",
+    ]
+    rows = [
+        [
+            o["runtime"],
+            str(o["batch"]),
+            f"{o['in_process']['samples_per_s']:,.0f}",
+            f"{o['service']['samples_per_s']:,.0f}",
+            f"**{o['ratio']:.2f}**",
+            f"{o['in_process']['p50_ms']:.2f} / {o['service']['p50_ms']:.2f}",
+        ]
+        for o in g["overhead"]
+    ]
+    lines += _table(
+        ["runtime", "batch", "in-process samples/s", "Predict samples/s", "ratio", "p50 ms"],
+        rows,
+    )
+    lines += ["", f"{gpu.CONCURRENCY} concurrent batch-1 clients, batching on vs off:", ""]
+    rows = []
+    for label, key in (("buckets", "batching"), ("no buckets", "batching_unbucketed")):
+        for b in g[key]:
+            rows.append(
+                [
+                    b["runtime"],
+                    label,
+                    f"{b['off']['samples_per_s']:,.0f}",
+                    f"{b['on']['samples_per_s']:,.0f}",
+                    f"**{b['throughput_on_vs_off']:.2f}**",
+                    f"{b['p99_on_vs_off']:.2f}",
+                ]
+            )
+    lines += _table(
+        ["runtime", "", "off samples/s", "on samples/s", "on / off", "p99 on / off"], rows
+    )
+    lines += ["", "One client, batch sizes drawn from 1..64 against a fixed 64, per sample:", ""]
+    rows = [
+        [
+            v["runtime"],
+            label,
+            f"{v['fixed_64_samples_per_s']:,.0f}",
+            f"{v['varying_samples_per_s']:,.0f}",
+            f"**{v['ratio']:.3f}**",
+        ]
+        for label, key in (("buckets", "varying"), ("no buckets", "varying_unbucketed"))
+        for v in g[key]
+    ]
+    lines += _table(["runtime", "", "fixed 64", "varying 1..64", "ratio"], rows)
+    lines += ["", "Loaded runtimes as GetModel shows them:", ""]
+    rows = [
+        [
+            b["runtime"],
+            b["placement"],
+            ",".join(map(str, b["buckets"])),
+            f"{b['warmup_s']:.2f}",
+            f"{b['load_s']:.2f}",
+            f"{b['device_mb']:.0f}",
+        ]
+        for b in g["buckets"]
+    ]
+    lines += _table(
+        ["runtime", "placement", "buckets", "warm-up s", "load s", "bucket device MiB"], rows
+    )
+    return [*lines, "", GPU_END]
+
+
+def kept_gpu_section(previous: str) -> list[str]:
+    """The GPU section of the last report, or a line saying there has been no GPU run."""
+    if GPU_START in previous and GPU_END in previous:
+        kept = previous.split(GPU_START, 1)[1].split(GPU_END, 1)[0]
+        return [GPU_START + kept + GPU_END]
+    return [
+        GPU_START,
+        "## 9. GPU: resnet18 on 3x32x32 (CUDA)",
+        "",
+        "Not measured yet: no `make bench` has run on a machine with CUDA.",
+        GPU_END,
+    ]
+
+
+def report(r: dict, seconds: float, previous: str = "") -> str:
     lines = [
         "# Benchmarks",
         "",
@@ -332,6 +428,7 @@ def report(r: dict, seconds: float) -> str:
     ]
     lines += request_path_report(r["request_path"], seconds)
     lines += shared_memory_report(r["shared_memory"], seconds)
+    lines += gpu_section(r["gpu"]) if "gpu" in r else kept_gpu_section(previous)
     return "\n".join(lines)
 
 
@@ -473,13 +570,10 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=2.0, help="length of each timed loop")
     parser.add_argument("--out", type=Path, default=ROOT / "BENCHMARKS.md")
     args = parser.parse_args()
-    text = report(measure(args.seconds), args.seconds)
+    previous = args.out.read_text() if args.out.exists() else ""
+    text = report(measure(args.seconds), args.seconds, previous)
     print(text)
-    notes = (
-        args.out.read_text().split("<!-- notes -->", 1)[1]
-        if args.out.exists() and "<!-- notes -->" in args.out.read_text()
-        else "\n"
-    )
+    notes = previous.split("<!-- notes -->", 1)[1] if "<!-- notes -->" in previous else "\n"
     args.out.write_text(text + "\n<!-- notes -->" + notes)
 
 

@@ -9,12 +9,12 @@ from pathlib import Path
 
 import grpc
 import numpy as np
-import torch
 
 from bench import echo
 from bench.harness import run_for, summary
 from torchwire.client import Client
 from torchwire.service.core.checkpoint import load_model
+from torchwire.service.core.device import choose_device
 from torchwire.service.core.runtimes import OnnxRuntime, TorchRuntime, load_torchscript
 from torchwire.v1 import tensors
 from torchwire.v1 import torchwire_pb2 as pb
@@ -47,13 +47,13 @@ def prepare(client: Client) -> None:
 
 def in_process(store: Path, name: str, runtime: str):
     """The runtime the server uses, opened here from the server's own files."""
-    directory = store / "models" / name / "1"
+    directory, device = store / "models" / name / "1", choose_device("auto")  # the server's
     if runtime == "onnxruntime":
-        return OnnxRuntime(directory / "model.onnx", torch.cuda.is_available())
+        return OnnxRuntime(directory / "model.onnx", device)
     if runtime == "torchscript":
-        return load_torchscript(directory / "model.torchscript.pt", torch.device("cpu"))
-    module, _ = load_model(directory / "model.pt", torch.device("cpu"))
-    return TorchRuntime("eager", module, torch.device("cpu"))
+        return load_torchscript(directory / "model.torchscript.pt", device)
+    module, _ = load_model(directory / "model.pt", device)
+    return TorchRuntime("eager", module, device)
 
 
 def batch_of(size: int, shape: tuple[int, ...] = INPUT_SHAPE) -> np.ndarray:
@@ -116,11 +116,16 @@ def overhead(client: Client, store: Path, seconds: float) -> list[dict]:
     return rows
 
 
-async def _clients(
-    address: str, model: str, runtime: str, concurrency: int, seconds: float
+async def clients(
+    address: str,
+    model: str,
+    runtime: str,
+    concurrency: int,
+    seconds: float,
+    shape: tuple[int, ...] | None = None,
 ) -> dict:
     """`concurrency` clients each sending batch-1 requests back to back for `seconds`."""
-    shape = WIDE_SHAPE if model == WIDE else INPUT_SHAPE
+    shape = shape or (WIDE_SHAPE if model == WIDE else INPUT_SHAPE)
     request = pb.PredictRequest(
         model_name=model,
         runtime=runtime,
@@ -164,7 +169,7 @@ def batching(client: Client, seconds: float, concurrency: int = 32) -> list[dict
             for label, setting in settings.items():
                 client.configure_batching(name, max_batch_size=64, **setting)
                 results[label] = asyncio.run(
-                    _clients(client.address, name, runtime, concurrency, seconds)
+                    clients(client.address, name, runtime, concurrency, seconds)
                 )
             client.configure_batching(name, reset=True)
             off = results["off"]

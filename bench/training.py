@@ -84,8 +84,9 @@ DDP_PROCESSES = 2
 
 def distributed(client: Client) -> dict:
     """The small CNN on the digits in one process, then in DDP_PROCESSES DDP processes on
-    gloo with the per-process batch divided alike, so both make the same updates."""
-    common = {"architecture": "cnn", "channels": [32, 64], "epochs": 5}
+    gloo with the per-process batch divided alike, so both make the same updates. Both on
+    the CPU: on a machine with fewer GPUs than processes, nccl is refused."""
+    common = {"architecture": "cnn", "channels": [32, 64], "epochs": 5, "device": "cpu"}
     single = service(client, "bench-single", **common)
     ddp = service(
         client,

@@ -47,10 +47,32 @@ SERVER_COMMANDS = {
 """Commands that run server code: `main` hands them to `python -m torchwire.service`."""
 
 
+def _int32(text: str) -> int:
+    """An integer that fits the contract's int32 fields."""
+    try:
+        value = int(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from err
+    if not -(2**31) <= value < 2**31:
+        raise argparse.ArgumentTypeError(f"{text} is out of range (a 32-bit integer)")
+    return value
+
+
+def _int64(text: str) -> int:
+    """An integer that fits the contract's int64 fields."""
+    try:
+        value = int(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from err
+    if not -(2**63) <= value < 2**63:
+        raise argparse.ArgumentTypeError(f"{text} is out of range (a 64-bit integer)")
+    return value
+
+
 def _ints(text: str) -> list[int]:
     try:
-        return [int(part) for part in text.split(",") if part]
-    except ValueError as err:
+        return [_int32(part) for part in text.split(",") if part]
+    except argparse.ArgumentTypeError as err:
         raise argparse.ArgumentTypeError(f"{text!r} is not integers separated by commas") from err
 
 
@@ -58,11 +80,15 @@ def _names(text: str) -> list[str]:
     return [part for part in text.split(",") if part]
 
 
-def _json(text: str) -> Any:
+def _json_list(text: str) -> list:
+    """A JSON array, such as a list of transforms."""
     try:
-        return json.loads(text)
+        value = json.loads(text)
     except json.JSONDecodeError as err:
         raise argparse.ArgumentTypeError(f"not JSON: {err}") from err
+    if not isinstance(value, list):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a JSON array: [...]")
+    return value
 
 
 def _model_ref(text: str) -> pb.ModelRef:
@@ -105,7 +131,13 @@ def connection_flags() -> Parser:
 
 
 def connect(args: argparse.Namespace) -> Client:
-    """A client for the flags of `connection_flags`."""
+    """A client for the flags of `connection_flags`.
+
+    Raises:
+        ValueError: a client certificate without its key, or the other way round.
+    """
+    if bool(args.tls_cert) != bool(args.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together: give both, or neither")
     return Client(
         args.server,
         token=args.token,
@@ -126,7 +158,7 @@ TRAINING_OPTIONS = {
     "optimizer": "optimizer (default adam)",
     "momentum": "momentum of sgd and rmsprop (default 0.9)",
     "weight_decay": "weight decay (default 0; 0.01 for adamw)",
-    "loss": "loss (default cross_entropy for classes, mse for values)",
+    "loss": "loss (default cross_entropy; mse or l1 for regression data)",
     "val_fraction": "share of the training split held out for validation (default 0.1)",
     "patience": "early stopping: epochs without improvement (default 5; 0: off)",
     "min_delta": "early stopping: the improvement that counts (default 0)",
@@ -154,12 +186,26 @@ TRAINING_CHOICES = {
     "scheduler": ("constant", "step", "cosine", "one_cycle"),
     "device": ("auto", "cpu", "cuda", "mps"),
 }
-_FLAG_TYPES = {
-    FieldDescriptor.TYPE_INT32: int,
-    FieldDescriptor.TYPE_INT64: int,
+_FLAG_TYPES: dict[int, Callable[[str], Any]] = {
+    FieldDescriptor.TYPE_INT32: _int32,
+    FieldDescriptor.TYPE_INT64: _int64,
     FieldDescriptor.TYPE_DOUBLE: float,
     FieldDescriptor.TYPE_STRING: str,
 }
+
+
+def _source_flags(group: argparse._ArgumentGroup) -> None:
+    """What a file source (`--source`) holds: DataSource's fields besides format and path."""
+    group.add_argument(
+        "--label-pattern",
+        help="image_files: a regex over the file name without its extension; "
+        "its first group is the label",
+    )
+    group.add_argument("--target-columns", type=_names, help="csv: the target columns, e.g. y")
+    group.add_argument(
+        "--feature-columns", type=_names, help="csv: the feature columns (default: the others)"
+    )
+    group.add_argument("--task", choices=("classification", "regression"), help="csv: the task")
 
 
 def _training_options(train: argparse.ArgumentParser) -> None:
@@ -190,22 +236,13 @@ def _train_commands(command: Command) -> None:
     data.add_argument("--dataset", help="a named dataset (default digits)")
     data.add_argument("--source", help="FORMAT:PATH under a data root, e.g. image_folder:pets")
     data.add_argument("--split", default="", help="the dataset's split (default train)")
+    _source_flags(data)
     data.add_argument(
-        "--label-pattern",
-        help="image_files: a regex over the file name without its extension; "
-        "its first group is the label",
-    )
-    data.add_argument("--target-columns", type=_names, help="csv: the target columns, e.g. y")
-    data.add_argument(
-        "--feature-columns", type=_names, help="csv: the feature columns (default: the others)"
-    )
-    data.add_argument("--task", choices=("classification", "regression"), help="csv: the task")
-    data.add_argument(
-        "--transforms", type=_json, help='training transforms in JSON: [{"resize": ...}, ...]'
+        "--transforms", type=_json_list, help='training transforms in JSON: [{"resize": ...}, ...]'
     )
     data.add_argument(
         "--eval-transforms",
-        type=_json,
+        type=_json_list,
         help="evaluation and Predict transforms in JSON (default: derived from --transforms)",
     )
     model = train.add_argument_group("model")
@@ -223,7 +260,7 @@ def _job_commands(command: Command) -> None:
     jobs = command("jobs", cmd_jobs, "list jobs")
     jobs.add_argument("--state", choices=tuple(JOB_STATES))
     jobs.add_argument("--model")
-    jobs.add_argument("--limit", type=int, default=0)
+    jobs.add_argument("--limit", type=_int32, default=0)
     command("job", cmd_job, "show a job and its learning curves").add_argument("job_id")
     command(
         "watch", cmd_watch, "follow a job to its end with a progress bar (like train --wait)"
@@ -242,16 +279,17 @@ def _inference_commands(command: Command) -> None:
     evaluate.add_argument("model")
     evaluate.add_argument("--dataset", default="digits")
     evaluate.add_argument("--source", help="FORMAT:PATH under a data root, e.g. csv:test.csv")
+    _source_flags(evaluate.add_argument_group("file source"))
     evaluate.add_argument("--split", default="")
-    evaluate.add_argument("--version", type=int, default=0)
+    evaluate.add_argument("--version", type=_int32, default=0)
 
     predict = command("predict", cmd_predict, "predict a .npy batch, or PNG/JPEG images")
     predict.add_argument("model")
     predict.add_argument(
         "inputs", nargs="+", help="one .npy file of shape [n, *input_shape], or image files"
     )
-    predict.add_argument("--version", type=int, default=0)
-    predict.add_argument("--top-k", type=int, default=1)
+    predict.add_argument("--version", type=_int32, default=0)
+    predict.add_argument("--top-k", type=_int32, default=1)
     predict.add_argument(
         "--runtime",
         choices=("eager", "torchscript", "onnxruntime"),
@@ -267,10 +305,15 @@ def _inference_commands(command: Command) -> None:
     batching.add_argument("model")
     batching.add_argument("--off", action="store_true", help="run every request on its own")
     batching.add_argument(
-        "--max-batch-size", type=int, help="rows per merged run (turns batching on)"
+        "--max-batch-size", type=_int32, help="rows per merged run (turns batching on)"
     )
     batching.add_argument(
         "--max-delay-ms", type=float, help="how long a run waits for more (turns batching on)"
+    )
+    batching.add_argument(
+        "--bucket-sizes",
+        type=_ints,
+        help="pad every run up to one of these batch sizes, e.g. 1,8,64 (fixed-shape execution)",
     )
     batching.add_argument("--reset", action="store_true", help="use the server's default again")
 
@@ -280,18 +323,18 @@ def _catalog_commands(command: Command) -> None:
     export.add_argument("model")
     export.add_argument("--format", choices=tuple(EXPORT_FORMATS), default="onnx")
     export.add_argument("--out", required=True, help="where to write the file")
-    export.add_argument("--version", type=int, default=0)
-    export.add_argument("--opset", type=int, default=0, help="ONNX opset (default 18)")
+    export.add_argument("--version", type=_int32, default=0)
+    export.add_argument("--opset", type=_int32, default=0, help="ONNX opset (default 18)")
 
     download = command("download", cmd_download, "download a model's stored export")
     download.add_argument("model")
     download.add_argument("--format", choices=tuple(EXPORT_FORMATS), default="onnx")
     download.add_argument("--out", required=True, help="where to write the file")
-    download.add_argument("--version", type=int, default=0, help="default: the latest")
+    download.add_argument("--version", type=_int32, default=0, help="default: the latest")
 
     delete = command("delete", cmd_delete, "delete a model version, or the whole model")
     delete.add_argument("model")
-    delete.add_argument("--version", type=int, default=0, help="default: every version")
+    delete.add_argument("--version", type=_int32, default=0, help="default: every version")
 
     imported = command("import", cmd_import, "import an ONNX, TorchScript or state_dict file")
     imported.add_argument("model", help="model name to register a new version of")
@@ -307,10 +350,13 @@ def _catalog_commands(command: Command) -> None:
     imported.add_argument("--task", choices=("classification", "regression"), default="")
     imported.add_argument("--classes", nargs="*", default=[])
     imported.add_argument(
-        "--eval-transforms", help='image preprocessing in JSON: [{"resize": {"size": [256]}}, ...]'
+        "--eval-transforms",
+        type=_json_list,
+        default=[],
+        help='image preprocessing in JSON: [{"resize": {"size": [256]}}, ...]',
     )
     imported.add_argument("--image-mode", choices=("L", "RGB"), default="")
-    imported.add_argument("--output-size", type=int, default=0, help="a state_dict's head width")
+    imported.add_argument("--output-size", type=_int32, default=0, help="a state_dict's head width")
     command("models", cmd_models, "list models and versions")
     command("datasets", cmd_datasets, "list datasets")
     upload = command("upload", cmd_upload, "upload .npy features and targets as a dataset")

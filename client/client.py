@@ -2,7 +2,7 @@
 
 import hashlib
 import time
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -329,18 +329,21 @@ class Client:
         )
         digest, artifact = hashlib.sha256(), pb.Artifact()
         scratch = target.with_name(f".{target.name}.part")
-        with open(scratch, "wb") as fh:
-            for chunk in self.stub.DownloadArtifact(request, timeout=self.timeout):
-                if chunk.HasField("artifact"):
-                    artifact = chunk.artifact
-                fh.write(chunk.data)
-                digest.update(chunk.data)
-        if digest.hexdigest() != artifact.sha256:
-            scratch.unlink()
-            raise OSError(
-                f"download of {model_name} {format} is corrupt: sha256 "
-                f"{digest.hexdigest()} != {artifact.sha256}"
-            )
+        try:
+            with open(scratch, "wb") as fh:
+                for chunk in self.stub.DownloadArtifact(request, timeout=self.timeout):
+                    if chunk.HasField("artifact"):
+                        artifact = chunk.artifact
+                    fh.write(chunk.data)
+                    digest.update(chunk.data)
+            if digest.hexdigest() != artifact.sha256:
+                raise OSError(
+                    f"download of {model_name} {format} is corrupt: sha256 "
+                    f"{digest.hexdigest()} != {artifact.sha256}"
+                )
+        except BaseException:
+            scratch.unlink(missing_ok=True)  # a refused or broken download leaves nothing
+            raise
         scratch.replace(target)
         return artifact
 
@@ -351,14 +354,21 @@ class Client:
         enabled: bool = True,
         max_batch_size: int = 64,
         max_delay_ms: float = 0.0,
+        bucket_sizes: Sequence[int] = (),
         reset: bool = False,
     ) -> pb.BatchingConfig:
-        """Sets a model's dynamic batching, or with `reset=True` returns it to the server's."""
+        """Sets a model's dynamic batching, or with `reset=True` returns it to the server's.
+
+        `bucket_sizes` are the batch sizes runs are padded up to (fixed-shape execution);
+        empty keeps the server's `--bucket-sizes`."""
         request = pb.ConfigureBatchingRequest(model_name=model_name)
         if not reset:
             request.batching.CopyFrom(
                 pb.BatchingConfig(
-                    enabled=enabled, max_batch_size=max_batch_size, max_delay_ms=max_delay_ms
+                    enabled=enabled,
+                    max_batch_size=max_batch_size,
+                    max_delay_ms=max_delay_ms,
+                    bucket_sizes=bucket_sizes,
                 )
             )
         return self.stub.ConfigureBatching(request, timeout=self.timeout)

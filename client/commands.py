@@ -71,6 +71,10 @@ def dump(value: Any) -> str:
     return json.dumps(plain(value), indent=2)
 
 
+_SOURCE_FLAGS = ("label_pattern", "target_columns", "feature_columns", "task")
+"""Flags that describe a file source's contents (DataSource fields)."""
+
+
 def _state(job: pb.Job) -> str:
     return pb.JobState.Name(job.state).removeprefix("JOB_STATE_").lower()
 
@@ -87,16 +91,41 @@ def _job_line(job: pb.Job) -> str:
     return f"{job.id}  {_state(job):<9}  {job.request.model_name}{version}  {data}{error}"
 
 
-def _source(text: str | None) -> dict[str, str] | None:
-    """`FORMAT:PATH` as a DataSource dict, e.g. image_folder:pets/train."""
-    if text is None:
+def _source(args: argparse.Namespace) -> dict[str, Any] | None:
+    """`--source FORMAT:PATH` (e.g. image_folder:pets/train) as a DataSource dict, with what
+    the file-source flags say of its contents."""
+    if args.source is None:
         return None
-    fmt, _, path = text.partition(":")
-    return {"format": fmt, "path": path}
+    fmt, _, path = args.source.partition(":")
+    source: dict[str, Any] = {"format": fmt, "path": path}
+    source.update({k: getattr(args, k) for k in _SOURCE_FLAGS if getattr(args, k) is not None})
+    return source
 
 
-_SOURCE_FLAGS = ("label_pattern", "target_columns", "feature_columns", "task")
-"""Flags that describe a file source's contents (DataSource fields)."""
+def _parsed(flag: str, document: dict[str, Any], message: Message) -> None:
+    """Merges a flag's JSON into a message.
+
+    Raises:
+        ValueError: naming the flag, when the JSON does not fit the message.
+    """
+    try:
+        json_format.ParseDict(document, message)
+    except json_format.ParseError as err:
+        raise ValueError(f"{flag}: {' '.join(str(err).split())}") from err
+
+
+def load_array(path: str, flag: str) -> np.ndarray:
+    """A .npy file of numbers.
+
+    Raises:
+        ValueError: naming the flag and the file, when it holds Python objects or is not .npy.
+        OSError: it cannot be read.
+    """
+    try:
+        return np.load(path, allow_pickle=False)
+    except ValueError as err:
+        why = "holds Python objects, not numbers" if "pickle" in str(err) else str(err)
+        raise ValueError(f"{flag} {path!r}: {why}") from err
 
 
 def _train_request(args: argparse.Namespace) -> pb.TrainRequest:
@@ -104,10 +133,13 @@ def _train_request(args: argparse.Namespace) -> pb.TrainRequest:
     flags given on the command line laid over it."""
     request = pb.TrainRequest(model=pb.ModelSpec(mlp=pb.MLPSpec()))
     if args.spec:
-        json_format.Parse(Path(args.spec).read_text(), request)
+        try:
+            json_format.Parse(Path(args.spec).read_text(), request)
+        except json_format.ParseError as err:
+            raise ValueError(f"--spec {args.spec!r}: {' '.join(str(err).split())}") from err
     request.model_name = args.model
     if args.source:
-        request.dataset.CopyFrom(pb.DatasetRef(split=args.split, source=_source(args.source)))
+        request.dataset.CopyFrom(pb.DatasetRef(split=args.split, source=_source(args)))
     elif args.dataset or not request.dataset.ByteSize():
         request.dataset.CopyFrom(pb.DatasetRef(name=args.dataset or "digits", split=args.split))
     elif args.split:
@@ -118,11 +150,11 @@ def _train_request(args: argparse.Namespace) -> pb.TrainRequest:
         if not request.dataset.HasField("source"):
             raise ValueError(f"--{key.replace('_', '-')} describes files: give --source too")
         request.dataset.source.ClearField(key)
-        json_format.ParseDict({key: getattr(args, key)}, request.dataset.source)
+        _parsed(f"--{key.replace('_', '-')}", {key: getattr(args, key)}, request.dataset.source)
     for key in ("transforms", "eval_transforms"):
         if getattr(args, key) is not None:
             request.ClearField(key)
-            json_format.ParseDict({key: getattr(args, key)}, request)
+            _parsed(f"--{key.replace('_', '-')}", {key: getattr(args, key)}, request)
     if args.arch and request.model.WhichOneof("architecture") != args.arch:
         request.model.CopyFrom(pb.ModelSpec(**{args.arch: {}}))
     if args.torchvision:
@@ -162,7 +194,9 @@ def _followed(client: Client, job: Job, args: argparse.Namespace) -> Any:
 
 
 def cmd_watch(client: Client, args: argparse.Namespace) -> Any:
-    return _followed(client, client.job(args.job_id), args)
+    job = client.job(args.job_id)
+    job.info()  # an unknown job: NOT_FOUND before any progress bar
+    return _followed(client, job, args)
 
 
 def cmd_jobs(client: Client, args: argparse.Namespace) -> Any:
@@ -202,7 +236,7 @@ def cmd_evaluate(client: Client, args: argparse.Namespace) -> Any:
         args.model,
         dataset,
         split=args.split,
-        source=_source(args.source),
+        source=_source(args),
         version=args.version,
     )
     if args.json:
@@ -224,7 +258,7 @@ def cmd_evaluate(client: Client, args: argparse.Namespace) -> Any:
 def cmd_predict(client: Client, args: argparse.Namespace) -> Any:
     options = {"version": args.version, "top_k": args.top_k, "runtime": args.runtime}
     if len(args.inputs) == 1 and args.inputs[0].endswith(".npy"):
-        result = client.predict(args.model, np.load(args.inputs[0], allow_pickle=False), **options)
+        result = client.predict(args.model, load_array(args.inputs[0], "inputs"), **options)
     else:
         images = [Path(path).read_bytes() for path in args.inputs]
         result = client.predict(args.model, images=images, **options)
@@ -293,8 +327,8 @@ def cmd_delete(client: Client, args: argparse.Namespace) -> Any:
 
 
 def cmd_batching(client: Client, args: argparse.Namespace) -> Any:
-    changes = (args.off, args.max_batch_size, args.max_delay_ms, args.reset)
-    if not any(change not in (None, False) for change in changes):
+    values = (args.max_batch_size, args.max_delay_ms, args.bucket_sizes)
+    if not (args.off or args.reset or any(value is not None for value in values)):
         config = client.model(args.model).batching  # a read-only view
     else:
         current = client.model(args.model).batching
@@ -305,16 +339,26 @@ def cmd_batching(client: Client, args: argparse.Namespace) -> Any:
             if args.max_batch_size is None
             else args.max_batch_size,
             max_delay_ms=current.max_delay_ms if args.max_delay_ms is None else args.max_delay_ms,
+            bucket_sizes=_bucket_sizes(args.bucket_sizes, current),
             reset=args.reset,
         )
     if args.json:
         return config
     source = "server default" if config.server_default else "model setting"
     state = "on" if config.enabled else "off"
+    buckets = ",".join(map(str, config.bucket_sizes)) or "none"
     return (
         f"{args.model}: batching {state}, max_batch_size {config.max_batch_size}, "
-        f"max_delay_ms {config.max_delay_ms:g} ({source})"
+        f"max_delay_ms {config.max_delay_ms:g}, bucket_sizes {buckets} ({source})"
     )
+
+
+def _bucket_sizes(given: list[int] | None, current: pb.BatchingConfig) -> list[int]:
+    """The sizes a batching change sends: those given, else a model setting's own, else none
+    (the server's default, which follows max_batch_size)."""
+    if given is not None:
+        return given
+    return [] if current.server_default else list(current.bucket_sizes)
 
 
 def _version_line(name: str, v: pb.ModelVersion) -> str:
@@ -337,7 +381,8 @@ def cmd_models(client: Client, args: argparse.Namespace) -> Any:
 def cmd_import(client: Client, args: argparse.Namespace) -> Any:
     from tqdm.auto import tqdm
 
-    transforms = json.loads(args.eval_transforms) if args.eval_transforms else []
+    if not Path(args.file).is_file():
+        raise ValueError(f"{args.file!r} is not a file")
     bars: list[Any] = []  # drawn from the first chunk on: a refusal before it prints one line
 
     def progress(sent: int, total: int) -> None:
@@ -355,7 +400,7 @@ def cmd_import(client: Client, args: argparse.Namespace) -> Any:
             input_dtype=args.input_dtype,
             task=args.task,
             classes=args.classes,
-            eval_transforms=transforms,
+            eval_transforms=args.eval_transforms,
             image_mode=args.image_mode,
             architecture=args.arch,
             output_size=args.output_size,
@@ -379,9 +424,10 @@ def cmd_datasets(client: Client, args: argparse.Namespace) -> Any:
 
 
 def cmd_upload(client: Client, args: argparse.Namespace) -> Any:
-    features = np.load(args.features, allow_pickle=False)
-    targets = np.load(args.targets, allow_pickle=False)
+    features = load_array(args.features, "--features")
+    targets = load_array(args.targets, "--targets")
     dataset = client.upload_dataset(
         args.name, features, targets, split=args.split, classes=args.classes or ()
     )
-    return dataset if args.json else f"uploaded {args.name}/{args.split}: {len(features)} samples"
+    split = args.split or "train"
+    return dataset if args.json else f"uploaded {args.name}/{split}: {len(features)} samples"

@@ -10,13 +10,18 @@ LOG_SCALE_RANGE = 10.0
 smallest: a loss that falls tenfold would otherwise be a flat line after the first epochs."""
 MAX_MARKED_EPOCHS = 40
 """Each epoch gets a marker up to this many epochs; beyond, only the lines are drawn."""
+MAX_TICKED_EPOCHS = 12
+"""Up to this many epochs, each has its tick; beyond, matplotlib picks whole numbers."""
+NEEDS_LATEX = ("pgf",)
+"""Formats matplotlib writes only with a LaTeX installation."""
 
 
 def image_formats() -> dict[str, str]:
-    """The image formats matplotlib writes, by file suffix (without the dot)."""
+    """The image formats matplotlib writes by itself, by file suffix (without the dot)."""
     from matplotlib.backend_bases import FigureCanvasBase
 
-    return FigureCanvasBase.get_supported_filetypes()
+    formats = FigureCanvasBase.get_supported_filetypes()
+    return {suffix: name for suffix, name in formats.items() if suffix not in NEEDS_LATEX}
 
 
 def check_image_format(path: Path) -> None:
@@ -77,7 +82,10 @@ def plot_history(
             axis.set_yscale("log")
         if best_epoch:
             axis.axvline(best_epoch, color="grey", linewidth=0.8, label=f"best ({best_epoch})")
-        axis.xaxis.set_major_locator(MaxNLocator(integer=True))
+        if len(epochs) <= MAX_TICKED_EPOCHS:
+            axis.set_xticks(epochs)
+        else:
+            axis.xaxis.set_major_locator(MaxNLocator(integer=True))
         axis.set_xlabel("epoch")
         axis.set_ylabel(key)
         axis.grid(alpha=0.3)

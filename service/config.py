@@ -4,6 +4,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from torchwire.defaults import DEFAULT_ADDRESS, DEFAULT_MAX_MESSAGE_BYTES
+from torchwire.service.core.buckets import check_bucket_sizes
+from torchwire.service.core.runtimes import CONV_ALGO_SEARCHES, PRECISIONS
+from torchwire.service.errors import InvalidArgument
 
 
 @dataclass(frozen=True)
@@ -21,6 +24,21 @@ class ServerConfig:
         max_batch_size: rows per merged run (server-wide default); larger requests are split.
         max_batch_delay_ms: how long a run waits for more requests (server-wide default).
         ort_intra_op_threads: ONNX Runtime intra-op threads; 0 lets ONNX Runtime choose.
+        bucket_sizes: fixed-shape execution: batch sizes every model run is padded up to,
+            each on an executor of its own warmed up at load (an ONNX Runtime session per
+            size, sharing the weights). "auto": powers of two up to the model's
+            max_batch_size on CUDA, where every change of input shape costs a re-plan, and
+            none on the CPU; "off"; or sizes such as 1,8,64. A model's own batching setting
+            (ConfigureBatching) wins.
+        ort_cudnn_conv_algo_search: ONNX Runtime on CUDA: how cuDNN picks convolution
+            algorithms, once per input shape: EXHAUSTIVE (measures them all; the fastest
+            runs), HEURISTIC or DEFAULT.
+        cuda_tf32: CUDA inference: let matmuls and convolutions use TF32 (faster on Ampere
+            and newer, about 1e-3 from float32); off keeps float32 math.
+        cuda_graphs: eager and TorchScript on CUDA: capture each bucket's forward pass as a
+            CUDA graph, replayed with one launch (needs bucket sizes).
+        inference_precision: eager and TorchScript: fp32, or fp16 / bf16 weights and math
+            (outputs still float32); ONNX Runtime runs the file as exported.
         max_predict_rows: most samples one Predict request (or stream message) may carry.
         auth_tokens: bearer tokens that may call, comma-separated; with `auth_tokens_file`
             (one per line), none at all leaves the server open.
@@ -56,6 +74,11 @@ class ServerConfig:
     max_batch_size: int = 64
     max_batch_delay_ms: float = 0.0
     ort_intra_op_threads: int = 0
+    bucket_sizes: str = "auto"
+    ort_cudnn_conv_algo_search: str = "EXHAUSTIVE"
+    cuda_tf32: bool = False
+    cuda_graphs: bool = False
+    inference_precision: str = "fp32"
     max_predict_rows: int = 65536
     auth_tokens: str = ""
     auth_tokens_file: str = ""
@@ -83,6 +106,24 @@ class ServerConfig:
             raise ValueError("tls_cert and tls_key go together")
         if self.tls_client_ca and not self.tls_cert:
             raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
+        if self.bucket_sizes not in ("auto", "off"):
+            try:
+                check_bucket_sizes([int(s) for s in self.bucket_sizes.split(",")], "sizes")
+            except (ValueError, InvalidArgument) as err:
+                raise ValueError(
+                    f"bucket_sizes={self.bucket_sizes!r}: auto, off, or ascending sizes "
+                    f"in [1, 65536] such as 1,8,64 ({err})"
+                ) from err
+        if self.ort_cudnn_conv_algo_search not in CONV_ALGO_SEARCHES:
+            raise ValueError(
+                f"ort_cudnn_conv_algo_search={self.ort_cudnn_conv_algo_search!r}: "
+                f"must be one of {CONV_ALGO_SEARCHES}"
+            )
+        if self.inference_precision not in PRECISIONS:
+            raise ValueError(
+                f"inference_precision={self.inference_precision!r}: "
+                f"must be one of {tuple(PRECISIONS)}"
+            )
         if self.max_batch_size > 65536 or self.max_batch_delay_ms > 1000:
             raise ValueError("max_batch_size must be <= 65536 and max_batch_delay_ms <= 1000")
         for name in (

@@ -43,6 +43,7 @@ from torchwire.service.app.shared_memory import SharedMemoryRegistry
 from torchwire.service.app.worker_process import Lifeline
 from torchwire.service.config import ServerConfig
 from torchwire.service.core.batching import BatchingConfig
+from torchwire.service.core.runtimes import RuntimeOptions
 from torchwire.service.store import Store
 from torchwire.v1 import torchwire_pb2_grpc as pb_grpc
 
@@ -79,7 +80,14 @@ def model_service(config: ServerConfig, store: Store, metrics: ServiceMetrics) -
         store,
         config.max_loaded_bytes,
         BatchingConfig(config.batching, config.max_batch_size, config.max_batch_delay_ms),
-        config.ort_intra_op_threads,
+        RuntimeOptions(
+            config.ort_intra_op_threads,
+            config.ort_cudnn_conv_algo_search,
+            config.cuda_tf32,
+            config.cuda_graphs,
+            config.inference_precision,
+        ),
+        config.bucket_sizes,
         config.max_predict_rows,
         metrics.run_observer,
     )

@@ -272,7 +272,7 @@ PREDICT_CASES = {
     "float64 beyond float32": (
         {"inputs": tensors.encode(np.full((2, 1, 8, 8), -1e300))},
         INVALID,
-        "inputs.data=1e+300: is beyond float32's range",
+        "inputs.data=-1e+300: is beyond float32's range",
     ),
     "wrong shape": (
         {"inputs": tensors.encode(np.zeros((2, 64), np.float32))},

@@ -202,7 +202,9 @@ def test_batching_without_flags_only_shows(client: Client, digits_model: str) ->
     assert "(server default)" in shown
     assert client.model(digits_model).batching.server_default  # nothing was written
     changed = run("batching", digits_model, "--max-delay-ms", "2", *server).stdout
-    assert "max_batch_size 64, max_delay_ms 2 (model setting)" in changed
+    assert "max_batch_size 64, max_delay_ms 2, bucket_sizes none (model setting)" in changed
+    changed = run("batching", digits_model, "--max-delay-ms", "0", *server).stdout  # a zero
+    assert "max_delay_ms 0, bucket_sizes none (model setting)" in changed
     assert "(server default)" in run("batching", digits_model, "--reset", *server).stdout
 
 
@@ -294,14 +296,14 @@ def test_train_wait_on_a_cancelled_job_fails_without_older_metrics(
 
 def test_resume_and_watch_follow_a_job_to_its_last_epoch(client: Client) -> None:
     server = ["--server", client.address]
-    job = client.train("cli-resume", "digits", epochs=60, batch_size=256, patience=0, seed=0)
+    job = client.train("cli-resume", "digits", epochs=30, batch_size=256, patience=0, seed=0)
     job_id = _job_of(client, "cli-resume")
     job.cancel()
     resumed = run("resume", job_id, "--wait", *server)
     assert "succeeded" in resumed.stdout
     assert "metrics: " in resumed.stdout
     bar = resumed.stderr.replace("\r", "\n").strip().splitlines()[-1]
-    assert "60/60" in bar  # the bar counts every epoch, not only those after the resume
+    assert "30/30" in bar  # the bar counts every epoch, not only those after the resume
     watched = run("watch", job_id, *server)  # a finished job: its end at once
     assert watched.stdout.splitlines()[0].startswith(f"{job_id}  succeeded")
 
@@ -320,42 +322,72 @@ def cli(capsys: pytest.CaptureFixture, *argv: str) -> tuple[int, str, str]:
 def test_every_command_refuses_a_bad_argument_in_one_line(
     client: Client, capsys: pytest.CaptureFixture, tmp_path: Path
 ) -> None:
-    """Each command, given a bad argument, says what is wrong in one line on stderr and exits
-    2, before anything reaches the server."""
+    """Each command, given a bad argument, says in one line on stderr which argument is wrong
+    and exits 2, before anything reaches the server."""
     missing = str(tmp_path / "no-such-folder" / "file")
+    not_json = tmp_path / "spec.json"
+    not_json.write_text("{not json")
+    pickled = str(tmp_path / "objects.npy")
+    np.save(pickled, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     cases = {
         "train": [
-            ("train", "m", "--epochs", "many"),
-            ("train", "m", "--label-pattern", "(.*)"),  # no --source
-            ("train", "m", "--transforms", '[{"sharpen": {}}]'),
-            ("train", "m", "--transforms", "[{"),
-            ("train", "m", "--hidden-sizes", "8,x"),
+            (("train", "m", "--epochs", "many"), "--epochs"),
+            (("train", "m", "--epochs", "99999999999999999999"), "--epochs"),
+            (("train", "m", "--label-pattern", "(.*)"), "--label-pattern"),  # no --source
+            (("train", "m", "--transforms", '[{"sharpen": {}}]'), "--transforms"),
+            (("train", "m", "--transforms", "[{"), "--transforms"),
+            (("train", "m", "--transforms", '{"resize": 3}'), "--transforms"),
+            (("train", "m", "--eval-transforms", "[1]"), "--eval-transforms"),
+            (("train", "m", "--hidden-sizes", "8,x"), "--hidden-sizes"),
+            (("train", "m", "--spec", str(not_json)), "--spec"),
         ],
-        "jobs": [("jobs", "--state", "asleep")],
-        "job": [("job",)],
-        "watch": [("watch", "a", "b")],
-        "cancel": [("cancel",)],
-        "resume": [("resume", "--wait")],
-        "plot": [("plot", "j", "--out", missing + ".png"), ("plot", "j", "--out", "curve.xyz")],
-        "evaluate": [("evaluate", "m", "--version", "latest")],
-        "predict": [("predict", "m", missing + ".npy"), ("predict", "m", "x.npy", "--top-k", "")],
-        "batching": [("batching", "m", "--max-delay-ms", "soon")],
-        "export": [("export", "m", "--out", missing), ("export", "m", "--format", "pickle")],
-        "download": [("download", "m", "--out", missing), ("download", "m")],
-        "delete": [("delete", "m", "--version", "v1")],
-        "import": [("import", "m", missing), ("import", "m", "f", "--eval-transforms", "{")],
-        "models": [("models", "extra")],
-        "datasets": [("datasets", "--limit", "1")],
-        "upload": [("upload", "d", "--features", missing, "--targets", missing)],
+        "jobs": [
+            (("jobs", "--state", "asleep"), "--state"),
+            (("jobs", "--limit", "9" * 20), "--limit"),
+        ],
+        "job": [(("job",), "job_id")],
+        "watch": [(("watch", "a", "b"), "unrecognized arguments: b")],
+        "cancel": [(("cancel",), "job_id")],
+        "resume": [(("resume", "--wait"), "job_id")],
+        "plot": [
+            (("plot", "j", "--out", missing + ".png"), "--out"),
+            (("plot", "j", "--out", "curve.xyz"), "curve.xyz"),
+            (("plot", "j", "--out", "curve.pgf"), "curve.pgf"),  # needs LaTeX: not offered
+        ],
+        "evaluate": [(("evaluate", "m", "--version", "latest"), "--version")],
+        "predict": [
+            (("predict", "m", missing + ".npy"), "file.npy"),
+            (("predict", "m", pickled), "objects.npy"),
+            (("predict", "m", "x.npy", "--top-k", ""), "--top-k"),
+        ],
+        "batching": [(("batching", "m", "--max-delay-ms", "soon"), "--max-delay-ms")],
+        "export": [
+            (("export", "m", "--out", missing), "--out"),
+            (("export", "m", "--format", "pickle"), "--format"),
+        ],
+        "download": [(("download", "m", "--out", missing), "--out"), (("download", "m"), "--out")],
+        "delete": [(("delete", "m", "--version", "v1"), "--version")],
+        "import": [
+            (("import", "m", missing), "file"),
+            (("import", "m", str(tmp_path)), str(tmp_path)),  # a folder
+            (("import", "m", "f", "--eval-transforms", '{"resize": 1}'), "--eval-transforms"),
+        ],
+        "models": [(("models", "extra"), "extra")],
+        "datasets": [(("datasets", "--tls-cert", "c.pem"), "--tls-cert")],  # without --tls-key
+        "upload": [
+            (("upload", "d", "--features", missing, "--targets", missing), "file"),
+            (("upload", "d", "--features", pickled, "--targets", pickled), "--features"),
+        ],
     }
     commands = build_parser()._subparsers._group_actions[0].choices  # type: ignore[union-attr]
     assert set(cases) | {"serve", "worker"} == set(commands)  # serve and worker: tests above
-    for argv in (argv for command in cases.values() for argv in command):
+    for argv, fragment in (case for command in cases.values() for case in command):
         code, out, err = cli(capsys, *argv, "--server", client.address)
         assert code == 2, (argv, err)
         assert out == ""
         assert err.startswith("error: ")
         assert len(err.strip().splitlines()) == 1, (argv, err)
+        assert fragment in err, (argv, err)
 
 
 def test_float64_is_converted_with_a_range_check_on_upload_and_predict(
@@ -390,6 +422,10 @@ def test_float64_is_converted_with_a_range_check_on_upload_and_predict(
     code, _, err = cli(capsys, *upload, "--features", str(tmp_path / "huge.npy"))
     assert code == 1
     assert "INVALID_ARGUMENT: chunk[0].features=1e+39: is beyond float32's range" in err
+    edge = x[:4].astype(np.float64)
+    edge[0, 0, 0, 0] = float(np.finfo(np.float32).max)  # float32's own largest value fits
+    np.save(tmp_path / "edge.npy", edge)
+    assert cli(capsys, "predict", digits_model, str(tmp_path / "edge.npy"), *server)[0] == 0
     np.save(tmp_path / "huge-batch.npy", huge[:4])
     code, _, err = cli(capsys, "predict", digits_model, str(tmp_path / "huge-batch.npy"), *server)
     assert code == 1
@@ -445,6 +481,13 @@ def test_export_download_and_delete(
     code, _, err = cli(capsys, "delete", "cli-files", *server)
     assert code == 1
     assert "NOT_FOUND" in err
+    code, _, err = cli(
+        capsys, "download", "cli-files", "--out", str(tmp_path / "gone.onnx"), *server
+    )
+    assert code == 1
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["again.onnx", "m.onnx"]  # no .part
+    code, _, err = cli(capsys, "watch", "no-such-job", *server)
+    assert (code, err) == (1, "error: NOT_FOUND: job 'no-such-job' does not exist\n")  # no bar
 
 
 def test_training_options_have_flags(

@@ -125,7 +125,9 @@ def test_training_learns_digits_and_checkpoint_round_trips(tmp_path: Path) -> No
 
 
 def test_evaluate_matches_sklearn_and_respects_eval_mode(tmp_path: Path) -> None:
-    _, _, trainer = _train(tmp_path, params=MLPParams((64,), dropout=0.5), epochs=3)
+    _, _, trainer = _train(
+        tmp_path, params=MLPParams((64,), dropout=0.5), epochs=3, device="cpu"
+    )  # the CPU's evaluate on CPU tensors
     model = trainer.model
     x, y = DIGITS.load("test")
     loader = eval_loader(ArrayDataset(x, y, "classification"), 50, torch.device("cpu"))

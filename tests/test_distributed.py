@@ -20,6 +20,7 @@ import torch
 from tests.conftest import assert_rejected, start_server
 from tests.imagedata import write_regression_csv
 from torchwire.client import Client
+from torchwire.service.core.distributed import shared_gpus
 from torchwire.service.server import TorchwireServer
 from torchwire.v1 import torchwire_pb2 as pb
 
@@ -71,14 +72,20 @@ def _wait_gone(pids: list[int], timeout: float = 30) -> None:
 def test_two_processes_on_gloo_train_as_well_as_one(client: Client) -> None:
     # Per-process batch 32 on 2 ranks is the single process's batch 64: the same updates.
     job = client.train(
-        "ddp-digits", "digits", epochs=12, batch_size=32, seed=0, distributed={"nproc_per_node": 2}
+        "ddp-digits",
+        "digits",
+        epochs=12,
+        batch_size=32,
+        seed=0,
+        device="cpu",  # gloo: two ranks on one GPU are refused (see the CUDA test)
+        distributed={"nproc_per_node": 2},
     )
     final = job.wait()
     started = next(e.started for e in job.events() if e.WhichOneof("kind") == "started")
     assert started.world_size == 2
     assert started.train_samples == 1293
     assert started.steps_per_epoch == 21  # ceil(ceil(1293 / 2) / 32)
-    client.train("ddp-baseline", "digits", epochs=12, batch_size=64, seed=0).wait()
+    client.train("ddp-baseline", "digits", epochs=12, batch_size=64, seed=0, device="cpu").wait()
     ddp_accuracy = client.evaluate("ddp-digits", "digits").metrics["accuracy"]
     single_accuracy = client.evaluate("ddp-baseline", "digits").metrics["accuracy"]
     assert ddp_accuracy > 0.93
@@ -96,7 +103,12 @@ def test_cancelling_a_distributed_job_stops_every_rank(
     client: Client, server: TorchwireServer
 ) -> None:
     job = client.train(
-        "ddp-cancel", "digits", epochs=10000, patience=0, distributed={"nproc_per_node": 2}
+        "ddp-cancel",
+        "digits",
+        epochs=10000,
+        patience=0,
+        device="cpu",
+        distributed={"nproc_per_node": 2},
     )
     agent, ranks = _running_ranks(server, job.id, 2)
     next(e for e in job.events() if e.WhichOneof("kind") == "epoch_end")
@@ -108,7 +120,12 @@ def test_a_killed_rank_fails_the_job_with_a_clear_reason(
     client: Client, server: TorchwireServer
 ) -> None:
     job = client.train(
-        "ddp-killed", "digits", epochs=10000, patience=0, distributed={"nproc_per_node": 2}
+        "ddp-killed",
+        "digits",
+        epochs=10000,
+        patience=0,
+        device="cpu",
+        distributed={"nproc_per_node": 2},
     )
     agent, ranks = _running_ranks(server, job.id, 2)
     next(e for e in job.events() if e.WhichOneof("kind") == "epoch_end")
@@ -145,7 +162,7 @@ def _join(server: TorchwireServer, job_id: str, node: Path) -> subprocess.Comple
 def _two_nodes(client: Client, name: str, **options) -> Any:
     endpoint = f"127.0.0.1:{_free_port()}"
     parallel = {"nproc_per_node": 1, "nnodes": 2, "rdzv_endpoint": endpoint}
-    return client.train(name, distributed=parallel, seed=0, **options)
+    return client.train(name, distributed=parallel, seed=0, device="cpu", **options)
 
 
 def test_a_second_machine_joins_through_torchwire_worker(
@@ -183,7 +200,7 @@ def test_machines_with_different_data_fail_the_job_instead_of_hanging(
 
 def test_bad_distributed_options_are_refused(client: Client) -> None:
     def train(**distributed):
-        return lambda: client.train("bad", "digits", distributed=distributed)
+        return lambda: client.train("bad", "digits", device="cpu", distributed=distributed)
 
     invalid = grpc.StatusCode.INVALID_ARGUMENT
     assert_rejected(train(nproc_per_node=0), invalid, "distributed.nproc_per_node=0")
@@ -201,7 +218,12 @@ def test_bad_distributed_options_are_refused(client: Client) -> None:
     assert_rejected(train(nproc_per_node=1, max_restarts=99), invalid, "distributed.max_restarts")
     assert_rejected(
         lambda: client.train(
-            "bad", "digits", batch_size=700, drop_last=True, distributed={"nproc_per_node": 2}
+            "bad",
+            "digits",
+            batch_size=700,
+            drop_last=True,
+            device="cpu",
+            distributed={"nproc_per_node": 2},
         ),
         invalid,
         "config.drop_last",
@@ -224,6 +246,7 @@ def test_a_killed_rank_restarts_within_max_restarts_from_the_last_checkpoint(
         epochs=12,
         batch_size=16,
         patience=0,
+        device="cpu",
         distributed={"nproc_per_node": 2, "max_restarts": 1},
     )
     _, ranks = _running_ranks(server, job.id, 2)
@@ -245,7 +268,7 @@ def test_nccl_on_cuda_with_mixed_precision_and_channels_last(client: Client) -> 
         "digits",
         architecture="cnn",
         channels=[16],
-        epochs=3,
+        epochs=20,  # 3 epochs reach about 0.27 on the CPU too: the budget, not AMP
         device="cuda",
         channels_last=True,
         distributed={"nproc_per_node": gpus},
@@ -255,3 +278,29 @@ def test_nccl_on_cuda_with_mixed_precision_and_channels_last(client: Client) -> 
     assert started.device.startswith("cuda")
     assert started.world_size == gpus
     assert client.evaluate("ddp-cuda", "digits").metrics["accuracy"] > 0.8
+
+
+def test_ranks_sharing_a_gpu_are_named() -> None:
+    assert shared_gpus(["a/cuda:0", "a/cuda:1", "b/cuda:0"]) is None
+    assert shared_gpus(["a/cuda:0", "a/cuda:1", "a/cuda:0"]) == (
+        "ranks 0 and 2 would both train on a/cuda:0"
+    )
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_two_nodes_on_one_gpu_fail_clearly_instead_of_in_nccl(
+    multi_node: TorchwireServer, tmp_path: Path
+) -> None:
+    endpoint = f"127.0.0.1:{_free_port()}"
+    with Client(multi_node.address, timeout=60) as client:
+        job = client.train(
+            "one-gpu-two-nodes",
+            "digits",
+            epochs=2,
+            device="cuda",
+            distributed={"nproc_per_node": 1, "nnodes": 2, "rdzv_endpoint": endpoint},
+        )
+        _join(multi_node, job.id, tmp_path)
+        final = job.wait(raise_on_failure=False)
+    assert final.state == pb.JOB_STATE_FAILED
+    assert "would both train on" in final.error

@@ -350,7 +350,7 @@ def test_cli_export(client: Client, digits_model: str, tmp_path: Path) -> None:
         timeout=180,
     )
     assert "sha256" in result.stdout
-    session = onnx_session(out, use_cuda=False)
+    session = onnx_session(out, torch.device("cpu"))
     assert session.run(None, {"input": X_TEST[:2]})[0].shape == (2, 10)
 
 
@@ -361,7 +361,7 @@ def test_onnxruntime_falling_back_from_cuda_fails_loudly(exported: list[str], se
     record = server.store.versions.get(exported[0], 0)
     _, path = server.store.versions.artifact(record, "onnx")
     with pytest.raises(FailedPrecondition, match="fell back"):
-        onnx_session(path, use_cuda=True)
+        onnx_session(path, torch.device("cuda", 0))
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")

@@ -62,7 +62,7 @@ def test_kill_9_mid_training_loses_nothing_and_the_job_resumes(tmp_path: Path) -
     server, address = start_server(store)
     try:
         with Client(address) as client:
-            client.train("kept", "digits", epochs=10, seed=0).wait()
+            client.train("kept", "digits", epochs=4, seed=0).wait()
             job = client.train("crashed", "digits", epochs=5, batch_size=8, patience=0, seed=0)
             for event in job.events():
                 if event.WhichOneof("kind") == "epoch_end" and event.epoch_end.metrics.epoch == 2:

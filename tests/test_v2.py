@@ -140,7 +140,11 @@ def test_model_infer_rejects(stub, digits_model: str) -> None:
         ),
         (lambda r: setattr(r.inputs[0], "datatype", "INT64"), INVALID, "raw_input_contents[0]"),
         (lambda r: r.inputs.add(name="input", datatype="FP32"), INVALID, "inputs=2"),
-        (lambda r: r.raw_input_contents.__setitem__(0, b"1234"), INVALID, "has 4 bytes"),
+        (
+            lambda r: r.raw_input_contents.__setitem__(0, b"1234"),
+            INVALID,
+            "raw_input_contents[0]=<4 bytes>: has 4 bytes",
+        ),
         (lambda r: r.outputs.add(name="logits"), INVALID, "outputs[0].name='logits'"),
         (
             lambda r: (

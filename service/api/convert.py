@@ -1,5 +1,6 @@
 """Conversions between `torchwire.v1` messages and the core's plain types."""
 
+from collections.abc import Sequence
 from dataclasses import asdict, fields
 from typing import Any
 
@@ -10,6 +11,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 
 from torchwire.service.app.catalog import ModelView
 from torchwire.service.app.importing import STATE_DICT, ImportRequest
+from torchwire.service.app.prediction import LoadedRuntime
 from torchwire.service.core.architectures import (
     CNNParams,
     MLPParams,
@@ -17,6 +19,7 @@ from torchwire.service.core.architectures import (
     TorchvisionParams,
 )
 from torchwire.service.core.batching import BatchingConfig
+from torchwire.service.core.buckets import check_bucket_sizes
 from torchwire.service.core.datasets import DatasetInfo
 from torchwire.service.core.distributed import DistributedConfig
 from torchwire.service.core.evaluation import EvaluationResult
@@ -325,11 +328,29 @@ def batching_config(message: pb.BatchingConfig) -> BatchingConfig:
         raise InvalidArgument.field(
             "batching.max_delay_ms", message.max_delay_ms, "must be in [0, 1000]"
         )
-    return BatchingConfig(message.enabled, message.max_batch_size, message.max_delay_ms)
+    sizes = check_bucket_sizes(message.bucket_sizes, "batching.bucket_sizes")
+    return BatchingConfig(message.enabled, message.max_batch_size, message.max_delay_ms, sizes)
+
+
+def loaded_runtime(loaded: LoadedRuntime) -> pb.LoadedRuntime:
+    return pb.LoadedRuntime(
+        runtime=loaded.runtime,
+        placement=loaded.placement,
+        size_bytes=loaded.size_bytes,
+        load_seconds=loaded.load_seconds,
+        buckets=[
+            pb.Bucket(batch_size=b.batch_size, warmup_seconds=b.warmup_seconds)
+            for b in loaded.buckets
+        ],
+        bucket_device_bytes=loaded.bucket_device_bytes,
+    )
 
 
 def model_version(
-    record: ModelVersionRecord, with_history: bool, artifacts: dict[str, dict[str, Any]]
+    record: ModelVersionRecord,
+    with_history: bool,
+    artifacts: dict[str, dict[str, Any]],
+    loaded: Sequence[LoadedRuntime] = (),
 ) -> pb.ModelVersion:
     meta = record.metadata
     return pb.ModelVersion(
@@ -350,13 +371,19 @@ def model_version(
         image_mode=meta.image_mode,
         imported=imported_file(meta.imported) if meta.imported is not None else None,
         runtimes=runtimes_of(bool(record.checkpoint), artifacts),
+        loaded=[loaded_runtime(runtime) for runtime in loaded],
     )
 
 
 def model(view: ModelView, with_history: bool) -> pb.Model:
     return pb.Model(
         name=view.name,
-        versions=[model_version(v, with_history, view.artifacts[v.version]) for v in view.versions],
+        versions=[
+            model_version(
+                v, with_history, view.artifacts[v.version], view.loaded.get(v.version, [])
+            )
+            for v in view.versions
+        ],
         latest_version=view.versions[-1].version,
         batching=batching(view.batching, view.batching_is_default),
     )

@@ -7,6 +7,7 @@ from typing import Any
 
 import numpy as np
 
+from torchwire.service.app.prediction import LoadedRuntime
 from torchwire.service.app.serving import ModelService
 from torchwire.service.core.batching import BatchingConfig
 from torchwire.service.core.datasets import DatasetInfo
@@ -16,13 +17,15 @@ from torchwire.service.store import Store
 
 @dataclass(frozen=True)
 class ModelView:
-    """A model's versions, each version's artifacts (format -> metadata), and its batching."""
+    """A model's versions, each version's artifacts (format -> metadata) and loaded runtimes,
+    and its batching."""
 
     name: str
     versions: list[ModelVersionRecord]
     artifacts: dict[int, dict[str, dict[str, Any]]]
     batching: BatchingConfig
     batching_is_default: bool
+    loaded: dict[int, list[LoadedRuntime]]
 
 
 @dataclass(frozen=True)
@@ -95,6 +98,7 @@ class Catalog:
             {v.version: self._store.versions.artifacts(v) for v in versions},
             self._serving.batching(name),
             self._store.registry.batching(name) is None,
+            self._serving.loaded(name),
         )
 
     def artifact_chunks(

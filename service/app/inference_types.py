@@ -177,7 +177,7 @@ def from_raw(raw: Raw, datatype: str, shape: tuple[int, ...]) -> np.ndarray | li
     if size != expected:
         raise InvalidArgument.field(
             raw.field,
-            f"{size} bytes",
+            counted(size, "byte"),
             f"has {size} bytes, but shape {list(shape)} of {datatype} needs {expected}",
         )
     return np.frombuffer(raw.buffer, dtype).reshape(shape)

@@ -9,6 +9,7 @@ import numpy as np
 
 from torchwire.service.app.statistics import InferenceStatistics
 from torchwire.service.core.batching import Batcher, Outcome, Ran, RunObserver, timed_run
+from torchwire.service.core.buckets import BucketedRuntime, BucketInfo
 from torchwire.service.core.datasets import CLASSIFICATION
 from torchwire.service.core.precision import as_float32
 from torchwire.service.core.records import ModelVersionRecord
@@ -19,15 +20,29 @@ PREDICT_OUTPUTS = ("raw", "probabilities", "top_k")
 
 
 @dataclass(frozen=True)
+class LoadedRuntime:
+    """A loaded runtime as GetModel shows it."""
+
+    runtime: str
+    placement: str
+    size_bytes: int
+    load_seconds: float
+    buckets: list[BucketInfo]
+    bucket_device_bytes: int
+
+
+@dataclass(frozen=True)
 class ServedRuntime:
     """A registered version loaded in one runtime, with its batcher when batching is on, and
     what every request is checked against, worked out once."""
 
     record: ModelVersionRecord
-    runtime: Runtime
+    runtime: Runtime | BucketedRuntime
     batcher: Batcher | None
     observe: RunObserver = lambda rows, seconds: None
     """Told the size and time of every model run (for metrics and statistics)."""
+    load_seconds: float = 0.0
+    """How long loading it took, warm-up included."""
     input_dtype: np.dtype = field(init=False)
     input_shape: tuple[int, ...] = field(init=False)
 
@@ -43,6 +58,18 @@ class ServedRuntime:
         ran = timed_run(self.runtime.run, inputs)
         self.observe(ran.rows, ran.seconds)
         return [Ran(ran)]
+
+    def loaded(self) -> LoadedRuntime:
+        runtime = self.runtime
+        bucketed = isinstance(runtime, BucketedRuntime)
+        return LoadedRuntime(
+            runtime.name,
+            runtime.placement,
+            runtime.size_bytes(),
+            self.load_seconds,
+            runtime.buckets if bucketed else [],
+            runtime.device_bytes if bucketed else 0,
+        )
 
     def close(self) -> None:
         if self.batcher is not None:

@@ -4,7 +4,7 @@ evaluated and deleted."""
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from typing import Any
 
 import numpy as np
@@ -13,12 +13,14 @@ import torch
 from torchwire.service.app.prediction import (
     V1_FIELDS,
     InputFields,
+    LoadedRuntime,
     PendingPrediction,
     ServedRuntime,
     check_request,
 )
 from torchwire.service.app.statistics import InferenceStatistics
 from torchwire.service.core.batching import Batcher, BatchingConfig, RunObserver
+from torchwire.service.core.buckets import BucketedRuntime, powers_of_two
 from torchwire.service.core.cache import ModelCache
 from torchwire.service.core.checkpoint import load_model
 from torchwire.service.core.datasets import CLASSIFICATION
@@ -37,10 +39,13 @@ from torchwire.service.core.loaders import eval_loader
 from torchwire.service.core.pipeline import prepare
 from torchwire.service.core.records import ModelVersionRecord
 from torchwire.service.core.runtimes import (
+    DEFAULT_OPTIONS,
     IsolatedTorchScript,
     OnnxRuntime,
     Runtime,
+    RuntimeOptions,
     TorchRuntime,
+    apply_tf32,
     as_module,
     load_torchscript,
 )
@@ -63,7 +68,10 @@ class ModelService:
         store: where versions, artifacts and datasets are registered.
         max_loaded_bytes: memory bound of the LRU cache of loaded runtimes.
         default_batching: batching for models without a setting of their own.
-        ort_intra_op_threads: ONNX Runtime intra-op threads (0: its default).
+        options: how runtimes run (threads, CUDA provider settings, precision, graphs).
+        bucket_sizes: "auto" (powers of two up to a model's max_batch_size on CUDA, none on
+            the CPU), "off", or sizes such as "1,8,64": the server's default for models
+            whose batching names none.
         max_predict_rows: most samples one request may carry (RESOURCE_EXHAUSTED beyond).
         run_observer: for a model and a runtime, what to tell the size and time of each of
             its runs (for metrics); asked once per loaded runtime.
@@ -74,7 +82,8 @@ class ModelService:
         store: Store,
         max_loaded_bytes: int,
         default_batching: BatchingConfig,
-        ort_intra_op_threads: int = 0,
+        options: RuntimeOptions = DEFAULT_OPTIONS,
+        bucket_sizes: str = "auto",
         max_predict_rows: int = 65536,
         run_observer: Callable[[str, str], RunObserver] = (
             lambda model, runtime: lambda rows, seconds: None
@@ -83,7 +92,10 @@ class ModelService:
         self.store = store
         self.device = choose_device("auto")
         self.default_batching = default_batching
-        self.ort_intra_op_threads = ort_intra_op_threads
+        self.options = options
+        self.bucket_sizes = bucket_sizes
+        if self.device.type == "cuda":
+            apply_tf32(options)
         self.max_predict_rows = max_predict_rows
         self.run_observer = run_observer
         self.statistics = InferenceStatistics()
@@ -98,25 +110,36 @@ class ModelService:
 
     # ---------------------------------------------------------------- loading
 
+    def _open(self, record: ModelVersionRecord, runtime_name: str) -> Runtime:
+        if runtime_name == EAGER:
+            module, _ = load_model(self.store.versions.verified_checkpoint(record), self.device)
+            return TorchRuntime(EAGER, module, self.device, self.options)
+        artifact, path = self.store.versions.artifact(record, FORMAT_OF[runtime_name])
+        if runtime_name == ONNXRUNTIME:
+            return OnnxRuntime(path, self.device, self.options)
+        if artifact.get("imported"):  # not ours: its code runs in a child process
+            label = f"the TorchScript process of {record.name!r} v{record.version}"
+            return IsolatedTorchScript(path, self.device, label)
+        return load_torchscript(path, self.device, self.options)
+
     def _load(self, key: tuple[str, int, str]) -> ServedRuntime:
         name, version, runtime_name = key
         record = self.store.versions.get(name, version)
-        runtime: Runtime
-        if runtime_name == EAGER:
-            module, _ = load_model(self.store.versions.verified_checkpoint(record), self.device)
-            runtime = TorchRuntime(EAGER, module, self.device)
-        else:
-            artifact, path = self.store.versions.artifact(record, FORMAT_OF[runtime_name])
-            if runtime_name == ONNXRUNTIME:
-                runtime = OnnxRuntime(path, self.device.type == "cuda", self.ort_intra_op_threads)
-            elif artifact.get("imported"):  # not ours: its code runs in a child process
-                label = f"the TorchScript process of {name!r} v{record.version}"
-                runtime = IsolatedTorchScript(path, self.device, label)
-            else:
-                runtime = load_torchscript(path, self.device)
         meta = record.metadata
-        runtime.run(np.zeros((1, *meta.input_shape), meta.input_dtype))  # warm up
+        started = time.perf_counter()
         batching = self.batching(name)
+        runtime: Runtime | BucketedRuntime = self._open(record, runtime_name)
+        if batching.bucket_sizes:
+            template = np.zeros((1, *meta.input_shape), meta.input_dtype)
+            free = (
+                (lambda: torch.cuda.mem_get_info(self.device)[0])
+                if self.device.type == "cuda"
+                else None
+            )
+            runtime = BucketedRuntime(runtime, batching.bucket_sizes, template, free)
+        else:
+            runtime.run(np.zeros((1, *meta.input_shape), meta.input_dtype))  # warm up
+        load_seconds = time.perf_counter() - started
         observers = (
             self.run_observer(name, runtime_name),
             self.statistics.run_observer(name, record.version),
@@ -131,7 +154,7 @@ class ModelService:
             if batching.enabled
             else None
         )
-        return ServedRuntime(record, runtime, batcher, observe)
+        return ServedRuntime(record, runtime, batcher, observe, load_seconds)
 
     def runtime_for(self, name: str, version: int, requested: str) -> str:
         """The named runtime, or the fastest one this version has an export for."""
@@ -294,8 +317,8 @@ class ModelService:
         info = pipeline.info
         if tuple(info.feature_shape) != meta.input_shape or info.task != meta.task:
             raise InvalidArgument.field(
-                "dataset.name",
-                dataset,
+                "dataset.source.path" if source is not None else "dataset.name",
+                source.path if source is not None else dataset,
                 f"holds {info.task} samples of shape {list(info.feature_shape)}, but model "
                 f"{name!r} v{record.version} takes {meta.task} inputs of shape "
                 f"{meta.input_shape}",
@@ -340,9 +363,30 @@ class ModelService:
         return record, self.store.versions.artifacts(record)[fmt]
 
     def batching(self, name: str) -> BatchingConfig:
-        """The batching in force for a model: its own, else the server's default."""
+        """The batching in force for a model: its own, else the server's default, with the
+        bucket sizes in force (the model's, else `bucket_sizes` resolved for this device)."""
         own = self.store.registry.batching(name)
-        return BatchingConfig(**own) if own is not None else self.default_batching
+        config = BatchingConfig(**own) if own is not None else self.default_batching
+        if config.bucket_sizes:
+            return replace(config, bucket_sizes=tuple(config.bucket_sizes))
+        if self.bucket_sizes == "off" or (
+            self.bucket_sizes == "auto" and self.device.type != "cuda"
+        ):
+            return config
+        sizes = (
+            powers_of_two(config.max_batch_size)
+            if self.bucket_sizes == "auto"
+            else tuple(int(size) for size in self.bucket_sizes.split(","))
+        )
+        return replace(config, bucket_sizes=sizes)
+
+    def loaded(self, name: str) -> dict[int, list[LoadedRuntime]]:
+        """A model's loaded runtimes by version: where each runs, its load and its buckets."""
+        held: dict[int, list[LoadedRuntime]] = {}
+        for served in self.cache.values():
+            if served.record.name == name:
+                held.setdefault(served.record.version, []).append(served.loaded())
+        return held
 
     def configure_batching(self, name: str, config: BatchingConfig | None) -> BatchingConfig:
         """Sets (or with None, clears) a model's batching; loaded runtimes pick it up."""

@@ -144,7 +144,8 @@ def train_rank(task: RankTask) -> FitOutcome | None:
         torch.set_num_threads(max(1, (os.cpu_count() or 1) // spec.distributed.nproc_per_node))
     last = Path(task.checkpoint_dir) / "last.pt"
     cancel = task.cancel
-    with distributed.process_group(backend):
+    own_device = torch.device("cuda", rank.local_rank) if device.type == "cuda" else device
+    with distributed.process_group(backend, own_device):
         trainer = Trainer(
             spec,
             task.pipeline,

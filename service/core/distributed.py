@@ -2,6 +2,7 @@
 (what `torchrun` uses), and the collective steps the training loop needs on every rank."""
 
 import os
+import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -175,24 +176,55 @@ class Rank:
         return int(flags.argmax().item())
 
 
+def shared_gpus(places: list[str]) -> str | None:
+    """Which ranks would share a GPU, given each rank's `host/cuda:N` in rank order: the
+    first two that do, described; None when every rank has a GPU of its own."""
+    first: dict[str, int] = {}
+    for rank, place in enumerate(places):
+        if place in first:
+            return f"ranks {first[place]} and {rank} would both train on {place}"
+        first[place] = rank
+    return None
+
+
+def _check_own_gpus(store: dist.Store, rank: int, world_size: int, device: torch.device) -> None:
+    """Refuses to start NCCL when two ranks of the job would train on one GPU: two
+    nodes on one host, or more processes than GPUs (NCCL would abort with "Duplicate GPU
+    detected"). Each rank publishes its place in the job's store and reads the others'.
+
+    Raises:
+        FailedPrecondition: naming the ranks and the GPU.
+    """
+    store.set(f"gpu/{rank}", f"{socket.gethostname()}/{device}")
+    places = [store.get(f"gpu/{r}").decode() for r in range(world_size)]
+    clash = shared_gpus(places)
+    if clash is not None:
+        raise FailedPrecondition(
+            f"{clash}: nccl needs a GPU per process; run one node per machine with "
+            "nproc_per_node at most its GPUs, or train on the CPU (device=cpu, gloo)"
+        )
+
+
 @contextmanager
-def process_group(backend: str) -> Iterator[None]:
+def process_group(backend: str, device: torch.device) -> Iterator[None]:
     """Joins the job's process group through the launcher's store, then leaves.
 
     Each elastic restart gets keys of its own in the store: with the default env://
     initialisation, a restarted gloo rank can read the address a dead rank of the previous
     attempt published and fail to connect to it.
+
+    Raises:
+        FailedPrecondition: on nccl, two ranks would share one GPU.
     """
     store = dist.TCPStore(
         os.environ["MASTER_ADDR"], int(os.environ["MASTER_PORT"]), is_master=False
     )
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    dist.init_process_group(
-        backend,
-        store=dist.PrefixStore(f"torchwire/attempt_{attempt}", store),
-        rank=int(os.environ["RANK"]),
-        world_size=int(os.environ["WORLD_SIZE"]),
-    )
+    prefixed = dist.PrefixStore(f"torchwire/attempt_{attempt}", store)
+    rank, world_size = int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"])
+    if backend == "nccl":
+        _check_own_gpus(prefixed, rank, world_size, device)
+    dist.init_process_group(backend, store=prefixed, rank=rank, world_size=world_size)
     try:
         yield
     finally:

@@ -71,7 +71,7 @@ _WRITERS = {TORCHSCRIPT: _write_torchscript, ONNX: _write_onnx}
 def _open(fmt: str, path: Path) -> TorchRuntime | OnnxRuntime:
     if fmt == TORCHSCRIPT:
         return load_torchscript(path, torch.device("cpu"))
-    return OnnxRuntime(path, use_cuda=False)
+    return OnnxRuntime(path, torch.device("cpu"))
 
 
 def export_model(

@@ -18,7 +18,7 @@ from torchwire.service.core.architectures import ModelConfig
 from torchwire.service.core.checkpoint import save_checkpoint
 from torchwire.service.core.formats import EAGER
 from torchwire.service.core.runtimes import OnnxRuntime, TorchRuntime
-from torchwire.service.errors import InvalidArgument
+from torchwire.service.errors import InvalidArgument, Summary
 
 SMOKE_BATCH = 2
 """Rows of the zero batch every import runs: more than 1, so a frozen batch size shows."""
@@ -73,7 +73,7 @@ def _onnx_input(model: Any, shape: tuple[int, ...], dtype: str) -> tuple[tuple[i
     if len(inputs) != 1 or len(outputs) != 1:
         raise InvalidArgument.field(
             "file",
-            f"{len(inputs)} inputs, {len(outputs)} outputs",
+            Summary(f"{len(inputs)} inputs, {len(outputs)} outputs"),
             "torchwire serves models with one input and one output tensor",
         )
     tensor = inputs[0].type.tensor_type
@@ -158,7 +158,7 @@ def inspect_onnx(path: str, file_name: str, shape: list[int], dtype: str) -> tup
         ) from err
     input_shape, input_dtype = _onnx_input(model, tuple(shape), dtype)
     try:
-        runtime = OnnxRuntime(Path(path), use_cuda=False)
+        runtime = OnnxRuntime(Path(path), torch.device("cpu"))
     except Exception as err:
         raise InvalidArgument.field(
             "file", file_name, f"ONNX Runtime cannot load it: {type(err).__name__}: {err}"

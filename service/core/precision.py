@@ -23,13 +23,14 @@ def as_float32(array: np.ndarray, field: str) -> np.ndarray:
     """
     if array.dtype != np.float64:
         return array
-    magnitudes = np.abs(array[np.isfinite(array)])
-    if magnitudes.size and magnitudes.max() > FLOAT32_MAX:
-        largest = float(magnitudes.max())
+    with np.errstate(over="ignore"):
+        converted = array.astype(np.float32)
+    overflowed = np.isinf(converted) & np.isfinite(array)
+    if overflowed.any():
         raise InvalidArgument.field(
             field,
-            largest,
+            float(array[overflowed].flat[0]),
             f"is beyond float32's range (±{FLOAT32_MAX:.4g}); float64 values are converted "
             "to float32",
         )
-    return array.astype(np.float32)
+    return converted

@@ -7,11 +7,13 @@ import threading
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
+from torchwire.service.core.buckets import Executor, HostExecutor
 from torchwire.service.core.datasets import CLASSIFICATION
 from torchwire.service.core.formats import ONNXRUNTIME, TORCHSCRIPT
 from torchwire.service.core.isolation import Child, Handler
@@ -20,6 +22,39 @@ from torchwire.service.errors import FailedPrecondition
 log = logging.getLogger(__name__)
 
 CUDA_PROVIDER, CPU_PROVIDER = "CUDAExecutionProvider", "CPUExecutionProvider"
+CONV_ALGO_SEARCHES = ("EXHAUSTIVE", "HEURISTIC", "DEFAULT")
+PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+@dataclass(frozen=True)
+class RuntimeOptions:
+    """How runtimes run, server-wide.
+
+    Attributes:
+        intra_op_threads: ONNX Runtime's intra-op threads; 0 lets it choose.
+        cudnn_conv_algo_search: ONNX Runtime on CUDA: how cuDNN picks a convolution
+            algorithm for a shape (EXHAUSTIVE: measures them all, once per shape).
+        tf32: CUDA: let matmuls and convolutions use TF32 (ONNX Runtime and PyTorch).
+        cuda_graphs: eager and TorchScript on CUDA: capture each bucket's run as a CUDA
+            graph, replayed with one launch.
+        precision: eager and TorchScript: "fp32", or "fp16" / "bf16" weights and math.
+    """
+
+    intra_op_threads: int = 0
+    cudnn_conv_algo_search: str = "EXHAUSTIVE"
+    tf32: bool = False
+    cuda_graphs: bool = False
+    precision: str = "fp32"
+
+
+DEFAULT_OPTIONS = RuntimeOptions()
+
+
+def apply_tf32(options: RuntimeOptions) -> None:
+    """Sets PyTorch's TF32 switches for this process's inference on CUDA."""
+    torch.backends.cuda.matmul.allow_tf32 = options.tf32
+    torch.backends.cudnn.allow_tf32 = options.tf32
+
 
 # Request tensors are zero-copy views of the received bytes, hence read-only; the
 # runtimes only read their inputs, so torch's warning about that is noise here.
@@ -27,19 +62,40 @@ warnings.filterwarnings("ignore", message="The given NumPy array is not writable
 
 
 class TorchRuntime:
-    """Runs an `nn.Module` (eager) or a `torch.jit.ScriptModule` in eval mode on a device."""
+    """Runs an `nn.Module` (eager) or a `torch.jit.ScriptModule` in eval mode on a device,
+    in float32 or, with `options.precision`, in float16 or bfloat16 (floating inputs are cast
+    to it; outputs come back as float32)."""
 
-    def __init__(self, name: str, module: nn.Module, device: torch.device) -> None:
+    def __init__(
+        self,
+        name: str,
+        module: nn.Module,
+        device: torch.device,
+        options: RuntimeOptions = DEFAULT_OPTIONS,
+    ) -> None:
         self.name = name
-        self.module = module.eval()
+        self.half = PRECISIONS[options.precision] if options.precision != "fp32" else None
+        self.module = module.eval() if self.half is None else module.eval().to(self.half)
         self.device = device
+        self.options = options
         self.placement = str(device)
+
+    def _inputs(self, tensor: torch.Tensor) -> torch.Tensor:
+        """`tensor` on the device; in half precision, floating inputs cast to it."""
+        cast = self.half if self.half is not None and tensor.is_floating_point() else None
+        return tensor.to(self.device, cast, non_blocking=True)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Raw outputs for `batch`, as float32 on the CPU."""
         with torch.inference_mode():
-            inputs = torch.from_numpy(batch).to(self.device, non_blocking=True)
-            return self.module(inputs).float().cpu().numpy()
+            return self.module(self._inputs(torch.from_numpy(batch))).float().cpu().numpy()
+
+    def executor(self, inputs: np.ndarray) -> Executor:
+        """An executor for batches shaped like `inputs`: on CUDA, through pinned buffers and
+        (with `options.cuda_graphs`) a CUDA graph."""
+        if self.device.type != "cuda":
+            return HostExecutor(self.run, inputs)
+        return CudaTorchExecutor(self, inputs, self.options.cuda_graphs)
 
     def size_bytes(self) -> int:
         """Bytes of parameters and buffers: what keeping it loaded costs."""
@@ -50,33 +106,104 @@ class TorchRuntime:
         """Nothing to release but memory."""
 
 
-def load_torchscript(path: Path, device: torch.device) -> TorchRuntime:
+class CudaTorchExecutor:
+    """One batch size of a module on CUDA: inputs written into pinned host memory, copied to
+    a device buffer that never moves, outputs copied back into pinned memory; with
+    `graph`, the forward pass is captured once as a CUDA graph and replayed."""
+
+    def __init__(self, runtime: TorchRuntime, template: np.ndarray, graph: bool) -> None:
+        self._module, self._device = runtime.module, runtime.device
+        self._host = torch.from_numpy(template).pin_memory()
+        self.inputs = self._host.numpy()
+        self._device_inputs = runtime._inputs(self._host).clone()
+        self._host_outputs: torch.Tensor | None = None
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._graph_outputs: torch.Tensor | None = None
+        if graph:
+            self._capture()
+
+    def _capture(self) -> None:
+        """Warms up on a side stream (as CUDA graph capture requires), then captures."""
+        side = torch.cuda.Stream(self._device)
+        side.wait_stream(torch.cuda.current_stream(self._device))
+        with torch.inference_mode(), torch.cuda.stream(side):
+            for _ in range(3):
+                self._module(self._device_inputs)
+        torch.cuda.current_stream(self._device).wait_stream(side)
+        self._graph = torch.cuda.CUDAGraph()
+        with torch.inference_mode(), torch.cuda.graph(self._graph):
+            self._graph_outputs = self._module(self._device_inputs).float()
+
+    def run(self) -> np.ndarray:
+        with torch.inference_mode():
+            self._device_inputs.copy_(self._host, non_blocking=True)
+            if self._graph is not None and self._graph_outputs is not None:
+                self._graph.replay()
+                outputs = self._graph_outputs
+            else:
+                outputs = self._module(self._device_inputs).float()
+            if self._host_outputs is None:
+                self._host_outputs = torch.empty(outputs.shape, pin_memory=True)
+            self._host_outputs.copy_(outputs, non_blocking=True)
+            torch.cuda.current_stream(self._device).synchronize()
+        return self._host_outputs.numpy()
+
+
+def load_torchscript(
+    path: Path, device: torch.device, options: RuntimeOptions = DEFAULT_OPTIONS
+) -> TorchRuntime:
     """Loads a TorchScript artifact."""
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", FutureWarning)  # "torch.jit.load is deprecated"
         module = torch.jit.load(str(path), map_location=device)
-    return TorchRuntime(TORCHSCRIPT, module, device)
+    return TorchRuntime(TORCHSCRIPT, module, device, options)
 
 
-def onnx_session(path: Path, use_cuda: bool, intra_op_threads: int = 0):
+def onnx_session(
+    path: Path,
+    device: torch.device,
+    options: RuntimeOptions = DEFAULT_OPTIONS,
+    batch_size: tuple[str, int] | None = None,
+    initializers: dict[str, Any] | None = None,
+):
     """Opens an ONNX Runtime session, on CUDA only when asked for and really used.
 
     onnxruntime-gpu lists the CUDA provider as available even without a GPU and
     silently falls back to the CPU; the providers the session really got are checked.
+
+    Args:
+        path: the ONNX file.
+        device: "cuda" (the CUDA provider on that GPU) or "cpu".
+        options: threads, and the CUDA provider's cuDNN search and TF32.
+        batch_size: (dimension name, size) fixes a symbolic batch dimension: the session
+            is planned for that one shape.
+        initializers: OrtValues to use instead of the file's weights of those names (shared
+            between the sessions of one model).
 
     Raises:
         FailedPrecondition: CUDA was asked for but the session fell back to the CPU.
     """
     import onnxruntime as ort
 
-    options = ort.SessionOptions()
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-    options.intra_op_num_threads = intra_op_threads
-    options.inter_op_num_threads = 1
-    providers = [CUDA_PROVIDER, CPU_PROVIDER] if use_cuda else [CPU_PROVIDER]
-    session = ort.InferenceSession(str(path), sess_options=options, providers=providers)
-    if use_cuda and session.get_providers()[0] != CUDA_PROVIDER:
+    session_options = ort.SessionOptions()
+    session_options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    session_options.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    session_options.intra_op_num_threads = options.intra_op_threads
+    session_options.inter_op_num_threads = 1
+    if batch_size is not None:
+        session_options.add_free_dimension_override_by_name(*batch_size)
+    for name, value in (initializers or {}).items():
+        session_options.add_initializer(name, value)
+    providers: list[Any] = [CPU_PROVIDER]
+    if device.type == "cuda":
+        cuda = {
+            "device_id": str(device.index or 0),
+            "cudnn_conv_algo_search": options.cudnn_conv_algo_search,
+            "use_tf32": str(int(options.tf32)),
+        }
+        providers.insert(0, (CUDA_PROVIDER, cuda))
+    session = ort.InferenceSession(str(path), sess_options=session_options, providers=providers)
+    if device.type == "cuda" and session.get_providers()[0] != CUDA_PROVIDER:
         raise FailedPrecondition(
             f"ONNX Runtime was asked for {CUDA_PROVIDER} but fell back to "
             f"{session.get_providers()}; check the CUDA and cuDNN libraries"
@@ -85,16 +212,28 @@ def onnx_session(path: Path, use_cuda: bool, intra_op_threads: int = 0):
 
 
 class OnnxRuntime:
-    """Runs an ONNX artifact in ONNX Runtime; on CUDA the output stays bound to the device."""
+    """Runs an ONNX artifact in ONNX Runtime; on CUDA the output stays bound to the device.
+
+    `executor` opens one more session per batch size, planned for that shape alone. On CUDA
+    those sessions use one copy of the weights on the device (`SessionOptions.add_initializer`)
+    instead of each uploading its own. On the CPU each keeps its own: measured with resnet18,
+    shared weights saved nothing there (ONNX Runtime prepacks convolution weights per session,
+    and most of a session's memory is its arena)."""
 
     name = ONNXRUNTIME
 
-    def __init__(self, path: Path, use_cuda: bool, intra_op_threads: int = 0) -> None:
-        self.session = onnx_session(path, use_cuda, intra_op_threads)
+    def __init__(
+        self, path: Path, device: torch.device, options: RuntimeOptions = DEFAULT_OPTIONS
+    ) -> None:
+        self.path, self.device, self.options = path, device, options
+        self.session = onnx_session(path, device, options)
         self.input_name = self.session.get_inputs()[0].name
+        self.batch_dimension = self.session.get_inputs()[0].shape[0]
         self.placement = self.session.get_providers()[0]
-        self.use_cuda = use_cuda
+        self.use_cuda = device.type == "cuda"
         self._size = path.stat().st_size
+        self._weights: dict[str, Any] | None = None
+        self._lock = threading.Lock()
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Raw outputs for `batch`, as float32 on the CPU."""
@@ -108,12 +247,75 @@ class OnnxRuntime:
             output = binding.copy_outputs_to_cpu()[0]
         return output.astype(np.float32, copy=False)  # an imported model may give float16
 
+    def _shared_weights(self) -> dict[str, Any]:
+        """The file's initializers as OrtValues on this runtime's device, made once."""
+        import onnx
+        import onnxruntime as ort
+        from onnx import numpy_helper
+
+        with self._lock:
+            if self._weights is None:
+                graph = onnx.load(str(self.path)).graph
+                kind, index = self.device.type, self.device.index or 0
+                self._weights = {
+                    tensor.name: ort.OrtValue.ortvalue_from_numpy(
+                        np.ascontiguousarray(numpy_helper.to_array(tensor)), kind, index
+                    )
+                    for tensor in graph.initializer
+                }
+            return self._weights
+
+    def executor(self, inputs: np.ndarray) -> Executor:
+        """An executor for batches shaped like `inputs`, on a session of its own planned for
+        that shape (when the file's batch dimension is symbolic; a fixed one is kept)."""
+        if not isinstance(self.batch_dimension, str):
+            return HostExecutor(self.run, inputs)
+        session = onnx_session(
+            self.path,
+            self.device,
+            self.options,
+            (self.batch_dimension, len(inputs)),
+            self._shared_weights() if self.use_cuda else None,
+        )
+        if not self.use_cuda:
+            return HostExecutor(
+                lambda batch: _float32(session.run(None, {self.input_name: batch})[0]), inputs
+            )
+        return CudaOnnxExecutor(session, inputs, self.device)
+
     def size_bytes(self) -> int:
         """About the weights' size: the self-contained file's size."""
         return self._size
 
     def close(self) -> None:
         """The session goes with its last reference."""
+
+
+def _float32(output: np.ndarray) -> np.ndarray:
+    return output.astype(np.float32, copy=False)  # an imported model may give float16
+
+
+class CudaOnnxExecutor:
+    """One batch size of an ONNX Runtime session on CUDA: inputs written into pinned host
+    memory and copied into a device buffer bound once (IOBinding); outputs stay on the device
+    until copied back."""
+
+    def __init__(self, session: Any, template: np.ndarray, device: torch.device) -> None:
+        import onnxruntime as ort
+
+        self._session = session
+        self._host = torch.from_numpy(template).pin_memory()
+        self.inputs = self._host.numpy()
+        index = device.index or 0
+        self._device_inputs = ort.OrtValue.ortvalue_from_numpy(self.inputs, "cuda", index)
+        self._binding = session.io_binding()
+        self._binding.bind_ortvalue_input(session.get_inputs()[0].name, self._device_inputs)
+        self._binding.bind_output(session.get_outputs()[0].name, "cuda", index)
+
+    def run(self) -> np.ndarray:
+        self._device_inputs.update_inplace(self.inputs)
+        self._session.run_with_iobinding(self._binding)
+        return _float32(self._binding.copy_outputs_to_cpu()[0])
 
 
 LOAD_TIMEOUT_S = 300.0
@@ -159,6 +361,10 @@ class IsolatedTorchScript:
 
     def _start(self) -> Child:
         return Child(self._label, torchscript_child, self._args, LOAD_TIMEOUT_S)
+
+    def executor(self, inputs: np.ndarray) -> Executor:
+        """Batches shaped like `inputs`, sent to the child (whose device sees one shape)."""
+        return HostExecutor(self.run, inputs)
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Raw outputs for `batch`, as float32, computed in the child."""

@@ -201,6 +201,10 @@ class VersionStore:
         Registry rows go first, so an interrupted delete leaves stray files, never
         a registered version without its checkpoint.
         """
+        if version < 0:
+            raise InvalidArgument.field(
+                "version", version, "must be >= 0 (0 deletes every version)"
+            )
         doomed = [self.get(name, version, "name")] if version else self.versions(name)
         numbers = [r.version for r in doomed]
         with self._latest_lock:

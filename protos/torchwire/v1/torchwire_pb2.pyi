@@ -750,16 +750,18 @@ class ArtifactChunk(_message.Message):
     def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ..., artifact: _Optional[_Union[Artifact, _Mapping]] = ...) -> None: ...
 
 class BatchingConfig(_message.Message):
-    __slots__ = ("enabled", "max_batch_size", "max_delay_ms", "server_default")
+    __slots__ = ("enabled", "max_batch_size", "max_delay_ms", "server_default", "bucket_sizes")
     ENABLED_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_DELAY_MS_FIELD_NUMBER: _ClassVar[int]
     SERVER_DEFAULT_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_SIZES_FIELD_NUMBER: _ClassVar[int]
     enabled: bool
     max_batch_size: int
     max_delay_ms: float
     server_default: bool
-    def __init__(self, enabled: _Optional[bool] = ..., max_batch_size: _Optional[int] = ..., max_delay_ms: _Optional[float] = ..., server_default: _Optional[bool] = ...) -> None: ...
+    bucket_sizes: _containers.RepeatedScalarFieldContainer[int]
+    def __init__(self, enabled: _Optional[bool] = ..., max_batch_size: _Optional[int] = ..., max_delay_ms: _Optional[float] = ..., server_default: _Optional[bool] = ..., bucket_sizes: _Optional[_Iterable[int]] = ...) -> None: ...
 
 class ConfigureBatchingRequest(_message.Message):
     __slots__ = ("model_name", "batching")
@@ -770,7 +772,7 @@ class ConfigureBatchingRequest(_message.Message):
     def __init__(self, model_name: _Optional[str] = ..., batching: _Optional[_Union[BatchingConfig, _Mapping]] = ...) -> None: ...
 
 class ModelVersion(_message.Message):
-    __slots__ = ("version", "created_at", "job_id", "task", "input_shape", "input_dtype", "output_size", "classes", "metrics", "training", "best_epoch", "history", "artifacts", "eval_transforms", "image_mode", "imported", "runtimes")
+    __slots__ = ("version", "created_at", "job_id", "task", "input_shape", "input_dtype", "output_size", "classes", "metrics", "training", "best_epoch", "history", "artifacts", "eval_transforms", "image_mode", "imported", "runtimes", "loaded")
     class MetricsEntry(_message.Message):
         __slots__ = ("key", "value")
         KEY_FIELD_NUMBER: _ClassVar[int]
@@ -795,6 +797,7 @@ class ModelVersion(_message.Message):
     IMAGE_MODE_FIELD_NUMBER: _ClassVar[int]
     IMPORTED_FIELD_NUMBER: _ClassVar[int]
     RUNTIMES_FIELD_NUMBER: _ClassVar[int]
+    LOADED_FIELD_NUMBER: _ClassVar[int]
     version: int
     created_at: _timestamp_pb2.Timestamp
     job_id: str
@@ -812,7 +815,32 @@ class ModelVersion(_message.Message):
     image_mode: str
     imported: ImportedFile
     runtimes: _containers.RepeatedScalarFieldContainer[str]
-    def __init__(self, version: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., job_id: _Optional[str] = ..., task: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., input_dtype: _Optional[str] = ..., output_size: _Optional[int] = ..., classes: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., training: _Optional[_Union[TrainRequest, _Mapping]] = ..., best_epoch: _Optional[int] = ..., history: _Optional[_Iterable[_Union[EpochMetrics, _Mapping]]] = ..., artifacts: _Optional[_Iterable[_Union[Artifact, _Mapping]]] = ..., eval_transforms: _Optional[_Iterable[_Union[Transform, _Mapping]]] = ..., image_mode: _Optional[str] = ..., imported: _Optional[_Union[ImportedFile, _Mapping]] = ..., runtimes: _Optional[_Iterable[str]] = ...) -> None: ...
+    loaded: _containers.RepeatedCompositeFieldContainer[LoadedRuntime]
+    def __init__(self, version: _Optional[int] = ..., created_at: _Optional[_Union[datetime.datetime, _timestamp_pb2.Timestamp, _Mapping]] = ..., job_id: _Optional[str] = ..., task: _Optional[str] = ..., input_shape: _Optional[_Iterable[int]] = ..., input_dtype: _Optional[str] = ..., output_size: _Optional[int] = ..., classes: _Optional[_Iterable[str]] = ..., metrics: _Optional[_Mapping[str, float]] = ..., training: _Optional[_Union[TrainRequest, _Mapping]] = ..., best_epoch: _Optional[int] = ..., history: _Optional[_Iterable[_Union[EpochMetrics, _Mapping]]] = ..., artifacts: _Optional[_Iterable[_Union[Artifact, _Mapping]]] = ..., eval_transforms: _Optional[_Iterable[_Union[Transform, _Mapping]]] = ..., image_mode: _Optional[str] = ..., imported: _Optional[_Union[ImportedFile, _Mapping]] = ..., runtimes: _Optional[_Iterable[str]] = ..., loaded: _Optional[_Iterable[_Union[LoadedRuntime, _Mapping]]] = ...) -> None: ...
+
+class LoadedRuntime(_message.Message):
+    __slots__ = ("runtime", "placement", "size_bytes", "load_seconds", "buckets", "bucket_device_bytes")
+    RUNTIME_FIELD_NUMBER: _ClassVar[int]
+    PLACEMENT_FIELD_NUMBER: _ClassVar[int]
+    SIZE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    LOAD_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    BUCKETS_FIELD_NUMBER: _ClassVar[int]
+    BUCKET_DEVICE_BYTES_FIELD_NUMBER: _ClassVar[int]
+    runtime: str
+    placement: str
+    size_bytes: int
+    load_seconds: float
+    buckets: _containers.RepeatedCompositeFieldContainer[Bucket]
+    bucket_device_bytes: int
+    def __init__(self, runtime: _Optional[str] = ..., placement: _Optional[str] = ..., size_bytes: _Optional[int] = ..., load_seconds: _Optional[float] = ..., buckets: _Optional[_Iterable[_Union[Bucket, _Mapping]]] = ..., bucket_device_bytes: _Optional[int] = ...) -> None: ...
+
+class Bucket(_message.Message):
+    __slots__ = ("batch_size", "warmup_seconds")
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
+    WARMUP_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    batch_size: int
+    warmup_seconds: float
+    def __init__(self, batch_size: _Optional[int] = ..., warmup_seconds: _Optional[float] = ...) -> None: ...
 
 class ImportHeader(_message.Message):
     __slots__ = ("model_name", "format", "file_name", "size_bytes", "input_shape", "input_dtype", "task", "classes", "eval_transforms", "image_mode", "architecture", "output_size")
