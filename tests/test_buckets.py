@@ -12,6 +12,8 @@ from torch import nn
 
 from tests.conftest import assert_rejected
 from torchwire.client import Client
+from torchwire.kserve import grpc_predict_v2_pb2 as v2
+from torchwire.kserve import grpc_predict_v2_pb2_grpc as v2_grpc
 from torchwire.service.config import ServerConfig
 from torchwire.service.core.architectures import CNNParams, ModelConfig
 from torchwire.service.core.buckets import BucketedRuntime, powers_of_two
@@ -143,6 +145,9 @@ def test_configured_buckets_serve_the_same_predictions_and_show_in_get_model(
         assert runtime.size_bytes > 0
         assert runtime.bucket_device_bytes == 0  # on the CPU
     assert loaded["onnxruntime"].placement == "CPUExecutionProvider"
+    v2_stub = v2_grpc.GRPCInferenceServiceStub(client.channel)
+    config = v2_stub.ModelConfig(v2.ModelConfigRequest(name="bucketed")).config
+    assert list(config.dynamic_batching.preferred_batch_size) == [1, 4, 16]
 
     client.configure_batching("bucketed", reset=True)  # back to the server's: no buckets on CPU
     if not torch.cuda.is_available():

@@ -191,7 +191,7 @@ def model_config(config: ModelConfiguration) -> v2.ModelConfigResponse:
     if batching.enabled:
         message.dynamic_batching.CopyFrom(
             v2.ModelDynamicBatching(
-                preferred_batch_size=[batching.max_batch_size],
+                preferred_batch_size=list(batching.bucket_sizes) or [batching.max_batch_size],
                 max_queue_delay_microseconds=int(batching.max_delay_ms * 1000),
                 preserve_ordering=True,
             )

@@ -271,7 +271,7 @@ def model_config(config: ModelConfiguration) -> dict[str, Any]:
     }
     if batching.enabled:
         document["dynamic_batching"] = {
-            "preferred_batch_size": [batching.max_batch_size],
+            "preferred_batch_size": list(batching.bucket_sizes) or [batching.max_batch_size],
             "max_queue_delay_microseconds": int(batching.max_delay_ms * 1000),
             "preserve_ordering": True,
         }
