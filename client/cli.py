@@ -6,6 +6,7 @@ import json
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, NoReturn
 
 import grpc
@@ -134,10 +135,18 @@ def connect(args: argparse.Namespace) -> Client:
     """A client for the flags of `connection_flags`.
 
     Raises:
-        ValueError: a client certificate without its key, or the other way round.
+        ValueError: a client certificate without its key, or the other way round, or a file
+            that is not PEM.
     """
     if bool(args.tls_cert) != bool(args.tls_key):
         raise ValueError("--tls-cert and --tls-key go together: give both, or neither")
+    for flag, path, marker in (
+        ("--tls-ca", args.tls_ca, b"-----BEGIN CERTIFICATE-----"),
+        ("--tls-cert", args.tls_cert, b"-----BEGIN CERTIFICATE-----"),
+        ("--tls-key", args.tls_key, b"PRIVATE KEY-----"),
+    ):
+        if path and marker not in Path(path).read_bytes():
+            raise ValueError(f"{flag} {path!r}: not a PEM file ({marker.decode()!r} missing)")
     return Client(
         args.server,
         token=args.token,

@@ -23,6 +23,7 @@ from torchwire.service.core.runtimes import (
     OnnxRuntime,
     RuntimeOptions,
     TorchRuntime,
+    apply_tf32,
     onnx_session,
 )
 
@@ -183,14 +184,19 @@ def test_cuda_buckets_agree_with_the_cpu(cnn) -> None:
     float32 parity bound (TF32 off) of the CPU's outputs."""
     module, path = cnn
     gpu = torch.device("cuda", torch.cuda.current_device())
+    apply_tf32(RuntimeOptions())  # as the server does: float32 math, TF32 off
     expected = TorchRuntime("eager", module, CPU)
     sample = np.zeros((1, 1, 8, 8), np.float32)
     free = lambda: torch.cuda.mem_get_info(gpu)[0]  # noqa: E731
     runtimes = [
         BucketedRuntime(OnnxRuntime(path, gpu), SIZES, sample, free),
-        BucketedRuntime(TorchRuntime("eager", module, gpu), SIZES, sample, free),
+        BucketedRuntime(TorchRuntime("eager", copy.deepcopy(module).to(gpu), gpu), SIZES, sample),
         BucketedRuntime(
-            TorchRuntime("eager", module, gpu, RuntimeOptions(cuda_graphs=True)), SIZES, sample
+            TorchRuntime(
+                "eager", copy.deepcopy(module).to(gpu), gpu, RuntimeOptions(cuda_graphs=True)
+            ),
+            SIZES,
+            sample,
         ),
     ]
     for runtime in runtimes:

@@ -372,7 +372,10 @@ def test_every_command_refuses_a_bad_argument_in_one_line(
             (("import", "m", str(tmp_path)), str(tmp_path)),  # a folder
             (("import", "m", "f", "--eval-transforms", '{"resize": 1}'), "--eval-transforms"),
         ],
-        "models": [(("models", "extra"), "extra")],
+        "models": [
+            (("models", "extra"), "extra"),
+            (("models", "--tls-ca", str(not_json)), "--tls-ca"),  # not PEM: no gRPC log lines
+        ],
         "datasets": [(("datasets", "--tls-cert", "c.pem"), "--tls-cert")],  # without --tls-key
         "upload": [
             (("upload", "d", "--features", missing, "--targets", missing), "file"),

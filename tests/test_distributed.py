@@ -280,11 +280,9 @@ def test_nccl_on_cuda_with_mixed_precision_and_channels_last(client: Client) -> 
     assert client.evaluate("ddp-cuda", "digits").metrics["accuracy"] > 0.8
 
 
-def test_ranks_sharing_a_gpu_are_named() -> None:
-    assert shared_gpus(["a/cuda:0", "a/cuda:1", "b/cuda:0"]) is None
-    assert shared_gpus(["a/cuda:0", "a/cuda:1", "a/cuda:0"]) == (
-        "ranks 0 and 2 would both train on a/cuda:0"
-    )
+def test_ranks_sharing_a_gpu_are_found() -> None:
+    assert shared_gpus(["GPU-a", "GPU-b", "GPU-c"]) is None
+    assert shared_gpus(["GPU-a", "GPU-b", "GPU-a", "GPU-b"]) == (0, 2)
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
@@ -303,4 +301,4 @@ def test_two_nodes_on_one_gpu_fail_clearly_instead_of_in_nccl(
         _join(multi_node, job.id, tmp_path)
         final = job.wait(raise_on_failure=False)
     assert final.state == pb.JOB_STATE_FAILED
-    assert "would both train on" in final.error
+    assert "would both train on one GPU" in final.error

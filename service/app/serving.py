@@ -20,7 +20,7 @@ from torchwire.service.app.prediction import (
 )
 from torchwire.service.app.statistics import InferenceStatistics
 from torchwire.service.core.batching import Batcher, BatchingConfig, RunObserver
-from torchwire.service.core.buckets import BucketedRuntime, powers_of_two
+from torchwire.service.core.buckets import MAX_BUCKETS, BucketedRuntime, powers_of_two
 from torchwire.service.core.cache import ModelCache
 from torchwire.service.core.checkpoint import load_model
 from torchwire.service.core.datasets import CLASSIFICATION
@@ -128,17 +128,22 @@ class ModelService:
         meta = record.metadata
         started = time.perf_counter()
         batching = self.batching(name)
-        runtime: Runtime | BucketedRuntime = self._open(record, runtime_name)
-        if batching.bucket_sizes:
-            template = np.zeros((1, *meta.input_shape), meta.input_dtype)
-            free = (
-                (lambda: torch.cuda.mem_get_info(self.device)[0])
-                if self.device.type == "cuda"
-                else None
-            )
-            runtime = BucketedRuntime(runtime, batching.bucket_sizes, template, free)
-        else:
-            runtime.run(np.zeros((1, *meta.input_shape), meta.input_dtype))  # warm up
+        opened = self._open(record, runtime_name)
+        runtime: Runtime | BucketedRuntime = opened
+        template = np.zeros((1, *meta.input_shape), meta.input_dtype)
+        try:
+            if batching.bucket_sizes:
+                free = (
+                    (lambda: torch.cuda.mem_get_info(self.device)[0])
+                    if self.device.type == "cuda"
+                    else None
+                )
+                runtime = BucketedRuntime(opened, batching.bucket_sizes, template, free)
+            else:
+                opened.run(template)  # warm up
+        except BaseException:
+            opened.close()  # an imported TorchScript's child process goes too
+            raise
         load_seconds = time.perf_counter() - started
         observers = (
             self.run_observer(name, runtime_name),
@@ -374,7 +379,7 @@ class ModelService:
         ):
             return config
         sizes = (
-            powers_of_two(config.max_batch_size)
+            powers_of_two(config.max_batch_size)[-MAX_BUCKETS:]  # 65536 would make 17
             if self.bucket_sizes == "auto"
             else tuple(int(size) for size in self.bucket_sizes.split(","))
         )

@@ -1,6 +1,7 @@
 """Datasets: what a dataset holds (DatasetInfo), array-backed Datasets, the built-in digits, and
 where a split's data is (DatasetLocation: a built-in, or an uploaded split's raw arrays)."""
 
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +13,10 @@ from torch.utils.data import Dataset
 
 from torchwire.service.core.files import sha256_of
 from torchwire.service.errors import FailedPrecondition, InvalidArgument
+
+# Uploaded datasets are read-only memory maps, and training only reads them: torch's warning
+# that a tensor made from one is not writable is noise in every job's log.
+warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
 
 CLASSIFICATION = "classification"
 REGRESSION = "regression"

@@ -6,6 +6,7 @@ import socket
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from datetime import timedelta
 from typing import Any
 
 import torch
@@ -176,31 +177,46 @@ class Rank:
         return int(flags.argmax().item())
 
 
-def shared_gpus(places: list[str]) -> str | None:
-    """Which ranks would share a GPU, given each rank's `host/cuda:N` in rank order: the
-    first two that do, described; None when every rank has a GPU of its own."""
+GPU_CHECK_TIMEOUT_S = 60.0
+"""How long a rank waits for the others to say which GPU they train on."""
+
+
+def shared_gpus(gpus: list[str]) -> tuple[int, int] | None:
+    """The first two ranks (by rank) whose GPU identities are equal; None when every rank
+    has a GPU of its own."""
     first: dict[str, int] = {}
-    for rank, place in enumerate(places):
-        if place in first:
-            return f"ranks {first[place]} and {rank} would both train on {place}"
-        first[place] = rank
+    for rank, gpu in enumerate(gpus):
+        if gpu in first:
+            return first[gpu], rank
+        first[gpu] = rank
     return None
 
 
 def _check_own_gpus(store: dist.Store, rank: int, world_size: int, device: torch.device) -> None:
     """Refuses to start NCCL when two ranks of the job would train on one GPU: two
     nodes on one host, or more processes than GPUs (NCCL would abort with "Duplicate GPU
-    detected"). Each rank publishes its place in the job's store and reads the others'.
+    detected"). Each rank publishes its GPU's UUID (the same whatever CUDA_VISIBLE_DEVICES
+    or container it is seen from) and `host/cuda:N` in the job's store, and reads the others'.
 
     Raises:
-        FailedPrecondition: naming the ranks and the GPU.
+        FailedPrecondition: naming the ranks and the GPU, or a rank that did not answer.
     """
-    store.set(f"gpu/{rank}", f"{socket.gethostname()}/{device}")
-    places = [store.get(f"gpu/{r}").decode() for r in range(world_size)]
-    clash = shared_gpus(places)
-    if clash is not None:
+    uuid = str(torch.cuda.get_device_properties(device).uuid)
+    store.set(f"gpu/{rank}", f"{uuid} {socket.gethostname()}/{device}")
+    keys = [f"gpu/{r}" for r in range(world_size)]
+    try:
+        store.wait(keys, timedelta(seconds=GPU_CHECK_TIMEOUT_S))
+    except Exception as err:  # a rank died before it could say
         raise FailedPrecondition(
-            f"{clash}: nccl needs a GPU per process; run one node per machine with "
+            f"not every rank said which GPU it trains on within {GPU_CHECK_TIMEOUT_S:g} s"
+        ) from err
+    gpus, places = zip(*(store.get(key).decode().split(" ", 1) for key in keys), strict=True)
+    clash = shared_gpus(list(gpus))
+    if clash is not None:
+        first, second = clash
+        raise FailedPrecondition(
+            f"ranks {first} and {second} would both train on one GPU ({places[first]} and "
+            f"{places[second]}): nccl needs a GPU per process; run one node per machine with "
             "nproc_per_node at most its GPUs, or train on the CPU (device=cpu, gloo)"
         )
 

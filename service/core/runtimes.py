@@ -80,15 +80,18 @@ class TorchRuntime:
         self.options = options
         self.placement = str(device)
 
-    def _inputs(self, tensor: torch.Tensor) -> torch.Tensor:
-        """`tensor` on the device; in half precision, floating inputs cast to it."""
-        cast = self.half if self.half is not None and tensor.is_floating_point() else None
-        return tensor.to(self.device, cast, non_blocking=True)
+    def forward(self, inputs: torch.Tensor) -> torch.Tensor:
+        """The module on inputs already on the device: floating ones cast to the half
+        precision first (on the device), float32 outputs."""
+        if self.half is not None and inputs.is_floating_point():
+            inputs = inputs.to(self.half)
+        return self.module(inputs).float()
 
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Raw outputs for `batch`, as float32 on the CPU."""
         with torch.inference_mode():
-            return self.module(self._inputs(torch.from_numpy(batch))).float().cpu().numpy()
+            inputs = torch.from_numpy(batch).to(self.device, non_blocking=True)
+            return self.forward(inputs).cpu().numpy()
 
     def executor(self, inputs: np.ndarray) -> Executor:
         """An executor for batches shaped like `inputs`: on CUDA, through pinned buffers and
@@ -106,16 +109,22 @@ class TorchRuntime:
         """Nothing to release but memory."""
 
 
+_CAPTURE_LOCK = threading.Lock()
+"""One CUDA graph capture at a time in this process (loads of different models run
+concurrently)."""
+
+
 class CudaTorchExecutor:
     """One batch size of a module on CUDA: inputs written into pinned host memory, copied to
-    a device buffer that never moves, outputs copied back into pinned memory; with
-    `graph`, the forward pass is captured once as a CUDA graph and replayed."""
+    a device buffer of the same dtype that never moves (a half-precision cast happens on the
+    device), outputs copied back into pinned memory; with `graph`, the forward pass is
+    captured once as a CUDA graph and replayed."""
 
     def __init__(self, runtime: TorchRuntime, template: np.ndarray, graph: bool) -> None:
-        self._module, self._device = runtime.module, runtime.device
+        self._runtime, self._device = runtime, runtime.device
         self._host = torch.from_numpy(template).pin_memory()
         self.inputs = self._host.numpy()
-        self._device_inputs = runtime._inputs(self._host).clone()
+        self._device_inputs = torch.empty_like(self._host, device=self._device)
         self._host_outputs: torch.Tensor | None = None
         self._graph: torch.cuda.CUDAGraph | None = None
         self._graph_outputs: torch.Tensor | None = None
@@ -123,16 +132,20 @@ class CudaTorchExecutor:
             self._capture()
 
     def _capture(self) -> None:
-        """Warms up on a side stream (as CUDA graph capture requires), then captures."""
-        side = torch.cuda.Stream(self._device)
-        side.wait_stream(torch.cuda.current_stream(self._device))
-        with torch.inference_mode(), torch.cuda.stream(side):
-            for _ in range(3):
-                self._module(self._device_inputs)
-        torch.cuda.current_stream(self._device).wait_stream(side)
-        self._graph = torch.cuda.CUDAGraph()
-        with torch.inference_mode(), torch.cuda.graph(self._graph):
-            self._graph_outputs = self._module(self._device_inputs).float()
+        """Warms up on a side stream (as CUDA graph capture requires), then captures on it.
+        Capture is thread-local, so that other threads' CUDA work (other models' runs and
+        loads) neither breaks it nor is refused while it lasts."""
+        with _CAPTURE_LOCK, torch.cuda.device(self._device), torch.inference_mode():
+            side = torch.cuda.Stream(self._device)
+            side.wait_stream(torch.cuda.current_stream(self._device))
+            with torch.cuda.stream(side):
+                for _ in range(3):
+                    self._runtime.forward(self._device_inputs)
+            torch.cuda.current_stream(self._device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, stream=side, capture_error_mode="thread_local"):
+                self._graph_outputs = self._runtime.forward(self._device_inputs)
+            self._graph = graph
 
     def run(self) -> np.ndarray:
         with torch.inference_mode():
@@ -141,7 +154,7 @@ class CudaTorchExecutor:
                 self._graph.replay()
                 outputs = self._graph_outputs
             else:
-                outputs = self._module(self._device_inputs).float()
+                outputs = self._runtime.forward(self._device_inputs)
             if self._host_outputs is None:
                 self._host_outputs = torch.empty(outputs.shape, pin_memory=True)
             self._host_outputs.copy_(outputs, non_blocking=True)
@@ -233,6 +246,7 @@ class OnnxRuntime:
         self.use_cuda = device.type == "cuda"
         self._size = path.stat().st_size
         self._weights: dict[str, Any] | None = None
+        self._owned: dict[str, torch.Tensor] = {}  # the memory behind `_weights`
         self._lock = threading.Lock()
 
     def run(self, batch: np.ndarray) -> np.ndarray:
@@ -248,21 +262,24 @@ class OnnxRuntime:
         return output.astype(np.float32, copy=False)  # an imported model may give float16
 
     def _shared_weights(self) -> dict[str, Any]:
-        """The file's initializers as OrtValues on this runtime's device, made once."""
+        """The file's floating-point initializers as OrtValues on this runtime's device, made
+        once. `add_initializer` takes only memory the caller owns: each is a torch tensor on
+        the device, handed over through DLPack and kept alive here. (Integer initializers,
+        such as Reshape's shapes, live on the CPU in ONNX Runtime: they are not shared.)"""
         import onnx
         import onnxruntime as ort
         from onnx import numpy_helper
 
         with self._lock:
             if self._weights is None:
-                graph = onnx.load(str(self.path)).graph
-                kind, index = self.device.type, self.device.index or 0
-                self._weights = {
-                    tensor.name: ort.OrtValue.ortvalue_from_numpy(
-                        np.ascontiguousarray(numpy_helper.to_array(tensor)), kind, index
-                    )
-                    for tensor in graph.initializer
+                tensors = {
+                    tensor.name: torch.from_numpy(
+                        np.array(numpy_helper.to_array(tensor), copy=True)
+                    ).to(self.device)
+                    for tensor in onnx.load(str(self.path)).graph.initializer
                 }
+                self._owned = {k: t for k, t in tensors.items() if t.is_floating_point()}
+                self._weights = {k: ort.OrtValue.from_dlpack(t) for k, t in self._owned.items()}
             return self._weights
 
     def executor(self, inputs: np.ndarray) -> Executor:
@@ -270,13 +287,19 @@ class OnnxRuntime:
         that shape (when the file's batch dimension is symbolic; a fixed one is kept)."""
         if not isinstance(self.batch_dimension, str):
             return HostExecutor(self.run, inputs)
-        session = onnx_session(
-            self.path,
-            self.device,
-            self.options,
-            (self.batch_dimension, len(inputs)),
-            self._shared_weights() if self.use_cuda else None,
-        )
+        fixed = (self.batch_dimension, len(inputs))
+        session = None
+        if self.use_cuda:
+            try:
+                session = onnx_session(
+                    self.path, self.device, self.options, fixed, self._shared_weights()
+                )
+            except FailedPrecondition:
+                raise
+            except Exception as err:  # ONNX Runtime refused the shared weights
+                log.warning("%s: weights not shared between bucket sessions: %s", self.path, err)
+        if session is None:
+            session = onnx_session(self.path, self.device, self.options, fixed)
         if not self.use_cuda:
             return HostExecutor(
                 lambda batch: _float32(session.run(None, {self.input_name: batch})[0]), inputs
