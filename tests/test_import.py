@@ -208,7 +208,7 @@ def _pretrain(model: nn.Module, epochs: int) -> nn.Module:
 
 
 def test_resnet18_state_dict_imports_and_fine_tunes(client: Client, files: Path) -> None:
-    model = _pretrain(_resnet18_for_digits(), epochs=2)
+    model = _pretrain(_resnet18_for_digits(), epochs=1)
     path = files / "resnet18-digits.pth"
     torch.save(model.state_dict(), path)
     response = client.import_model(
