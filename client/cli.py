@@ -48,26 +48,22 @@ SERVER_COMMANDS = {
 """Commands that run server code: `main` hands them to `python -m torchwire.service`."""
 
 
-def _int32(text: str) -> int:
-    """An integer that fits the contract's int32 fields."""
-    try:
-        value = int(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from err
-    if not -(2**31) <= value < 2**31:
-        raise argparse.ArgumentTypeError(f"{text} is out of range (a 32-bit integer)")
-    return value
+def _integer(bits: int) -> Callable[[str], int]:
+    """An argparse type: an integer that fits the contract's `bits`-bit integer fields."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError as err:
+            raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from err
+        if not -(2 ** (bits - 1)) <= value < 2 ** (bits - 1):
+            raise argparse.ArgumentTypeError(f"{text} is out of range (a {bits}-bit integer)")
+        return value
+
+    return parse
 
 
-def _int64(text: str) -> int:
-    """An integer that fits the contract's int64 fields."""
-    try:
-        value = int(text)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from err
-    if not -(2**63) <= value < 2**63:
-        raise argparse.ArgumentTypeError(f"{text} is out of range (a 64-bit integer)")
-    return value
+_int32, _int64 = _integer(32), _integer(64)
 
 
 def _ints(text: str) -> list[int]:
