@@ -73,6 +73,11 @@ def _ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"{text!r} is not integers separated by commas") from err
 
 
+def _bucket_sizes(text: str) -> list[int] | str:
+    """Sizes such as 1,8,64, or "off" (none), or "default" (the server's)."""
+    return text if text in ("off", "default") else _ints(text)
+
+
 def _names(text: str) -> list[str]:
     return [part for part in text.split(",") if part]
 
@@ -317,8 +322,9 @@ def _inference_commands(command: Command) -> None:
     )
     batching.add_argument(
         "--bucket-sizes",
-        type=_ints,
-        help="pad every run up to one of these batch sizes, e.g. 1,8,64 (fixed-shape execution)",
+        type=_bucket_sizes,
+        help="pad every run up to one of these batch sizes, e.g. 1,8,64 (fixed-shape "
+        "execution); off: no padding for this model; default: the server's --bucket-sizes",
     )
     batching.add_argument("--reset", action="store_true", help="use the server's default again")
 

@@ -354,13 +354,14 @@ class Client:
         enabled: bool = True,
         max_batch_size: int = 64,
         max_delay_ms: float = 0.0,
-        bucket_sizes: Sequence[int] = (),
+        bucket_sizes: Sequence[int] | None = None,
         reset: bool = False,
     ) -> pb.BatchingConfig:
         """Sets a model's dynamic batching, or with `reset=True` returns it to the server's.
 
-        `bucket_sizes` are the batch sizes runs are padded up to (fixed-shape execution);
-        empty keeps the server's `--bucket-sizes`."""
+        `bucket_sizes` are the batch sizes runs are padded up to (fixed-shape execution), the
+        model's own; an empty list turns padding off for the model; None keeps the server's
+        `--bucket-sizes`."""
         request = pb.ConfigureBatchingRequest(model_name=model_name)
         if not reset:
             request.batching.CopyFrom(
@@ -368,7 +369,8 @@ class Client:
                     enabled=enabled,
                     max_batch_size=max_batch_size,
                     max_delay_ms=max_delay_ms,
-                    bucket_sizes=bucket_sizes,
+                    bucket_sizes=bucket_sizes or (),
+                    own_bucket_sizes=bucket_sizes is not None,
                 )
             )
         return self.stub.ConfigureBatching(request, timeout=self.timeout)

@@ -328,7 +328,10 @@ def cmd_delete(client: Client, args: argparse.Namespace) -> Any:
 
 def cmd_batching(client: Client, args: argparse.Namespace) -> Any:
     values = (args.max_batch_size, args.max_delay_ms, args.bucket_sizes)
-    if not (args.off or args.reset or any(value is not None for value in values)):
+    changes = args.off or any(value is not None for value in values)
+    if args.reset and changes:
+        raise ValueError("--reset returns to the server's settings: give it alone")
+    if not (args.reset or changes):
         config = client.model(args.model).batching  # a read-only view
     else:
         current = client.model(args.model).batching
@@ -347,18 +350,24 @@ def cmd_batching(client: Client, args: argparse.Namespace) -> Any:
     source = "server default" if config.server_default else "model setting"
     state = "on" if config.enabled else "off"
     buckets = ",".join(map(str, config.bucket_sizes)) or "none"
+    whose = "the model's" if config.own_bucket_sizes else "the server's"
     return (
         f"{args.model}: batching {state}, max_batch_size {config.max_batch_size}, "
-        f"max_delay_ms {config.max_delay_ms:g}, bucket_sizes {buckets} ({source})"
+        f"max_delay_ms {config.max_delay_ms:g}, bucket_sizes {buckets} ({whose}) ({source})"
     )
 
 
-def _bucket_sizes(given: list[int] | None, current: pb.BatchingConfig) -> list[int]:
-    """The sizes a batching change sends: those given, else a model setting's own, else none
-    (the server's default, which follows max_batch_size)."""
-    if given is not None:
+def _bucket_sizes(given: list[int] | str | None, current: pb.BatchingConfig) -> list[int] | None:
+    """The sizes a batching change sends: those given ("off": none; "default": the server's,
+    None), else the model's own ones as they are, else None (the server's, which follow
+    max_batch_size under "auto")."""
+    if given == "default":
+        return None
+    if given == "off":
+        return []
+    if isinstance(given, list):
         return given
-    return [] if current.server_default else list(current.bucket_sizes)
+    return list(current.bucket_sizes) if current.own_bucket_sizes else None
 
 
 def _version_line(name: str, v: pb.ModelVersion) -> str:

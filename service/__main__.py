@@ -93,7 +93,7 @@ def _field_help(docstring: str) -> dict[str, str]:
     helps: dict[str, str] = {}
     names: list[str] = []
     for line in section.splitlines():
-        entry = re.match(r"^ {8}([a-z_, ]+): (.*)$", line)
+        entry = re.match(r"^ {8}([a-z][a-z0-9_]*(?:, [a-z][a-z0-9_]*)*): (.*)$", line)
         if entry:
             names = [n.strip() for n in entry.group(1).split(",")]
             for name in names:

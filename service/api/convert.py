@@ -12,6 +12,7 @@ from google.protobuf.timestamp_pb2 import Timestamp
 from torchwire.service.app.catalog import ModelView
 from torchwire.service.app.importing import STATE_DICT, ImportRequest
 from torchwire.service.app.prediction import LoadedRuntime
+from torchwire.service.app.serving import BatchingInForce
 from torchwire.service.core.architectures import (
     CNNParams,
     MLPParams,
@@ -314,8 +315,12 @@ def imported_file(source: ImportedFile) -> pb.ImportedFile:
     )
 
 
-def batching(config: BatchingConfig, server_default: bool) -> pb.BatchingConfig:
-    return pb.BatchingConfig(server_default=server_default, **asdict(config))
+def batching(in_force: BatchingInForce) -> pb.BatchingConfig:
+    return pb.BatchingConfig(
+        server_default=in_force.server_default,
+        own_bucket_sizes=in_force.own_bucket_sizes,
+        **asdict(in_force.config),
+    )
 
 
 def batching_config(message: pb.BatchingConfig) -> BatchingConfig:
@@ -329,7 +334,10 @@ def batching_config(message: pb.BatchingConfig) -> BatchingConfig:
             "batching.max_delay_ms", message.max_delay_ms, "must be in [0, 1000]"
         )
     sizes = check_bucket_sizes(message.bucket_sizes, "batching.bucket_sizes")
-    return BatchingConfig(message.enabled, message.max_batch_size, message.max_delay_ms, sizes)
+    own = bool(sizes) or message.own_bucket_sizes
+    return BatchingConfig(
+        message.enabled, message.max_batch_size, message.max_delay_ms, sizes if own else None
+    )
 
 
 def loaded_runtime(loaded: LoadedRuntime) -> pb.LoadedRuntime:
@@ -385,7 +393,7 @@ def model(view: ModelView, with_history: bool) -> pb.Model:
             for v in view.versions
         ],
         latest_version=view.versions[-1].version,
-        batching=batching(view.batching, view.batching_is_default),
+        batching=batching(view.batching),
     )
 
 

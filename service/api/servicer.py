@@ -199,8 +199,7 @@ class TorchWireServicer(PredictionServicer):
 
     def ConfigureBatching(self, request, context):
         config = convert.batching_config(request.batching) if request.HasField("batching") else None
-        applied = self.models.configure_batching(request.model_name, config)
-        return convert.batching(applied, server_default=config is None)
+        return convert.batching(self.models.configure_batching(request.model_name, config))
 
     def ListModels(self, request, context):
         return pb.ListModelsResponse(

@@ -8,8 +8,7 @@ from typing import Any
 import numpy as np
 
 from torchwire.service.app.prediction import LoadedRuntime
-from torchwire.service.app.serving import ModelService
-from torchwire.service.core.batching import BatchingConfig
+from torchwire.service.app.serving import BatchingInForce, ModelService
 from torchwire.service.core.datasets import DatasetInfo
 from torchwire.service.core.records import JobRecord, ModelVersionRecord
 from torchwire.service.store import Store
@@ -23,8 +22,7 @@ class ModelView:
     name: str
     versions: list[ModelVersionRecord]
     artifacts: dict[int, dict[str, dict[str, Any]]]
-    batching: BatchingConfig
-    batching_is_default: bool
+    batching: BatchingInForce
     loaded: dict[int, list[LoadedRuntime]]
 
 
@@ -96,8 +94,7 @@ class Catalog:
             name,
             versions,
             {v.version: self._store.versions.artifacts(v) for v in versions},
-            self._serving.batching(name),
-            self._store.registry.batching(name) is None,
+            self._serving.batching_in_force(name),
             self._serving.loaded(name),
         )
 

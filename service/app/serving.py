@@ -4,7 +4,7 @@ evaluated and deleted."""
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 import numpy as np
@@ -59,6 +59,18 @@ from torchwire.service.errors import (
 )
 from torchwire.service.store import Store
 from torchwire.service.store.versions import MissingArtifact
+
+
+@dataclass(frozen=True)
+class BatchingInForce:
+    """A model's batching as the API shows it."""
+
+    config: BatchingConfig
+    """With the bucket sizes in force (a tuple; empty: no padding)."""
+    server_default: bool
+    """No setting of the model's own: the server's defaults apply."""
+    own_bucket_sizes: bool
+    """The bucket sizes are the model's own, not the server's `--bucket-sizes`."""
 
 
 class ModelService:
@@ -368,22 +380,27 @@ class ModelService:
         return record, self.store.versions.artifacts(record)[fmt]
 
     def batching(self, name: str) -> BatchingConfig:
-        """The batching in force for a model: its own, else the server's default, with the
-        bucket sizes in force (the model's, else `bucket_sizes` resolved for this device)."""
+        """The batching in force for a model, with its bucket sizes resolved to a tuple."""
+        return self.batching_in_force(name).config
+
+    def batching_in_force(self, name: str) -> BatchingInForce:
+        """The batching in force for a model: its own setting, else the server's default;
+        its bucket sizes are the model's own, else `bucket_sizes` resolved for this device."""
         own = self.store.registry.batching(name)
         config = BatchingConfig(**own) if own is not None else self.default_batching
-        if config.bucket_sizes:
-            return replace(config, bucket_sizes=tuple(config.bucket_sizes))
-        if self.bucket_sizes == "off" or (
+        if config.bucket_sizes is not None:
+            sizes = tuple(config.bucket_sizes)
+        elif self.bucket_sizes == "off" or (
             self.bucket_sizes == "auto" and self.device.type != "cuda"
         ):
-            return config
-        sizes = (
-            powers_of_two(config.max_batch_size)[-MAX_BUCKETS:]  # 65536 would make 17
-            if self.bucket_sizes == "auto"
-            else tuple(int(size) for size in self.bucket_sizes.split(","))
+            sizes = ()
+        elif self.bucket_sizes == "auto":
+            sizes = powers_of_two(config.max_batch_size)[-MAX_BUCKETS:]  # 65536 would make 17
+        else:
+            sizes = tuple(int(size) for size in self.bucket_sizes.split(","))
+        return BatchingInForce(
+            replace(config, bucket_sizes=sizes), own is None, config.bucket_sizes is not None
         )
-        return replace(config, bucket_sizes=sizes)
 
     def loaded(self, name: str) -> dict[int, list[LoadedRuntime]]:
         """A model's loaded runtimes by version: where each runs, its load and its buckets."""
@@ -393,12 +410,12 @@ class ModelService:
                 held.setdefault(served.record.version, []).append(served.loaded())
         return held
 
-    def configure_batching(self, name: str, config: BatchingConfig | None) -> BatchingConfig:
+    def configure_batching(self, name: str, config: BatchingConfig | None) -> BatchingInForce:
         """Sets (or with None, clears) a model's batching; loaded runtimes pick it up."""
         self.store.versions.versions(name)
         self.store.registry.set_batching(name, None if config is None else asdict(config))
         self.forget(name)
-        return self.batching(name)
+        return self.batching_in_force(name)
 
     def delete(self, name: str, version: int) -> list[int]:
         """Deletes versions and drops their loaded runtimes."""

@@ -28,8 +28,9 @@ class BatchingConfig:
     enabled: bool = True
     max_batch_size: int = 64
     max_delay_ms: float = 0.0
-    bucket_sizes: tuple[int, ...] = ()
-    """Sizes runs are padded up to (`core.buckets`); empty: the server's default."""
+    bucket_sizes: tuple[int, ...] | None = None
+    """Sizes runs are padded up to (`core.buckets`); empty: no padding; None: the server's
+    `--bucket-sizes`."""
 
 
 @dataclass

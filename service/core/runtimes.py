@@ -247,6 +247,7 @@ class OnnxRuntime:
         self._size = path.stat().st_size
         self._weights: dict[str, Any] | None = None
         self._owned: dict[str, torch.Tensor] = {}  # the memory behind `_weights`
+        self._copies = 1  # sessions holding weights of their own
         self._lock = threading.Lock()
 
     def run(self, batch: np.ndarray) -> np.ndarray:
@@ -300,6 +301,7 @@ class OnnxRuntime:
                 log.warning("%s: weights not shared between bucket sessions: %s", self.path, err)
         if session is None:
             session = onnx_session(self.path, self.device, self.options, fixed)
+            self._copies += 1
         if not self.use_cuda:
             return HostExecutor(
                 lambda batch: _float32(session.run(None, {self.input_name: batch})[0]), inputs
@@ -307,8 +309,9 @@ class OnnxRuntime:
         return CudaOnnxExecutor(session, inputs, self.device)
 
     def size_bytes(self) -> int:
-        """About the weights' size: the self-contained file's size."""
-        return self._size
+        """About the weights' size: the self-contained file's size, once for each session
+        that holds a copy of its own (bucket sessions on the CPU do)."""
+        return self._size * self._copies
 
     def close(self) -> None:
         """The session goes with its last reference."""

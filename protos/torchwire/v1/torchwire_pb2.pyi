@@ -750,18 +750,20 @@ class ArtifactChunk(_message.Message):
     def __init__(self, offset: _Optional[int] = ..., data: _Optional[bytes] = ..., artifact: _Optional[_Union[Artifact, _Mapping]] = ...) -> None: ...
 
 class BatchingConfig(_message.Message):
-    __slots__ = ("enabled", "max_batch_size", "max_delay_ms", "server_default", "bucket_sizes")
+    __slots__ = ("enabled", "max_batch_size", "max_delay_ms", "server_default", "bucket_sizes", "own_bucket_sizes")
     ENABLED_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     MAX_DELAY_MS_FIELD_NUMBER: _ClassVar[int]
     SERVER_DEFAULT_FIELD_NUMBER: _ClassVar[int]
     BUCKET_SIZES_FIELD_NUMBER: _ClassVar[int]
+    OWN_BUCKET_SIZES_FIELD_NUMBER: _ClassVar[int]
     enabled: bool
     max_batch_size: int
     max_delay_ms: float
     server_default: bool
     bucket_sizes: _containers.RepeatedScalarFieldContainer[int]
-    def __init__(self, enabled: _Optional[bool] = ..., max_batch_size: _Optional[int] = ..., max_delay_ms: _Optional[float] = ..., server_default: _Optional[bool] = ..., bucket_sizes: _Optional[_Iterable[int]] = ...) -> None: ...
+    own_bucket_sizes: bool
+    def __init__(self, enabled: _Optional[bool] = ..., max_batch_size: _Optional[int] = ..., max_delay_ms: _Optional[float] = ..., server_default: _Optional[bool] = ..., bucket_sizes: _Optional[_Iterable[int]] = ..., own_bucket_sizes: _Optional[bool] = ...) -> None: ...
 
 class ConfigureBatchingRequest(_message.Message):
     __slots__ = ("model_name", "batching")
