@@ -301,14 +301,14 @@ def test_train_wait_on_a_cancelled_job_fails_without_older_metrics(
 
 def test_resume_and_watch_follow_a_job_to_its_last_epoch(client: Client) -> None:
     server = ["--server", client.address]
-    job = client.train("cli-resume", "digits", epochs=30, batch_size=256, patience=0, seed=0)
+    job = client.train("cli-resume", "digits", epochs=20, batch_size=256, patience=0, seed=0)
     job_id = _job_of(client, "cli-resume")
     job.cancel()
     resumed = run("resume", job_id, "--wait", *server)
     assert "succeeded" in resumed.stdout
     assert "metrics: " in resumed.stdout
     bar = resumed.stderr.replace("\r", "\n").strip().splitlines()[-1]
-    assert "30/30" in bar  # the bar counts every epoch, not only those after the resume
+    assert "20/20" in bar  # the bar counts every epoch, not only those after the resume
     watched = run("watch", job_id, *server)  # a finished job: its end at once
     assert watched.stdout.splitlines()[0].startswith(f"{job_id}  succeeded")
 
