@@ -114,6 +114,8 @@ class ServerConfig:
                     f"bucket_sizes={self.bucket_sizes!r}: auto, off, or ascending sizes "
                     f"in [1, 65536] such as 1,8,64 ({err})"
                 ) from err
+        if self.cuda_graphs and self.bucket_sizes == "off":
+            raise ValueError("cuda_graphs captures one graph per bucket: it needs bucket_sizes")
         if self.ort_cudnn_conv_algo_search not in CONV_ALGO_SEARCHES:
             raise ValueError(
                 f"ort_cudnn_conv_algo_search={self.ort_cudnn_conv_algo_search!r}: "

@@ -194,6 +194,8 @@ def test_bad_bucket_sizes_are_refused(client: Client, digits_model: str) -> None
     for setting, name in (("ort_cudnn_conv_algo_search", "FAST"), ("inference_precision", "fp8")):
         with pytest.raises(ValueError, match=setting):
             ServerConfig(**{setting: name})
+    with pytest.raises(ValueError, match="cuda_graphs"):
+        ServerConfig(cuda_graphs=True, bucket_sizes="off")
     assert ServerConfig(bucket_sizes="1,8,64").bucket_sizes == "1,8,64"
 
 
