@@ -4,6 +4,8 @@ its answer into text, or into a value that `--json` prints."""
 import argparse
 import base64
 import json
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -91,25 +93,30 @@ def _job_line(job: pb.Job) -> str:
     return f"{job.id}  {_state(job):<9}  {job.request.model_name}{version}  {data}{error}"
 
 
-def _source(args: argparse.Namespace) -> dict[str, Any] | None:
-    """`--source FORMAT:PATH` (e.g. image_folder:pets/train) as a DataSource dict, with what
-    the file-source flags say of its contents."""
+def _source(args: argparse.Namespace) -> pb.DataSource | None:
+    """`--source FORMAT:PATH` (e.g. image_folder:pets/train) as a DataSource, with what the
+    file-source flags say of its contents."""
     if args.source is None:
         return None
     fmt, _, path = args.source.partition(":")
-    source: dict[str, Any] = {"format": fmt, "path": path}
-    source.update({k: getattr(args, k) for k in _SOURCE_FLAGS if getattr(args, k) is not None})
+    return _described(pb.DataSource(format=fmt, path=path), args)
+
+
+def _described(source: pb.DataSource, args: argparse.Namespace) -> pb.DataSource:
+    """`source` with the file-source flags given laid over it."""
+    for key in _SOURCE_FLAGS:
+        if getattr(args, key) is not None:
+            source.ClearField(key)
+            with _naming(f"--{key.replace('_', '-')}"):
+                json_format.ParseDict({key: getattr(args, key)}, source)
     return source
 
 
-def _parsed(flag: str, document: dict[str, Any], message: Message) -> None:
-    """Merges a flag's JSON into a message.
-
-    Raises:
-        ValueError: naming the flag, when the JSON does not fit the message.
-    """
+@contextmanager
+def _naming(flag: str) -> Iterator[None]:
+    """Turns a JSON that does not fit its message into a ValueError that names the flag."""
     try:
-        json_format.ParseDict(document, message)
+        yield
     except json_format.ParseError as err:
         raise ValueError(f"{flag}: {' '.join(str(err).split())}") from err
 
@@ -133,10 +140,8 @@ def _train_request(args: argparse.Namespace) -> pb.TrainRequest:
     flags given on the command line laid over it."""
     request = pb.TrainRequest(model=pb.ModelSpec(mlp=pb.MLPSpec()))
     if args.spec:
-        try:
+        with _naming(f"--spec {args.spec!r}"):
             json_format.Parse(Path(args.spec).read_text(), request)
-        except json_format.ParseError as err:
-            raise ValueError(f"--spec {args.spec!r}: {' '.join(str(err).split())}") from err
     request.model_name = args.model
     if args.source:
         request.dataset.CopyFrom(pb.DatasetRef(split=args.split, source=_source(args)))
@@ -144,17 +149,16 @@ def _train_request(args: argparse.Namespace) -> pb.TrainRequest:
         request.dataset.CopyFrom(pb.DatasetRef(name=args.dataset or "digits", split=args.split))
     elif args.split:
         request.dataset.split = args.split
-    for key in _SOURCE_FLAGS:
-        if getattr(args, key) is None:
-            continue
-        if not request.dataset.HasField("source"):
-            raise ValueError(f"--{key.replace('_', '-')} describes files: give --source too")
-        request.dataset.source.ClearField(key)
-        _parsed(f"--{key.replace('_', '-')}", {key: getattr(args, key)}, request.dataset.source)
+    given = [key for key in _SOURCE_FLAGS if getattr(args, key) is not None]
+    if given and not request.dataset.HasField("source"):
+        raise ValueError(f"--{given[0].replace('_', '-')} describes files: give --source too")
+    if given and not args.source:  # they describe the --spec's source
+        _described(request.dataset.source, args)
     for key in ("transforms", "eval_transforms"):
         if getattr(args, key) is not None:
             request.ClearField(key)
-            _parsed(f"--{key.replace('_', '-')}", {key: getattr(args, key)}, request)
+            with _naming(f"--{key.replace('_', '-')}"):
+                json_format.ParseDict({key: getattr(args, key)}, request)
     if args.arch and request.model.WhichOneof("architecture") != args.arch:
         request.model.CopyFrom(pb.ModelSpec(**{args.arch: {}}))
     if args.torchvision:

@@ -26,7 +26,7 @@ class ServerConfig:
         ort_intra_op_threads: ONNX Runtime intra-op threads; 0 lets ONNX Runtime choose.
         bucket_sizes: fixed-shape execution: batch sizes every model run is padded up to,
             each on an executor of its own warmed up at load (an ONNX Runtime session per
-            size, sharing the weights). "auto": powers of two up to the model's
+            size, sharing the weights on CUDA). "auto": powers of two up to the model's
             max_batch_size on CUDA, where every change of input shape costs a re-plan, and
             none on the CPU; "off"; or sizes such as 1,8,64. A model's own batching setting
             (ConfigureBatching) wins.
@@ -97,6 +97,13 @@ class ServerConfig:
     grace_seconds: float = 10.0
 
     @property
+    def buckets(self) -> tuple[int, ...] | str:
+        """`bucket_sizes` parsed: "auto", or the sizes (empty for "off")."""
+        if self.bucket_sizes in ("auto", "off"):
+            return "auto" if self.bucket_sizes == "auto" else ()
+        return check_bucket_sizes([int(s) for s in self.bucket_sizes.split(",")], "sizes")
+
+    @property
     def data_root_paths(self) -> tuple[Path, ...]:
         """`data_roots` as paths."""
         return tuple(Path(p.strip()) for p in self.data_roots.split(",") if p.strip())
@@ -106,15 +113,14 @@ class ServerConfig:
             raise ValueError("tls_cert and tls_key go together")
         if self.tls_client_ca and not self.tls_cert:
             raise ValueError("tls_client_ca (mutual TLS) needs tls_cert and tls_key")
-        if self.bucket_sizes not in ("auto", "off"):
-            try:
-                check_bucket_sizes([int(s) for s in self.bucket_sizes.split(",")], "sizes")
-            except (ValueError, InvalidArgument) as err:
-                raise ValueError(
-                    f"bucket_sizes={self.bucket_sizes!r}: auto, off, or ascending sizes "
-                    f"in [1, 65536] such as 1,8,64 ({err})"
-                ) from err
-        if self.cuda_graphs and self.bucket_sizes == "off":
+        try:
+            self.buckets  # noqa: B018 - parses and checks the setting
+        except (ValueError, InvalidArgument) as err:
+            raise ValueError(
+                f"bucket_sizes={self.bucket_sizes!r}: auto, off, or ascending sizes "
+                f"in [1, 65536] such as 1,8,64 ({err})"
+            ) from err
+        if self.cuda_graphs and self.buckets == ():
             raise ValueError("cuda_graphs captures one graph per bucket: it needs bucket_sizes")
         if self.ort_cudnn_conv_algo_search not in CONV_ALGO_SEARCHES:
             raise ValueError(

@@ -87,7 +87,7 @@ def model_service(config: ServerConfig, store: Store, metrics: ServiceMetrics) -
             config.cuda_graphs,
             config.inference_precision,
         ),
-        config.bucket_sizes,
+        config.buckets,
         config.max_predict_rows,
         metrics.run_observer,
     )

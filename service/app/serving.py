@@ -82,8 +82,8 @@ class ModelService:
         default_batching: batching for models without a setting of their own.
         options: how runtimes run (threads, CUDA provider settings, precision, graphs).
         bucket_sizes: "auto" (powers of two up to a model's max_batch_size on CUDA, none on
-            the CPU), "off", or sizes such as "1,8,64": the server's default for models
-            whose batching names none.
+            the CPU), or the sizes (empty: none): the server's default for models whose
+            batching names none.
         max_predict_rows: most samples one request may carry (RESOURCE_EXHAUSTED beyond).
         run_observer: for a model and a runtime, what to tell the size and time of each of
             its runs (for metrics); asked once per loaded runtime.
@@ -95,7 +95,7 @@ class ModelService:
         max_loaded_bytes: int,
         default_batching: BatchingConfig,
         options: RuntimeOptions = DEFAULT_OPTIONS,
-        bucket_sizes: str = "auto",
+        bucket_sizes: tuple[int, ...] | str = "auto",
         max_predict_rows: int = 65536,
         run_observer: Callable[[str, str], RunObserver] = (
             lambda model, runtime: lambda rows, seconds: None
@@ -390,14 +390,12 @@ class ModelService:
         config = BatchingConfig(**own) if own is not None else self.default_batching
         if config.bucket_sizes is not None:
             sizes = tuple(config.bucket_sizes)
-        elif self.bucket_sizes == "off" or (
-            self.bucket_sizes == "auto" and self.device.type != "cuda"
-        ):
-            sizes = ()
-        elif self.bucket_sizes == "auto":
+        elif self.bucket_sizes != "auto":
+            sizes = tuple(self.bucket_sizes)
+        elif self.device.type == "cuda":
             sizes = powers_of_two(config.max_batch_size)[-MAX_BUCKETS:]  # 65536 would make 17
         else:
-            sizes = tuple(int(size) for size in self.bucket_sizes.split(","))
+            sizes = ()
         return BatchingInForce(
             replace(config, bucket_sizes=sizes), own is None, config.bucket_sizes is not None
         )

@@ -253,14 +253,12 @@ class OnnxRuntime:
     def run(self, batch: np.ndarray) -> np.ndarray:
         """Raw outputs for `batch`, as float32 on the CPU."""
         if not self.use_cuda:
-            output = self.session.run(None, {self.input_name: batch})[0]
-        else:
-            binding = self.session.io_binding()
-            binding.bind_cpu_input(self.input_name, np.ascontiguousarray(batch))
-            binding.bind_output(self.session.get_outputs()[0].name, "cuda")
-            self.session.run_with_iobinding(binding)
-            output = binding.copy_outputs_to_cpu()[0]
-        return output.astype(np.float32, copy=False)  # an imported model may give float16
+            return _run_on_cpu(self.session, self.input_name, batch)
+        binding = self.session.io_binding()
+        binding.bind_cpu_input(self.input_name, np.ascontiguousarray(batch))
+        binding.bind_output(self.session.get_outputs()[0].name, "cuda")
+        self.session.run_with_iobinding(binding)
+        return _float32(binding.copy_outputs_to_cpu()[0])
 
     def _shared_weights(self) -> dict[str, Any]:
         """The file's floating-point initializers as OrtValues on this runtime's device, made
@@ -303,9 +301,7 @@ class OnnxRuntime:
             session = onnx_session(self.path, self.device, self.options, fixed)
             self._copies += 1
         if not self.use_cuda:
-            return HostExecutor(
-                lambda batch: _float32(session.run(None, {self.input_name: batch})[0]), inputs
-            )
+            return HostExecutor(lambda batch: _run_on_cpu(session, self.input_name, batch), inputs)
         return CudaOnnxExecutor(session, inputs, self.device)
 
     def size_bytes(self) -> int:
@@ -319,6 +315,11 @@ class OnnxRuntime:
 
 def _float32(output: np.ndarray) -> np.ndarray:
     return output.astype(np.float32, copy=False)  # an imported model may give float16
+
+
+def _run_on_cpu(session: Any, input_name: str, batch: np.ndarray) -> np.ndarray:
+    """A CPU session's float32 outputs for `batch`."""
+    return _float32(session.run(None, {input_name: batch})[0])
 
 
 class CudaOnnxExecutor:
