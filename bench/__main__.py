@@ -29,6 +29,37 @@ def _table(headers: list[str], rows: list[list[str]]) -> list[str]:
     ]
 
 
+def onnx_batching_target(batching: list[dict]) -> list[str]:
+    """The request path's batching target for ONNX Runtime, model by model: the better
+    batching-on setting (among those whose p99 is no worse than off's, when there are any)
+    against off."""
+    verdicts = []
+    for model in dict.fromkeys(b["model"] for b in batching):
+        ons = [
+            b
+            for b in batching
+            if b["model"] == model and b["runtime"] == "onnxruntime" and b["batching"] != "off"
+        ]
+        if not ons:
+            continue
+        fair = [b for b in ons if b["p99_vs_off"] <= 1.0]
+        best = max(fair or ons, key=lambda b: b["throughput_vs_off"])
+        ok = best["throughput_vs_off"] >= 2 and best["p99_vs_off"] <= 1.0
+        verdicts.append(
+            f"{model} {best['throughput_vs_off']:.2f}x with p99 {best['p99_vs_off']:.2f}x "
+            f"({best['batching']}): {_met(ok)}"
+        )
+    if not verdicts:
+        return []
+    return [
+        "Target for ONNX Runtime: batching on >= 2x off with p99 no worse, model by model: "
+        + "; ".join(verdicts)
+        + ". Where a model's run is a small share of a request, merging has little to save "
+        "(notes below).",
+        "",
+    ]
+
+
 def measure(seconds: float) -> dict:
     results: dict = {"machine": machine()}
     results["bare_torch_s"], results["bare_torch_mb"] = bare_torch()
@@ -270,6 +301,7 @@ def report(r: dict, seconds: float, previous: str = "") -> str:
         f"{best['model']}/{best['runtime']} {best['batching']}: "
         f"{best['throughput_vs_off']:.2f}x, p99 {best['p99_vs_off']:.2f}x).",
         "",
+        *onnx_batching_target(r["batching"]),
     ]
 
     lines += ["## 3. Runtimes: the CNN at batch 64 through Predict", ""]
@@ -508,7 +540,33 @@ def request_path_report(r: dict, seconds: float) -> list[str]:
             f"{best_label}; one bare gRPC Python process answers {ceiling:.2f}x the baseline "
             "under the same load)."
         )
-    return lines + [""]
+    return lines + ["", *shared_batching_report(r["shared"])]
+
+
+def shared_batching_report(shared: dict) -> list[str]:
+    """Section 7's second part: a slow batched model with frontends, run by the server's one
+    batcher or by a batcher in each process."""
+    one = shared[next(iter(shared))]
+    rows = [
+        [
+            label,
+            f"{m['samples_per_s']:,.0f}",
+            f"**{m['samples_per_s'] / one['samples_per_s']:.2f}**",
+            f"{m['p50_ms']:.1f}",
+            f"{m['p99_ms']:.1f}",
+        ]
+        for label, m in shared.items()
+    ]
+    return [
+        f"The memory-bound MLP of section 2 (`{request_path.SHARED_MODEL}`, ONNX Runtime, "
+        f"batching on) under {request_path.SHARED_CLIENTS} batch-1 clients from `bench/load.py`, "
+        "one connection each, so that the kernel spreads them over the processes: with "
+        "frontends, its pieces go to the server's one batcher (`--shared-run-ms 0`), or each "
+        "process loads and batches it itself (what every model did before).",
+        "",
+        *_table(["server", "samples/s", "vs 1 process", "p50 ms", "p99 ms"], rows),
+        "",
+    ]
 
 
 def shared_memory_report(r: dict, seconds: float) -> list[str]:

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from bench import echo
+from bench import echo, serving
 from bench.harness import server_process, summary
 from torchwire.v1 import tensors
 from torchwire.v1 import torchwire_pb2 as pb
@@ -37,13 +37,29 @@ VARIANTS = {
     "this tree, 1 process": (),
     "this tree, --frontends 1": ("--frontends", "1"),
     "this tree, --frontends 2": ("--frontends", "2"),
+    "this tree, --frontends 2, the MLP run by the server": (
+        "--frontends",
+        "2",
+        "--shared-run-ms",
+        "0",
+    ),
+}
+#: The memory-bound MLP of the batching benchmark, batched, under SHARED_CLIENTS clients: one
+#: process; frontends sending its pieces to the server's one batcher; frontends each loading
+#: and batching it themselves.
+SHARED_MODEL = serving.WIDE_MLP
+SHARED_CLIENTS = 32
+SHARED_VARIANTS = {
+    "1 process": (),
+    "--frontends 2, one batcher in the server": ("--frontends", "2", "--shared-run-ms", "0"),
+    "--frontends 2, a batcher in each process": ("--frontends", "2", "--shared-run-ms", "1e9"),
 }
 
 
-def request_bytes(rows: int) -> bytes:
+def request_bytes(rows: int, model: str = MODEL) -> bytes:
     batch = np.random.default_rng(rows).random((rows, *INPUT_SHAPE), dtype=np.float32)
     request = pb.PredictRequest(
-        model_name=MODEL,
+        model_name=model,
         inputs=tensors.encode(batch),
         runtime="onnxruntime",
         outputs=[pb.PREDICT_OUTPUT_RAW],
@@ -133,6 +149,20 @@ def run(store: Path, seconds: float, variants: dict[str, tuple[str, ...]]) -> di
     with echo_server(response or 0) as address:
         # The floor for batch-1 calls: its answer is the size of a batch-1 Predict's.
         results["echo"] = measure_server(address, echo.METHOD, seconds, LOADS[:2])
+    results["shared"] = shared_batching(store, seconds)
+    return results
+
+
+def shared_batching(store: Path, seconds: float) -> dict:
+    """SHARED_MODEL under SHARED_CLIENTS batch-1 clients, for each of SHARED_VARIANTS."""
+    results = {}
+    payload = request_bytes(1, SHARED_MODEL)
+    with tempfile.TemporaryDirectory(prefix="torchwire-shared-") as tmp:
+        for index, (label, flags) in enumerate(SHARED_VARIANTS.items()):
+            copy = Path(tmp) / f"store-{index}"
+            shutil.copytree(store, copy, ignore=shutil.ignore_patterns("server.lock"))
+            with server_process(copy, *flags) as (_, address, _):
+                results[label] = load(address, PREDICT, payload, SHARED_CLIENTS, seconds)
     return results
 
 

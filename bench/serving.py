@@ -26,13 +26,20 @@ INPUT_SHAPE = (1, 8, 8)
 #: costs more than the gRPC round trip: the regime batching is for.
 WIDE = "wide-cnn"
 WIDE_SHAPE = (3, 32, 32)
+#: An MLP whose 65 MiB of weights do not fit in the CPU's caches (8x8 digits, 4096/4096
+#: hidden units): a batch-1 run streams every weight from memory, and a run of 32 rows streams
+#: them once for all 32. The regime of embedding, ranking and language models, and the one
+#: where merging requests pays on a CPU.
+WIDE_MLP = "wide-mlp"
+WIDE_MLP_SPEC = {"architecture": "mlp", "hidden_sizes": [4096, 4096]}
 
 
 def prepare(client: Client) -> None:
-    """Trains the MLP and the CNN on the digits, and the wide CNN on random images; exports
-    all of them to both formats."""
+    """Trains the MLP and the CNN on the digits, the wide MLP on the digits (2 epochs) and the
+    wide CNN on random images; exports all of them to both formats."""
     for name, spec in MODELS.items():
         client.train(name, "digits", epochs=3, seed=0, **spec).wait()
+    client.train(WIDE_MLP, "digits", epochs=2, seed=0, val_fraction=0, **WIDE_MLP_SPEC).wait()
     rng = np.random.default_rng(0)
     client.upload_dataset(
         "images", rng.random((256, *WIDE_SHAPE), dtype=np.float32), rng.integers(0, 10, 256)
@@ -40,7 +47,7 @@ def prepare(client: Client) -> None:
     client.train(
         WIDE, "images", architecture="cnn", channels=[64, 128, 256], epochs=1, val_fraction=0
     ).wait()
-    for name in (*MODELS, WIDE):
+    for name in (*MODELS, WIDE_MLP, WIDE):
         for fmt in ("onnx", "torchscript"):
             client.export(name, fmt)
 
@@ -163,7 +170,7 @@ def batching(client: Client, seconds: float, concurrency: int = 32) -> list[dict
         "on, max_delay 0 ms": {"max_delay_ms": 0.0},
         "on, max_delay 2 ms": {"max_delay_ms": 2.0},
     }
-    for name in (*MODELS, WIDE):
+    for name in (*MODELS, WIDE_MLP, WIDE):
         for runtime in ("onnxruntime", "eager"):
             results = {}
             for label, setting in settings.items():

@@ -189,20 +189,22 @@ def worker(argv: list[str]) -> int:
 
 
 def frontend(argv: list[str]) -> int:
-    """`python -m torchwire.service frontend FD`: a frontend process, started by its server,
-    which talks to it over the connection on file descriptor FD."""
+    """`python -m torchwire.service frontend FD RUNS_FD`: a frontend process, started by its
+    server, which talks to it over the connection on file descriptor FD and sends the pieces
+    of batched models to it over RUNS_FD."""
     from multiprocessing.connection import Connection
 
     from torchwire.service.frontend import run
 
     parser = argparse.ArgumentParser(prog="torchwire frontend")
     parser.add_argument("fd", type=int)
+    parser.add_argument("runs_fd", type=int)
     parser.add_argument("--log-level", default="INFO")
     parser.add_argument("--log-format", default="text", choices=logs.FORMATS)
     args = parser.parse_args(argv)
     logs.configure(args.log_level, args.log_format)
     _bound_malloc()
-    code = run(Connection(args.fd))
+    code = run(Connection(args.fd), Connection(args.runs_fd))
     # RPC threads still winding down must not hold the exit: the server waits for it.
     logging.shutdown()
     os._exit(code)

@@ -59,8 +59,12 @@ class ServerConfig:
             are missing (off: the server reads only what is there).
         rpc_threads: threads serving RPCs (in the server and in each frontend).
         frontends: extra processes that serve Predict on the same port (SO_REUSEPORT), each
-            with its own interpreter and loaded runtimes, forwarding other methods to the
-            server; 0 serves everything in one process.
+            with its own interpreter, forwarding other methods to the server; 0 serves
+            everything in one process.
+        shared_run_ms: with frontends, a batched model whose one-row run takes at least this
+            many milliseconds on the CPU runs only in the server, whose batcher merges the
+            requests of every process; faster ones load and batch in each process (0: every
+            batched model runs in the server; on a GPU every one always does).
         grace_seconds: how long in-flight RPCs may run on after shutdown begins.
     """
 
@@ -94,6 +98,7 @@ class ServerConfig:
     multi_node: bool = False
     rpc_threads: int = 16
     frontends: int = 0
+    shared_run_ms: float = 0.5
     grace_seconds: float = 10.0
 
     @property
@@ -149,6 +154,7 @@ class ServerConfig:
         for name in (
             "max_queued_jobs",
             "frontends",
+            "shared_run_ms",
             "grace_seconds",
             "max_batch_delay_ms",
             "ort_intra_op_threads",

@@ -4,9 +4,11 @@ One interpreter's GIL bounds how many Predicts a server can parse, run and answe
 thousand a second its RPC threads mostly wait for one another. With `--frontends N` the
 server starts N frontend processes that listen on the same port (SO_REUSEPORT: the kernel
 spreads connections over the server and its frontends). Each frontend serves Predict,
-PredictStream and the v2 ModelInfer itself, with runtimes (and batchers) of its own loaded
-from the store's files, and health checks; every other method is forwarded, as bytes, to the
-server, the store's only writer (`api.forwarding`).
+PredictStream and the v2 ModelInfer itself, and health checks: it parses, checks and answers
+them, and runs fast models in runtimes of its own loaded from the store's files, while
+batched models that are slow enough to gain from merging, and every batched model on a GPU,
+run in the server's one batcher for all processes (`app.runner`). Every other method is
+forwarded, as bytes, to the server, the store's only writer (`api.forwarding`).
 
 The server tells its frontends, over a control connection, when what they hold goes stale
 (an export, a batching change, a deletion, a new latest version) and waits for their
@@ -38,6 +40,7 @@ from torchwire.service.api.v2 import InferenceServicer
 from torchwire.service.app.catalog import Catalog
 from torchwire.service.app.inference_types import SHM_REGION
 from torchwire.service.app.open_inference import OpenInference
+from torchwire.service.app.runner import Runner
 from torchwire.service.app.serving import ModelService
 from torchwire.service.app.shared_memory import SharedMemoryRegistry
 from torchwire.service.app.worker_process import Lifeline
@@ -89,6 +92,7 @@ def model_service(config: ServerConfig, store: Store, metrics: ServiceMetrics) -
         ),
         config.buckets,
         config.max_predict_rows,
+        config.shared_run_ms / 1000,
         metrics.run_observer,
     )
 
@@ -96,7 +100,7 @@ def model_service(config: ServerConfig, store: Store, metrics: ServiceMetrics) -
 class FrontendServer:
     """The frontend's gRPC server: Predict served here, everything else forwarded."""
 
-    def __init__(self, setup: FrontendSetup) -> None:
+    def __init__(self, setup: FrontendSetup, runner: Runner) -> None:
         config = setup.config
         self.metrics = ServiceMetrics()
         self.health = health.HealthServicer()
@@ -108,9 +112,8 @@ class FrontendServer:
             raise RuntimeError(f"frontend: cannot bind {setup.address}")
         self.store = Store(config.store_dir, config.max_upload_bytes, config.data_root_paths, False)
         self.models = model_service(config, self.store, self.metrics)
-        self.metrics.watch(
-            self.models.queued, lambda: len(self.models.cache.loaded()), lambda state: 0
-        )
+        self.runner = self.models.runner = runner
+        self.metrics.watch(self.models.queued, self.models.loaded_here, lambda state: 0)
         self.upstream = grpc.insecure_channel(
             setup.primary, options=channel_options(config.max_message_bytes)
         )
@@ -145,6 +148,7 @@ class FrontendServer:
         self.health.enter_graceful_shutdown()
         self.grpc.stop(grace).wait(grace + 3.0)
         self.models.close()
+        self.runner.close()
         self.upstream.close()
         self.store.close()
 
@@ -165,15 +169,16 @@ class FrontendInferenceServicer(InferenceServicer):
         return v2.ModelInferResponse.FromString(answer)
 
 
-def run(conn: Connection) -> int:
+def run(conn: Connection, runs: Connection) -> int:
     """A frontend's life: set up from the server's first message, serve, and answer the
-    server's requests (forget, metrics, stop) until it says stop or goes away."""
+    server's requests (forget, metrics, stop) until it says stop or goes away. Batched
+    models run in the server, their pieces sent over `runs`."""
     setup: FrontendSetup = conn.recv()
     # Ctrl-C reaches the whole process group: the server decides when its frontends stop.
     signal.signal(signal.SIGINT, signal.SIG_IGN)
     Lifeline(setup.primary_pid)
     try:
-        server = FrontendServer(setup)
+        server = FrontendServer(setup, Runner(runs))
     except Exception as err:
         conn.send(("failed", str(err)))
         return 1

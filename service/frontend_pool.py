@@ -11,11 +11,15 @@ import time
 from collections import deque
 from dataclasses import dataclass
 from multiprocessing.connection import Connection
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
+from torchwire.service.app.runner import RunnerLink
 from torchwire.service.app.statistics import Key, VersionStatistics
 from torchwire.service.errors import StartupError
 from torchwire.service.frontend import FrontendSetup
+
+if TYPE_CHECKING:
+    from torchwire.service.app.serving import ModelService
 
 log = logging.getLogger(__name__)
 
@@ -34,6 +38,13 @@ REPLACEMENT_WINDOW_S = 60.0
 class _Frontend:
     process: subprocess.Popen
     conn: Connection
+    """The control connection: the server's requests, the frontend's replies."""
+    runs: RunnerLink
+    """The frontend's pieces of batched models, run here (`app.runner`)."""
+
+    def close(self) -> None:
+        self.conn.close()
+        self.runs.close()
 
 
 class FrontendPool:
@@ -43,12 +54,22 @@ class FrontendPool:
         setup: what each frontend is sent when it starts.
         count: how many to keep running.
         log_level, log_format: the server's logging, which frontends use too.
+        models: the server's models, which run the pieces of batched models that frontends
+            send to their batchers.
     """
 
-    def __init__(self, setup: FrontendSetup, count: int, log_level: str, log_format: str) -> None:
+    def __init__(
+        self,
+        setup: FrontendSetup,
+        count: int,
+        log_level: str,
+        log_format: str,
+        models: "ModelService",
+    ) -> None:
         self._setup = setup
         self._count = count
         self._log = (log_level, log_format)
+        self._models = models
         self._frontends: list[_Frontend] = []
         # Held while the list changes and while a request goes round all of them: a frontend
         # is either started before a change is announced, or told about it.
@@ -79,17 +100,20 @@ class FrontendPool:
 
     def _spawn(self) -> _Frontend:
         ours, theirs = socket.socketpair()
+        our_runs, their_runs = socket.socketpair()
         level, fmt = self._log
+        fds = (theirs.fileno(), their_runs.fileno())
         process = subprocess.Popen(
-            [sys.executable, "-P", "-m", "torchwire.service", "frontend", str(theirs.fileno())]
+            [sys.executable, "-P", "-m", "torchwire.service", "frontend", *map(str, fds)]
             + ["--log-level", level, "--log-format", fmt],
-            pass_fds=(theirs.fileno(),),
+            pass_fds=fds,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.DEVNULL,
         )
         theirs.close()
+        their_runs.close()
         conn = Connection(ours.detach())
-        frontend = _Frontend(process, conn)
+        frontend = _Frontend(process, conn, RunnerLink(Connection(our_runs.detach()), self._models))
         try:
             conn.send(self._setup)
             if not conn.poll(START_TIMEOUT_S):
@@ -117,7 +141,7 @@ class FrontendPool:
                     code = frontend.process.poll()
                     if code is None:
                         continue
-                    frontend.conn.close()
+                    frontend.close()
                     now = time.monotonic()
                     if (
                         len(self._replaced) == MAX_REPLACEMENTS
@@ -202,4 +226,4 @@ class FrontendPool:
             except subprocess.TimeoutExpired:
                 frontend.process.kill()
                 frontend.process.wait()
-            frontend.conn.close()
+            frontend.close()

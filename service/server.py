@@ -115,7 +115,7 @@ class TorchwireServer:
         self.models = model_service(config, self.store, self.metrics)
         self.metrics.watch(
             self.models.queued,
-            lambda: len(self.models.cache.loaded()),
+            self.models.loaded_here,
             self.store.registry.count_jobs,
         )
         catalog = Catalog(self.store, self.models)
@@ -176,6 +176,7 @@ class TorchwireServer:
             FrontendSetup(config, self.address, local, os.getpid()),
             config.frontends,
             *logs.current(),
+            self.models,
         )
         self.models.on_forget = pool.forget
         self.store.versions.on_latest_change = lambda name: pool.forget(name, None)

@@ -85,3 +85,22 @@ def test_a_closed_batcher_runs_late_pieces_in_the_callers_thread() -> None:
     assert {name for _, name in model.runs} == {threading.current_thread().name}
     assert batcher.queued() == 0
     batcher.close()  # again: nothing happens
+
+
+def test_a_queued_piece_times_out_while_the_run_is_held_then_answers() -> None:
+    """A deadline shorter than the wait ends the wait (Predict answers DEADLINE_EXCEEDED);
+    the piece still runs, and its result can be asked for again."""
+    model = Model()
+    batcher = Batcher(model, BatchingConfig(max_batch_size=8), "t")
+    model.release.clear()
+    first = threading.Thread(target=lambda: batcher.submit(np.zeros((1, 1))))
+    first.start()
+    model.started.wait(10)
+    (queued,) = batcher.submit(np.ones((1, 1)))
+    with pytest.raises(TimeoutError):
+        queued.result(0.05)
+    model.release.set()
+    assert queued.result(10).outputs[0, 0] == 2.0
+    assert queued.result(0).outputs[0, 0] == 2.0  # done for good: no second wait
+    first.join()
+    batcher.close()

@@ -1,6 +1,13 @@
-"""`make bench`'s report keeps the last GPU run's section when it runs without CUDA."""
+"""`make bench`'s report: the last GPU run's section kept on a CPU run, and targets judged
+from the figures."""
 
-from bench.__main__ import GPU_END, GPU_START, gpu_section, kept_gpu_section
+from bench.__main__ import (
+    GPU_END,
+    GPU_START,
+    gpu_section,
+    kept_gpu_section,
+    onnx_batching_target,
+)
 
 
 def test_a_cpu_run_keeps_the_last_gpu_section_and_a_gpu_run_replaces_it() -> None:
@@ -50,3 +57,29 @@ def test_a_cpu_run_keeps_the_last_gpu_section_and_a_gpu_run_replaces_it() -> Non
     assert "**4.20**" in section
     previous = f"# Benchmarks\n\n...\n{section}\n<!-- notes -->\nhand-written"
     assert "\n".join(kept_gpu_section(previous)) == section  # a CPU run keeps it verbatim
+
+
+def test_the_onnx_batching_target_is_judged_model_by_model() -> None:
+    def row(model: str, runtime: str, batching: str, throughput: float, p99: float) -> dict:
+        return {
+            "model": model,
+            "runtime": runtime,
+            "batching": batching,
+            "throughput_vs_off": throughput,
+            "p99_vs_off": p99,
+        }
+
+    rows = [
+        row("small", "onnxruntime", "off", 1.0, 1.0),
+        row("small", "onnxruntime", "on, max_delay 0 ms", 0.9, 0.9),
+        row("small", "eager", "on, max_delay 0 ms", 3.0, 0.5),  # eager is not judged here
+        row("big", "onnxruntime", "off", 1.0, 1.0),
+        row("big", "onnxruntime", "on, max_delay 0 ms", 2.5, 1.4),  # p99 worse: not counted
+        row("big", "onnxruntime", "on, max_delay 2 ms", 2.1, 0.4),
+    ]
+    (line, _) = onnx_batching_target(rows)
+    assert "small 0.90x with p99 0.90x (on, max_delay 0 ms): **missed**" in line
+    assert "big 2.10x with p99 0.40x (on, max_delay 2 ms): met" in line
+    rows[-1]["p99_vs_off"] = 1.2  # no setting keeps p99: the best is shown, and missed
+    (line, _) = onnx_batching_target(rows)
+    assert "big 2.50x with p99 1.40x (on, max_delay 0 ms): **missed**" in line

@@ -92,6 +92,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[ServerPro
         root / "server.log",
         "--frontends",
         str(FRONTENDS),
+        "--shared-run-ms",  # every batched model runs in the server, however fast
+        "0",
         "--auth-tokens",
         TOKEN,
         "--metrics-address",
@@ -127,10 +129,87 @@ def test_every_process_serves_predict_and_counts_it(served: tuple[ServerProcess,
                 answer = stub.Predict(predict_request("front"), metadata=AUTH)
                 answers.add(answer.SerializeToString())
     assert len(answers) == 1  # the same answer from every process
-    # The server's /metrics sums its frontends': every call counted once, and the model
-    # loaded in each of the three processes.
+    # The server's /metrics sums its frontends': every call counted once, and the model,
+    # batched, loaded only in the server, which runs it for every process.
     assert metric(metrics_port, calls) - before == 3 * CONNECTIONS
-    assert metric(metrics_port, "torchwire_models_loaded ") == 1 + FRONTENDS
+    assert metric(metrics_port, "torchwire_models_loaded ") == 1
+
+
+def test_an_unbatched_model_runs_in_every_process(served: tuple[ServerProcess, int]) -> None:
+    server, metrics_port = served
+    with Client(server.address, token=TOKEN) as client, connections(server.address) as stubs:
+        expected = stubs[0].Predict(predict_request("front", 3), metadata=AUTH).raw.data
+        client.configure_batching("front", enabled=False)
+        try:
+            for stub in stubs:
+                answer = stub.Predict(predict_request("front", 3), metadata=AUTH)
+                assert answer.raw.data == expected
+            assert metric(metrics_port, "torchwire_models_loaded ") == 1 + FRONTENDS
+        finally:
+            client.configure_batching("front", reset=True)
+
+
+def test_batched_requests_from_every_process_merge_into_one_run(
+    served: tuple[ServerProcess, int],
+) -> None:
+    """30 connections, spread by the kernel over the server and its frontends, each send
+    one row at once: the server's batcher waits for a full run of 30, whichever process
+    parsed each request."""
+    server, _ = served
+    with Client(server.address, token=TOKEN) as client, connections(server.address) as stubs:
+        client.configure_batching("front", max_batch_size=CONNECTIONS, max_delay_ms=1_000)
+        try:
+            calls = [
+                stub.Predict.future(predict_request("front"), metadata=AUTH, timeout=60)
+                for stub in stubs
+            ]
+            assert [list(call.result().batch_sizes) for call in calls] == [[CONNECTIONS]] * len(
+                calls
+            )
+        finally:
+            client.configure_batching("front", reset=True)
+
+
+def test_deadlines_and_a_killed_frontend_while_pieces_wait_in_the_server(
+    served: tuple[ServerProcess, int],
+) -> None:
+    """Pieces waiting in the server's batcher: a caller's deadline ends its wait; a frontend
+    killed meanwhile fails only its own calls, and its pieces still run with the others."""
+    server, _ = served
+    with Client(server.address, token=TOKEN) as client, connections(server.address) as stubs:
+        client.configure_batching("front", max_batch_size=64, max_delay_ms=1_000)
+        try:
+            late = [
+                stub.Predict.future(predict_request("front"), metadata=AUTH, timeout=0.3)
+                for stub in stubs[:10]
+            ]
+            for call in late:
+                assert call.exception(60).code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            time.sleep(1.0)  # their pieces run, for nobody, when the delay is over
+            calls = [
+                stub.Predict.future(predict_request("front"), metadata=AUTH, timeout=60)
+                for stub in stubs
+            ]
+            time.sleep(0.3)  # every piece is waiting for company in the server
+            victim = min(frontend_pids(server.process.pid))
+            os.kill(victim, signal.SIGKILL)
+            codes, runs = [], set()
+            for call in calls:
+                try:
+                    runs.add(tuple(call.result().batch_sizes))
+                    codes.append(grpc.StatusCode.OK)
+                except grpc.RpcError as err:
+                    codes.append(err.code())
+            assert set(codes) == {grpc.StatusCode.OK, grpc.StatusCode.UNAVAILABLE}
+            # One run served every piece, the dead frontend's included.
+            assert runs == {(CONNECTIONS,)}
+        finally:
+            client.configure_batching("front", reset=True)
+        deadline = time.monotonic() + 60
+        while len(frontend_pids(server.process.pid)) < FRONTENDS and time.monotonic() < deadline:
+            time.sleep(0.2)
+        for stub in stubs:  # the replacement serves too
+            assert stub.Predict(predict_request("front"), metadata=AUTH).raw.shape == [1, 10]
 
 
 def test_streams_stay_in_order_in_every_process(served: tuple[ServerProcess, int]) -> None:
@@ -238,9 +317,38 @@ def test_a_killed_frontend_is_replaced(served: tuple[ServerProcess, int]) -> Non
     assert f"frontend process {victim} exited" in server.log.read_text()
 
 
-def test_frontends_end_with_a_killed_server(tmp_path: Path) -> None:
-    server = ServerProcess(tmp_path / "store", tmp_path / "server.log", "--frontends", "1")
+@pytest.mark.filterwarnings("ignore::DeprecationWarning")  # the quicker TorchScript exporter
+def test_a_fast_model_runs_in_every_process_and_frontends_end_with_a_killed_server(
+    tmp_path: Path,
+) -> None:
+    """With the default --shared-run-ms, a batched model whose run is faster than the trip
+    to the server loads and batches in every process."""
+    server = ServerProcess(
+        tmp_path / "store",
+        tmp_path / "server.log",
+        "--frontends",
+        "1",
+        "--metrics-address",
+        "127.0.0.1:0",
+    )
     assert server.address, server.log.read_text()
+    metrics_port = int(server.log.read_text().split("metrics on ")[1].split()[0].rsplit(":")[1])
+    path = tmp_path / "fast.onnx"
+    module = nn.Sequential(nn.Flatten(), nn.Linear(64, 10)).eval()
+    torch.onnx.export(
+        module,
+        (torch.zeros(1, 1, 8, 8),),
+        str(path),
+        dynamo=False,
+        input_names=["x"],
+        dynamic_axes={"x": {0: "n"}},
+    )
+    with Client(server.address) as client:
+        client.import_model("fast", path, input_shape=(1, 8, 8))
+    with connections(server.address, CONNECTIONS) as stubs:
+        for stub in stubs:
+            assert list(stub.Predict(predict_request("fast")).batch_sizes) == [1]
+    assert metric(metrics_port, "torchwire_models_loaded ") == 2
     (frontend,) = frontend_pids(server.process.pid)
     server.process.kill()
     server.process.wait()
@@ -270,7 +378,7 @@ def test_an_imported_torchscript_serves_in_every_process(
     with torch.no_grad():
         expected = module(torch.from_numpy(tensors.decode(request.inputs).copy())).numpy()
     with connections(server.address, 12) as stubs:
-        for stub in stubs:  # each process runs it in a child of its own
+        for stub in stubs:  # batched: the server runs it, in its child process, for all
             answer = stub.Predict(request, metadata=AUTH)
             np.testing.assert_allclose(tensors.decode(answer.raw), expected, atol=1e-5)
 

@@ -7,8 +7,17 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from torchwire.service.app.runner import RemoteBatcher, RemoteRuntime
 from torchwire.service.app.statistics import InferenceStatistics
-from torchwire.service.core.batching import Batcher, Outcome, Ran, RunObserver, timed_run
+from torchwire.service.core.batching import (
+    Batcher,
+    Outcome,
+    Pending,
+    Ran,
+    RunObserver,
+    RunResult,
+    timed_run,
+)
 from torchwire.service.core.buckets import BucketedRuntime, BucketInfo
 from torchwire.service.core.datasets import CLASSIFICATION
 from torchwire.service.core.precision import as_float32
@@ -37,12 +46,14 @@ class ServedRuntime:
     what every request is checked against, worked out once."""
 
     record: ModelVersionRecord
-    runtime: Runtime | BucketedRuntime
-    batcher: Batcher | None
+    runtime: Runtime | BucketedRuntime | RemoteRuntime
+    batcher: Batcher | RemoteBatcher | None
     observe: RunObserver = lambda rows, seconds: None
     """Told the size and time of every model run (for metrics and statistics)."""
     load_seconds: float = 0.0
     """How long loading it took, warm-up included."""
+    one_row_seconds: float = 0.0
+    """How long a run of one row took after the warm-up."""
     input_dtype: np.dtype = field(init=False)
     input_shape: tuple[int, ...] = field(init=False)
 
@@ -58,6 +69,16 @@ class ServedRuntime:
         ran = timed_run(self.runtime.run, inputs)
         self.observe(ran.rows, ran.seconds)
         return [Ran(ran)]
+
+    def enqueue(self, rows: np.ndarray, on_done: Callable[[Pending[RunResult]], None]) -> None:
+        """Queues `rows` as one piece of the next run and calls `on_done` with its outcome
+        when the run is over; without a batcher, runs it at once in this thread."""
+        if self.batcher is not None:
+            self.batcher.enqueue(rows, on_done)
+            return
+        (ran,) = self.submit(rows)
+        done: Pending[RunResult] = Pending(on_done)
+        done.set_result(ran.result())
 
     def loaded(self) -> LoadedRuntime:
         runtime = self.runtime

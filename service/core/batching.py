@@ -5,9 +5,8 @@ import queue
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import Generic, NamedTuple, TypeVar
 
 import numpy as np
 
@@ -33,10 +32,58 @@ class BatchingConfig:
     `--bucket-sizes`."""
 
 
+T = TypeVar("T")
+
+
+class Pending(Generic[T]):
+    """A result set once by one thread and read by the one thread waiting for it (a queued
+    piece's `RunResult`): a lock taken at creation and released when the result is in, the
+    cheapest wait CPython has (a `concurrent.futures.Future` adds a condition and a second
+    lock)."""
+
+    __slots__ = ("_done", "_value", "_error", "_on_done")
+
+    def __init__(self, on_done: Callable[["Pending[T]"], None] | None = None) -> None:
+        self._done = threading.Lock()
+        self._done.acquire()
+        self._value: T | None = None
+        self._error: BaseException | None = None
+        self._on_done = on_done
+        """Called with this piece once its result or error is in, on the thread that set
+        it: for a waiter that is not a thread (a frontend's piece, answered over a
+        socket)."""
+
+    def set_result(self, value: T) -> None:
+        self._value = value
+        self._finish()
+
+    def set_exception(self, error: BaseException) -> None:
+        self._error = error
+        self._finish()
+
+    def _finish(self) -> None:
+        self._done.release()
+        if self._on_done is not None:
+            self._on_done(self)
+
+    def result(self, timeout: float | None = None) -> T:
+        """The run's result, waiting up to `timeout` seconds (None: as long as it takes).
+
+        Raises:
+            TimeoutError: not done within `timeout`.
+        """
+        if not self._done.acquire(timeout=-1 if timeout is None else timeout):
+            raise TimeoutError
+        self._done.release()  # done for good: asking again answers at once
+        if self._error is not None:
+            raise self._error
+        return self._value  # type: ignore[return-value]
+
+
 @dataclass
 class _Piece:
     rows: np.ndarray
-    future: Future
+    future: Pending["RunResult"]
 
 
 class RunResult(NamedTuple):
@@ -65,7 +112,7 @@ class Ran:
         return self.value
 
 
-Outcome = Future | Ran
+Outcome = Pending[RunResult] | Ran
 """What `submit` gives back for each piece: `.result(timeout)` is its `RunResult`."""
 
 RunObserver = Callable[[int, float], None]
@@ -130,12 +177,31 @@ class Batcher:
         pieces = [batch[start : start + size] for start in range(0, len(batch), size)]
         with self._accepting:
             if not self._closed:
-                queued = [_Piece(rows, Future()) for rows in pieces]
+                queued = [_Piece(rows, Pending()) for rows in pieces]
                 for piece in queued:
                     self._queue.put(piece)
                 return [piece.future for piece in queued]
         with self._running:
             return [self._inline(rows) for rows in pieces]
+
+    def enqueue(self, rows: np.ndarray, on_done: Callable[[Pending[RunResult]], None]) -> None:
+        """Queues `rows` as one piece for the next run, whatever its size and whether the
+        runtime is idle, and calls `on_done` with its `Pending` once the run is over (on the
+        batcher's thread): for a caller that must not wait, such as the reader of a frontend
+        process's pieces, which keeps reading while they run. Once the batcher is closed,
+        the piece runs at once in the caller's thread."""
+        piece = _Piece(rows, Pending(on_done))
+        with self._accepting:
+            if not self._closed:
+                self._queue.put(piece)
+                return
+        with self._running:
+            try:
+                ran = self._inline(rows).value
+            except BaseException as err:  # the waiter hears about it, as from a run
+                piece.future.set_exception(err)
+                return
+        piece.future.set_result(ran)
 
     def _inline(self, batch: np.ndarray) -> Ran:
         """Runs `batch` in the caller's thread (which holds `_running`)."""
