@@ -156,6 +156,24 @@ def test_concurrent_requests_are_merged(client: Client, exported: list[str]) -> 
         client.configure_batching(model, reset=True)
 
 
+def test_only_models_slower_than_the_trip_run_in_the_server_for_frontends(
+    server, exported: list[str]
+) -> None:
+    """A loaded runtime records its one-row run; with frontends, a batched model on the CPU
+    runs in the server only from `--shared-run-ms` on (the digits MLP takes microseconds)."""
+    models = server.models
+    served = models.served(exported[0], 0, "onnxruntime")
+    assert 0 < served.one_row_seconds < 0.5
+    on_cpu = models.device.type == "cpu"
+    assert models.runs_for_frontends(served) is not on_cpu  # on a GPU, always
+    default = models.shared_run_s
+    try:
+        models.shared_run_s = 0.0
+        assert models.runs_for_frontends(served)
+    finally:
+        models.shared_run_s = default
+
+
 def test_large_requests_are_split_and_batching_can_be_off(
     client: Client, exported: list[str]
 ) -> None:

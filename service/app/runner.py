@@ -16,9 +16,11 @@ pickled header followed by the raw bytes of one tensor:
   outputs and the size and timing of the run that served it, or `FAILED` the run's error.
 """
 
+import contextlib
 import itertools
 import logging
 import pickle
+import socket
 import struct
 import threading
 from multiprocessing.connection import Connection
@@ -56,6 +58,15 @@ class _Channel:
         frame = b"".join(parts)
         with self._sending:
             self.conn.send_bytes(frame)
+
+    def close(self) -> None:
+        """Shuts the socket down (a thread blocked reading it sees its end) and closes it."""
+        with (
+            contextlib.suppress(OSError),
+            socket.fromfd(self.conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as sock,
+        ):
+            sock.shutdown(socket.SHUT_RDWR)
+        self.conn.close()
 
     def receive(self) -> tuple[tuple[Any, ...], memoryview]:
         """The next frame's header and the bytes after it. Raises EOFError or OSError when
@@ -108,7 +119,7 @@ class RunnerLink:
 
     def close(self) -> None:
         """Ends the link (the reader sees the socket closed and returns)."""
-        self._channel.conn.close()
+        self._channel.close()
         self._thread.join(5.0)
 
     def _serve(self) -> None:
@@ -249,7 +260,7 @@ class Runner:
 
     def close(self) -> None:
         """Ends the link; pieces still waiting fail with UNAVAILABLE."""
-        self._channel.conn.close()
+        self._channel.close()
         self._thread.join(5.0)
 
 
