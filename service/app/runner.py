@@ -1,16 +1,19 @@
 """One batcher per model for the server and all its frontend processes.
 
 With `--frontends N`, every process parses, checks and answers the Predicts that reach it, but
-a model with batching on runs only in the server: the pieces of requests that reached any
-process merge into the same runs, and the model is loaded once (one copy of its weights, one
-CUDA context). A model with batching off runs in whichever process received the request.
+a batched model that is slow enough for merging to pay (a one-row run of at least
+`--shared-run-ms` on the CPU; every batched model on a GPU, `ModelService.runs_for_frontends`)
+runs only in the server: the pieces of requests that reached any process merge into the same
+runs, and the model is loaded once (one copy of its weights, one CUDA context). Other models
+load and run in whichever process received the request.
 
 Each frontend has a socket pair of its own to the server for this. Both ways, a frame is a
 pickled header followed by the raw bytes of one tensor:
 
 - `OPEN` (frontend to server): load a model version in a runtime, or find it loaded; the
-  answer, `OPENED`, carries its placement, or `FAILED` the error. The frontend asks once per
-  version and runtime, and again after the server told it to forget them.
+  answer, `OPENED`, carries its placement (or none: load and run it yourself), or `FAILED` the
+  error. The frontend asks once per version and runtime, and again after the server told it
+  to forget them.
 - `RUN`: one piece of a request (at most the model's max_batch_size rows), queued on the
   server's batcher as it arrives, whatever the batcher is doing; `RESULT` carries the piece's
   outputs and the size and timing of the run that served it, or `FAILED` the run's error.
