@@ -104,3 +104,23 @@ def test_a_queued_piece_times_out_while_the_run_is_held_then_answers() -> None:
     assert queued.result(0).outputs[0, 0] == 2.0  # done for good: no second wait
     first.join()
     batcher.close()
+
+
+def test_enqueued_pieces_call_back_from_the_run_and_at_once_once_closed() -> None:
+    """`enqueue` never runs in the caller's thread while the batcher lives (a frontend's
+    reader must keep reading); once closed, it runs there and calls back at once."""
+    model = Model()
+    batcher = Batcher(model, BatchingConfig(max_batch_size=8), "t")
+    done = []
+    finished = threading.Event()
+
+    def on_done(piece) -> None:
+        done.append((piece.result(0).outputs[0, 0], threading.current_thread().name))
+        finished.set()
+
+    batcher.enqueue(np.ones((1, 1)), on_done)
+    assert finished.wait(10)
+    assert done == [(2.0, "batcher-t")]
+    batcher.close()
+    batcher.enqueue(np.full((1, 1), 3.0), on_done)
+    assert done[1] == (6.0, threading.current_thread().name)

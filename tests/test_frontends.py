@@ -157,6 +157,8 @@ def test_batched_requests_from_every_process_merge_into_one_run(
     parsed each request."""
     server, _ = served
     with Client(server.address, token=TOKEN) as client, connections(server.address) as stubs:
+        for stub in stubs:  # connected: the calls below all reach a process at once
+            stub.Predict(predict_request("front"), metadata=AUTH)
         client.configure_batching("front", max_batch_size=CONNECTIONS, max_delay_ms=1_000)
         try:
             calls = [
@@ -173,18 +175,58 @@ def test_batched_requests_from_every_process_merge_into_one_run(
 def test_a_deadline_ends_the_wait_for_the_servers_batcher(
     served: tuple[ServerProcess, int],
 ) -> None:
-    server, _ = served
+    """Each process that parsed one of these calls ends it at its deadline (its metrics say
+    so), while the pieces still wait in the server's batcher."""
+    server, metrics_port = served
+    expired = 'torchwire_grpc_requests_total{code="DEADLINE_EXCEEDED",method="Predict"'
+    before = metric(metrics_port, expired)
     with Client(server.address, token=TOKEN) as client, connections(server.address, 10) as stubs:
+        for stub in stubs:  # connected: every call below reaches a server before its deadline
+            stub.Predict(predict_request("front"), metadata=AUTH)
         client.configure_batching("front", max_batch_size=64, max_delay_ms=1_000)
         try:
             late = [
-                stub.Predict.future(predict_request("front"), metadata=AUTH, timeout=0.3)
+                stub.Predict.future(predict_request("front"), metadata=AUTH, timeout=0.2)
                 for stub in stubs
             ]
             for call in late:
                 assert call.exception(60).code() == grpc.StatusCode.DEADLINE_EXCEEDED
+            # Counted by the handlers themselves as they give up, well before the run that
+            # would answer them (1 s after the first piece arrived).
+            stop = time.monotonic() + 0.5
+            while metric(metrics_port, expired) - before < len(stubs):
+                assert time.monotonic() < stop, "a handler waited past its deadline"
+                time.sleep(0.05)
         finally:
             client.configure_batching("front", reset=True)  # their pieces run, for nobody
+
+
+def test_streams_stay_in_order_in_every_process(served: tuple[ServerProcess, int]) -> None:
+    server, _ = served
+    requests = [predict_request("front", rows) for rows in (1, 3, 2, 5, 1, 4, 2) * 3]
+    with connections(server.address, 10) as stubs:
+        expected = [tensors.decode(stubs[0].Predict(r, metadata=AUTH).raw) for r in requests]
+        for stub in stubs:
+            answers = list(stub.PredictStream(iter(requests), metadata=AUTH))
+            assert len(answers) == len(expected)
+            for answer, want in zip(answers, expected, strict=True):
+                # Eager PyTorch: merged runs may round the last bit differently.
+                np.testing.assert_allclose(tensors.decode(answer.raw), want, atol=1e-5)
+
+
+def test_a_load_error_in_the_server_reaches_every_caller(
+    served: tuple[ServerProcess, int],
+) -> None:
+    """A frontend asks the server to open a shared model; the server's refusal comes back
+    over the link with its status and message."""
+    server, _ = served
+    request = predict_request("front")
+    request.runtime = "onnxruntime"  # never exported
+    with connections(server.address, 12) as stubs:
+        for stub in stubs:
+            with pytest.raises(grpc.RpcError) as info:
+                stub.Predict(request, metadata=AUTH)
+            assert_status(info.value, grpc.StatusCode.FAILED_PRECONDITION, "onnxruntime")
 
 
 def test_other_methods_are_forwarded_with_their_status(served: tuple[ServerProcess, int]) -> None:
@@ -274,6 +316,8 @@ def test_a_killed_frontend_is_replaced(served: tuple[ServerProcess, int]) -> Non
     its pieces still run with the others, and a new frontend takes its place."""
     server, _ = served
     with Client(server.address, token=TOKEN) as client, connections(server.address) as stubs:
+        for stub in stubs:  # connected: the calls below all reach a process at once
+            stub.Predict(predict_request("front"), metadata=AUTH)
         client.configure_batching("front", max_batch_size=64, max_delay_ms=1_000)
         try:
             calls = [

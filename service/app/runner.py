@@ -23,6 +23,7 @@ import contextlib
 import itertools
 import logging
 import pickle
+import queue
 import socket
 import struct
 import threading
@@ -62,15 +63,6 @@ class _Channel:
         with self._sending:
             self.conn.send_bytes(frame)
 
-    def close(self) -> None:
-        """Shuts the socket down (a thread blocked reading it sees its end) and closes it."""
-        with (
-            contextlib.suppress(OSError),
-            socket.fromfd(self.conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as sock,
-        ):
-            sock.shutdown(socket.SHUT_RDWR)
-        self.conn.close()
-
     def receive(self) -> tuple[tuple[Any, ...], memoryview]:
         """The next frame's header and the bytes after it. Raises EOFError or OSError when
         the other end is gone."""
@@ -79,16 +71,34 @@ class _Channel:
         end = _HEADER_SIZE.size + size
         return pickle.loads(frame[_HEADER_SIZE.size : end]), memoryview(frame)[end:]
 
+    def shutdown(self) -> None:
+        """Ends the socket both ways: a thread blocked reading it sees its end, and sends
+        fail, but the descriptor stays open (no other file can take its number yet)."""
+        with (
+            contextlib.suppress(OSError),
+            socket.fromfd(self.conn.fileno(), socket.AF_UNIX, socket.SOCK_STREAM) as sock,
+        ):
+            sock.shutdown(socket.SHUT_RDWR)
+
+    def close(self) -> None:
+        """Closes the descriptor, once no send is under way (after `shutdown` and after the
+        reader has returned)."""
+        self.shutdown()
+        with self._sending:
+            self.conn.close()
+
 
 def _tensor(body: memoryview, dtype: str, shape: tuple[int, ...]) -> np.ndarray:
     return np.frombuffer(body, np.dtype(dtype)).reshape(shape)
 
 
 def _failure(request: int, err: BaseException) -> tuple[Any, ...]:
-    """A FAILED frame's header: the error's class when it is one of ours, and its message."""
-    kind = type(err).__name__ if isinstance(err, TorchwireError) else ""
-    message = err.message if isinstance(err, TorchwireError) else f"{type(err).__name__}: {err}"
-    return (FAILED, request, kind, message)
+    """A FAILED frame's header: the nearest class of `service.errors` the error is an
+    instance of (a subclass defined elsewhere travels as its base), and its message."""
+    if isinstance(err, TorchwireError):
+        kind = next(c.__name__ for c in type(err).__mro__ if getattr(errors, c.__name__, 0) is c)
+        return (FAILED, request, kind, err.message)
+    return (FAILED, request, "", f"{type(err).__name__}: {err}")
 
 
 def _error(kind: str, message: str) -> Exception:
@@ -100,13 +110,17 @@ def _error(kind: str, message: str) -> Exception:
     return RuntimeError(f"the server's run failed: {message}")
 
 
+GONE = "the server is gone: this frontend is stopping"
+
+
 # -------------------------------------------------------------------- the server's end
 
 
 class RunnerLink:
     """The server's end of one frontend's socket pair: opens the runtimes the frontend asks
-    for and queues the pieces it sends on their batchers, on a reader thread of its own;
-    each piece's outputs go back from the batcher's thread as soon as its run is over.
+    for and queues the pieces it sends on their batchers, on a reader thread of its own; a
+    writer thread sends each piece's outputs back as soon as its run is over (the batcher's
+    thread only hands them over: a frontend slow to read never holds up a shared model).
 
     Args:
         conn: the server's end of the pair.
@@ -117,64 +131,93 @@ class RunnerLink:
         self._channel = _Channel(conn)
         self._models = models
         self._opened: dict[int, tuple[str, int, str]] = {}
-        self._thread = threading.Thread(target=self._serve, name="runner-link", daemon=True)
-        self._thread.start()
+        # Bounded by the frontend's pieces in flight: each waits for its answer.
+        self._outbox: queue.SimpleQueue = queue.SimpleQueue()
+        self._reader = threading.Thread(target=self._serve, name="runner-link", daemon=True)
+        self._writer = threading.Thread(target=self._write, name="runner-reply", daemon=True)
+        self._reader.start()
+        self._writer.start()
 
     def close(self) -> None:
-        """Ends the link (the reader sees the socket closed and returns)."""
+        """Ends the link: the reader sees the socket's end, the writer its last frame."""
+        self._channel.shutdown()
+        self._reader.join(5.0)
+        self._outbox.put(None)
+        self._writer.join(5.0)
         self._channel.close()
-        self._thread.join(5.0)
 
     def _serve(self) -> None:
-        while True:
-            try:
+        try:
+            while True:
                 header, body = self._channel.receive()
-            except (EOFError, OSError):  # the frontend is gone, or the link was closed
-                return
-            kind, request = header[0], header[1]
-            if kind == OPEN:
-                # Loading may take seconds: pieces of models already open keep flowing.
-                threading.Thread(
-                    target=self._open, args=header[1:], name="runner-open", daemon=True
-                ).start()
-                continue
-            try:
-                handle, dtype, shape = header[2:]
-                served = self._models.served(*self._opened[handle])
-                rows = _tensor(body, dtype, shape)
-                served.enqueue(rows, lambda piece, request=request: self._answer(request, piece))
-            except Exception as err:
-                self._reply(_failure(request, err))
+                kind, request = header[0], header[1]
+                if kind == OPEN:
+                    # Loading may take seconds: pieces of models already open keep flowing.
+                    threading.Thread(
+                        target=self._open, args=header[1:], name="runner-open", daemon=True
+                    ).start()
+                else:
+                    handle, dtype, shape = header[2:]
+                    self._queue_piece(request, handle, dtype, shape, body)
+        except (EOFError, OSError):  # the frontend is gone, or the link was closed
+            pass
+        except Exception:
+            log.exception("a frontend's link failed; it stops")
+        finally:
+            self._channel.shutdown()  # the frontend sees the end and fails what waits
+
+    def _queue_piece(
+        self, request: int, handle: int, dtype: str, shape: tuple[int, ...], body: memoryview
+    ) -> None:
+        """Queues a RUN's rows on the model's batcher (run here only when its batching was
+        turned off meanwhile: the frontend has been told to load it itself)."""
+        try:
+            served = self._models.served(*self._opened[handle])
+            rows = _tensor(body, dtype, shape)
+            served.enqueue(rows, lambda piece: self._answer(request, piece))
+        except Exception as err:
+            self._fail(request, err)
 
     def _open(self, request: int, handle: int, name: str, version: int, runtime: str) -> None:
         try:
             served = self._models.served(name, version, runtime)
         except Exception as err:
-            self._reply(_failure(request, err))
+            self._fail(request, err)
             return
         shared = self._models.runs_for_frontends(served)
         if shared:
-            self._opened[handle] = (name, served.record.version, served.runtime.name)
-        self._reply((OPENED, request, served.runtime.placement if shared else None))
+            key = (name, served.record.version, served.runtime.name)
+            # A reopened model's older handles are stale: the frontend forgot them.
+            for old in [h for h, k in self._opened.items() if k == key]:
+                self._opened.pop(old, None)
+            self._opened[handle] = key
+        self._outbox.put(((OPENED, request, served.runtime.placement if shared else None), None))
 
     def _answer(self, request: int, piece: Pending[RunResult]) -> None:
-        """Sends a piece's outcome (on the batcher's thread: it must not raise)."""
+        """Hands a piece's outcome to the writer (on the batcher's thread: must not block)."""
         try:
             ran = piece.result(0)
         except Exception as err:
-            self._reply(_failure(request, err))
+            self._fail(request, err)
             return
-        outputs = ran.outputs
         header = (RESULT, request, ran.rows, ran.started, ran.seconds)
-        self._reply((*header, outputs.dtype.str, outputs.shape), outputs)
+        self._outbox.put(((*header, ran.outputs.dtype.str, ran.outputs.shape), ran.outputs))
 
-    def _reply(self, header: tuple[Any, ...], tensor: np.ndarray | None = None) -> None:
-        try:
-            self._channel.send(header, tensor)
-        except (OSError, ValueError):  # the frontend is gone: nobody waits for the answer
-            pass
-        except Exception:
-            log.exception("could not answer a frontend's piece")
+    def _fail(self, request: int, err: BaseException) -> None:
+        if not isinstance(err, TorchwireError):
+            log.error("a frontend's piece failed here", exc_info=err)
+        self._outbox.put((_failure(request, err), None))
+
+    def _write(self) -> None:
+        while (frame := self._outbox.get()) is not None:
+            header, tensor = frame
+            try:
+                self._channel.send(header, tensor)
+            except OSError:  # the frontend is gone: nobody waits for the answer
+                continue
+            except Exception as err:  # the answer could not be sent: say so instead
+                with contextlib.suppress(Exception):
+                    self._channel.send(_failure(header[1], err))
 
 
 # ------------------------------------------------------------------ a frontend's end
@@ -238,36 +281,39 @@ class Runner:
         return pending
 
     def _read(self) -> None:
-        while True:
-            try:
+        try:
+            while True:
                 header, body = self._channel.receive()
-            except (EOFError, OSError):
-                break
-            kind, request = header[0], header[1]
+                kind, request = header[0], header[1]
+                with self._lock:
+                    pending = self._waiting.pop(request, None)
+                if pending is None:
+                    continue
+                if kind == RESULT:
+                    rows, started, seconds, dtype, shape = header[2:]
+                    outputs = _tensor(body, dtype, shape)
+                    pending.set_result(RunResult(outputs, rows, started, seconds))
+                elif kind == OPENED:
+                    pending.set_result(header[2])
+                else:
+                    pending.set_exception(_error(*header[2:]))
+        except (EOFError, OSError):
+            pass
+        except Exception:
+            log.exception("the link to the server failed")
+        finally:
+            self._channel.shutdown()
             with self._lock:
-                pending = self._waiting.pop(request, None)
-            if pending is None:
-                continue
-            if kind == RESULT:
-                rows, started, seconds, dtype, shape = header[2:]
-                pending.set_result(RunResult(_tensor(body, dtype, shape), rows, started, seconds))
-            elif kind == OPENED:
-                pending.set_result(header[2])
-            else:
-                pending.set_exception(_error(*header[2:]))
-        with self._lock:
-            self._gone = True
-            waiting, self._waiting = self._waiting, {}
-        for pending in waiting.values():
-            pending.set_exception(Unavailable(GONE))
+                self._gone = True
+                waiting, self._waiting = self._waiting, {}
+            for pending in waiting.values():
+                pending.set_exception(Unavailable(GONE))
 
     def close(self) -> None:
         """Ends the link; pieces still waiting fail with UNAVAILABLE."""
-        self._channel.close()
+        self._channel.shutdown()
         self._thread.join(5.0)
-
-
-GONE = "the server is gone: this frontend is stopping"
+        self._channel.close()
 
 
 class RemoteBatcher:
