@@ -186,11 +186,10 @@ class RunnerLink:
             return
         shared = self._models.runs_for_frontends(served)
         if shared:
-            key = (name, served.record.version, served.runtime.name)
-            # A reopened model's older handles are stale: the frontend forgot them.
-            for old in [h for h, k in self._opened.items() if k == key]:
-                self._opened.pop(old, None)
-            self._opened[handle] = key
+            # Kept for the link's life, older handles of a reopened model too: a request that
+            # took the model before the frontend forgot it may still send pieces under them
+            # (one small entry per open; opens follow exports and configuration changes).
+            self._opened[handle] = (name, served.record.version, served.runtime.name)
         self._outbox.put(((OPENED, request, served.runtime.placement if shared else None), None))
 
     def _answer(self, request: int, piece: Pending[RunResult]) -> None:
