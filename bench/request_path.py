@@ -116,6 +116,17 @@ def echo_server(response_bytes: int) -> Iterator[str]:
         process.wait()
 
 
+@contextmanager
+def server_on_copy(
+    store: Path, copy: Path, flags: tuple[str, ...], env: dict[str, str] | None = None
+) -> Iterator[str]:
+    """`torchwire serve` with `flags` on a copy of `store` made at `copy`; yields its
+    address."""
+    shutil.copytree(store, copy, ignore=shutil.ignore_patterns("server.lock"))
+    with server_process(copy, *flags, env=env) as (_, address, _):
+        yield address
+
+
 def measure_server(
     address: str, method: str, seconds: float, loads: tuple[tuple[int, int], ...] = LOADS
 ) -> dict:
@@ -140,9 +151,7 @@ def run(store: Path, seconds: float, variants: dict[str, tuple[str, ...]]) -> di
             servers.append((f"baseline ({BASELINE})", (), env))
         servers += [(label, flags, None) for label, flags in variants.items()]
         for index, (label, flags, env) in enumerate(servers):
-            copy = Path(tmp) / f"store-{index}"
-            shutil.copytree(store, copy, ignore=shutil.ignore_patterns("server.lock"))
-            with server_process(copy, *flags, env=env) as (_, address, _):
+            with server_on_copy(store, Path(tmp) / f"store-{index}", flags, env) as address:
                 if response is None:
                     response = _response_bytes(address)
                 results["servers"][label] = measure_server(address, PREDICT, seconds)
@@ -159,9 +168,7 @@ def shared_batching(store: Path, seconds: float) -> dict:
     payload = request_bytes(1, SHARED_MODEL)
     with tempfile.TemporaryDirectory(prefix="torchwire-shared-") as tmp:
         for index, (label, flags) in enumerate(SHARED_VARIANTS.items()):
-            copy = Path(tmp) / f"store-{index}"
-            shutil.copytree(store, copy, ignore=shutil.ignore_patterns("server.lock"))
-            with server_process(copy, *flags) as (_, address, _):
+            with server_on_copy(store, Path(tmp) / f"store-{index}", flags) as address:
                 results[label] = load(address, PREDICT, payload, SHARED_CLIENTS, seconds)
     return results
 

@@ -24,6 +24,7 @@ from tests.test_operations import GARBAGE, ServerProcess
 from torchwire.client import Client
 from torchwire.kserve import grpc_predict_v2_pb2 as v2
 from torchwire.kserve import grpc_predict_v2_pb2_grpc as v2_grpc
+from torchwire.service.config import ServerConfig
 from torchwire.v1 import tensors
 from torchwire.v1 import torchwire_pb2 as pb
 from torchwire.v1 import torchwire_pb2_grpc as pb_grpc
@@ -366,10 +367,12 @@ def test_frontends_end_with_a_killed_server(tmp_path: Path) -> None:
     assert not alive(frontend)
 
 
-def test_frontends_is_a_count(tmp_path: Path) -> None:
+def test_frontends_is_a_count_and_shared_run_ms_a_duration(tmp_path: Path) -> None:
     server = ServerProcess(tmp_path / "store", tmp_path / "server.log", "--frontends", "-1")
     assert server.process.wait(timeout=60) == 2
     assert "frontends=-1: must be >= 0" in server.log.read_text()
+    with pytest.raises(ValueError, match=r"shared_run_ms=-0.5: must be >= 0"):
+        ServerConfig(shared_run_ms=-0.5)
 
 
 def test_an_imported_torchscript_serves_in_every_process(

@@ -16,6 +16,7 @@ from torchwire.service.core.batching import (
     Ran,
     RunObserver,
     RunResult,
+    run_now,
     timed_run,
 )
 from torchwire.service.core.buckets import BucketedRuntime, BucketInfo
@@ -75,10 +76,8 @@ class ServedRuntime:
         when the run is over; without a batcher, runs it at once in this thread."""
         if self.batcher is not None:
             self.batcher.enqueue(rows, on_done)
-            return
-        (ran,) = self.submit(rows)
-        done: Pending[RunResult] = Pending(on_done)
-        done.set_result(ran.result())
+        else:
+            run_now(lambda: self.submit(rows)[0].result(), on_done)
 
     def loaded(self) -> LoadedRuntime:
         runtime = self.runtime

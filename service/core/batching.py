@@ -119,6 +119,18 @@ RunObserver = Callable[[int, float], None]
 """Told the size and the duration in seconds of every successful model run."""
 
 
+def run_now(run: Callable[[], RunResult], on_done: Callable[[Pending[RunResult]], None]) -> None:
+    """Runs a piece in the caller's thread and calls `on_done` with its outcome, an error
+    included, as a batcher's run would."""
+    piece: Pending[RunResult] = Pending(on_done)
+    try:
+        ran = run()
+    except BaseException as err:
+        piece.set_exception(err)
+        return
+    piece.set_result(ran)
+
+
 def timed_run(run: Callable[[np.ndarray], np.ndarray], batch: np.ndarray) -> RunResult:
     """Runs `batch` and times the run."""
     started = time.perf_counter()
@@ -190,18 +202,12 @@ class Batcher:
         batcher's thread): for a caller that must not wait, such as the reader of a frontend
         process's pieces, which keeps reading while they run. Once the batcher is closed,
         the piece runs at once in the caller's thread."""
-        piece = _Piece(rows, Pending(on_done))
         with self._accepting:
             if not self._closed:
-                self._queue.put(piece)
+                self._queue.put(_Piece(rows, Pending(on_done)))
                 return
         with self._running:
-            try:
-                ran = self._inline(rows).value
-            except BaseException as err:  # the waiter hears about it, as from a run
-                piece.future.set_exception(err)
-                return
-        piece.future.set_result(ran)
+            run_now(lambda: self._inline(rows).value, on_done)
 
     def _inline(self, batch: np.ndarray) -> Ran:
         """Runs `batch` in the caller's thread (which holds `_running`)."""
